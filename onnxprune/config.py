@@ -1,0 +1,42 @@
+"""Typed configuration of a pruning run; the CLI's choices come from here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .errors import OnnxPruneError
+
+DEFAULT_ROUND_TO = 8
+
+
+class Method(str, enum.Enum):
+    L1 = "l1"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What to prune and how far.
+
+    Exactly one of ``ratio`` (fraction of channels removed from every prunable
+    group, 0 <= ratio < 1) and ``keep_flops`` (fraction of the MACs to keep,
+    0 < F <= 1) is set. Kept channel counts are multiples of ``round_to``
+    (onnxruntime's fast CPU convolutions want multiples of 8 or 16).
+    """
+
+    method: Method = Method.L1
+    ratio: float | None = None
+    keep_flops: float | None = None
+    round_to: int = DEFAULT_ROUND_TO
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if (self.ratio is None) == (self.keep_flops is None):
+            raise OnnxPruneError("give exactly one of --ratio and --keep-flops")
+        if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
+            raise OnnxPruneError(f"--ratio {self.ratio}: must be at least 0 and below 1")
+        if self.keep_flops is not None and not 0.0 < self.keep_flops <= 1.0:
+            raise OnnxPruneError(f"--keep-flops {self.keep_flops}: must be above 0 and at most 1")
+        if self.round_to < 1:
+            raise OnnxPruneError(f"--round-to {self.round_to}: must be a positive integer")
+        object.__setattr__(self, "method", Method(self.method))

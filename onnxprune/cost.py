@@ -1,0 +1,128 @@
+"""MACs and parameters, per node and in total.
+
+Conventions (also in the README):
+- MACs are multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul only,
+  per sample (a dynamic batch dim counts as 1):
+  Conv          N * C_out * prod(out_spatial) * (C_in / group) * prod(kernel)
+  ConvTranspose N * C_in * prod(in_spatial) * (C_out / group) * prod(kernel)
+  Gemm / MatMul prod(output shape) * K
+  Bias adds, activations, pooling and normalisation are not counted.
+- Parameters are the elements of floating-point initializers (weights, biases,
+  BatchNorm and other per-channel constants), each counted once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .errors import OnnxPruneError
+from .graph import to_graph
+from .groups import Analysis
+from .shapes import infer_shapes
+
+COSTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class NodeCost:
+    node: str
+    op: str
+    macs: int
+    params: int
+
+
+@dataclass(frozen=True)
+class Cost:
+    macs: int
+    params: int
+    nodes: tuple[NodeCost, ...]
+
+
+def node_macs(node: gs.Node, shapes: dict[str, tuple]) -> int:
+    """MACs of one node from the shapes of its tensors (0 for ops that are not counted)."""
+    if node.op not in COSTED_OPS:
+        return 0
+
+    def dims(tensor, what: str) -> tuple[int, ...]:
+        shape = tuple(tensor.shape) if isinstance(tensor, gs.Constant) else shapes.get(tensor.name)
+        if shape is None or any(d is None for d in shape):
+            raise OnnxPruneError(
+                f"cannot count MACs of {node.op} node '{node.name}': the shape of its {what} "
+                f"'{tensor.name}' is unknown; fix dynamic input dims with --input-shape NAME=d0,d1,..."
+            )
+        return shape
+
+    w = dims(node.inputs[1], "weight")
+    if node.op == "Conv":
+        out = dims(node.outputs[0], "output")
+        return int(np.prod(out, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+    if node.op == "ConvTranspose":
+        x = dims(node.inputs[0], "input")
+        return int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
+    out = dims(node.outputs[0], "output")
+    if node.op == "Gemm":
+        k = w[0] if int(node.attrs.get("transB", 0)) else w[-2] if len(w) > 1 else w[0]
+        return int(np.prod(out, dtype=np.int64) * k)
+    x = dims(node.inputs[0], "input")
+    return int(np.prod(out, dtype=np.int64) * x[-1])
+
+
+def node_params(node: gs.Node) -> int:
+    return int(sum(t.values.size for t in node.inputs if _is_float_constant(t)))
+
+
+def model_cost(graph: gs.Graph, shapes: dict[str, tuple]) -> Cost:
+    """MACs and parameters of a graph, per node and in total."""
+    nodes = []
+    counted: set[str] = set()
+    params = 0
+    for node in graph.nodes:
+        for t in node.inputs:
+            if _is_float_constant(t) and t.name not in counted:
+                counted.add(t.name)
+                params += t.values.size
+        macs = node_macs(node, shapes)
+        if macs or node.op in COSTED_OPS:
+            nodes.append(NodeCost(node.name, node.op, macs, node_params(node)))
+    return Cost(sum(n.macs for n in nodes), int(params), tuple(nodes))
+
+
+def cost_of(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Cost:
+    """MACs and parameters of a model (shapes from onnx shape inference)."""
+    return model_cost(to_graph(model), infer_shapes(model, input_shapes))
+
+
+class MacPredictor:
+    """MACs after removing channels, without rewriting the model.
+
+    A dense layer's MACs scale with (kept inputs / inputs) * (kept outputs / outputs);
+    a depthwise (or frozen grouped) conv's with its kept outputs only.
+    """
+
+    def __init__(self, analysis: Analysis, cost: Cost):
+        self.analysis = analysis
+        nodes = {n.name: n for n in analysis.graph.nodes}
+        self.terms = []
+        for nc in cost.nodes:
+            node = nodes[nc.node]
+            dense = int(node.attrs.get("group", 1)) == 1
+            self.terms.append((nc.macs, node.inputs[0].name if dense else None, node.outputs[0].name))
+
+    def macs(self, removed: np.ndarray) -> int:
+        a = self.analysis
+        total = 0
+        for macs, x, y in self.terms:
+            scale = 1.0
+            for t in (x, y):
+                if t is not None and t in a.layouts:
+                    scale *= a.channel_count(t, removed) / a.channel_count(t)
+            total += macs * scale
+        return int(round(total))
+
+
+def _is_float_constant(t) -> bool:
+    return isinstance(t, gs.Constant) and np.issubdtype(t.values.dtype, np.floating)

@@ -1,0 +1,732 @@
+"""Channel groups: which channels of an ONNX graph must be removed together.
+
+Every tensor's channel axis (axis 1) is described by a ``Layout``: one *atom*
+id per channel. Producers (Conv, ConvTranspose, Gemm, MatMul with a constant
+weight) create fresh atoms; channel-wise ops pass their input's atoms through;
+Concat concatenates them, Split/Slice take sub-ranges, Flatten keeps them with a
+block of H*W features per channel. Couplers (Add/Mul/... of two non-constant
+tensors, SE gates included) unite their inputs' atoms position by position.
+
+A *channel* is a class of united atoms; a *group* is a connected set of
+producers and channels (through shared atoms), pruned as one. Anything the
+analysis does not understand freezes the channels it touches, with a reason,
+so no unsupported pattern is ever pruned into a wrong model.
+
+While it walks the graph the analysis records ``Edit``s: the rewrites surgery
+applies when channels go (slice this constant on this axis by the kept
+channels of that tensor, update this Split's sizes, ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from .graph import default_opset, to_graph
+from .shapes import infer_shapes
+
+
+@dataclass
+class Layout:
+    """Channel axis of a tensor: atom id per channel, ``block`` features per channel."""
+
+    atoms: np.ndarray
+    block: int = 1
+
+
+class EditKind(enum.Enum):
+    SLICE_CONST = "slice constant input along an axis"
+    SET_GROUP = "set a depthwise Conv's group attribute"
+    SPLIT_SIZES = "rewrite a channel Split's sizes"
+    SLICE_RANGE = "rewrite a channel Slice's start and end"
+    RESIZE_SIZES = "rewrite a Resize's output sizes"
+    RESHAPE_FEATURES = "rewrite a flattening Reshape's feature count"
+
+
+@dataclass(frozen=True)
+class Edit:
+    kind: EditKind
+    node: str
+    tensor: str  # whose kept channel positions drive the edit
+    index: int = 0  # input index (SLICE_CONST) or position in starts/ends (SLICE_RANGE)
+    axis: int = 0
+    start: int = 0  # SLICE_RANGE: the channel range [start, stop) the Slice reads
+    stop: int = 0
+
+
+@dataclass(frozen=True)
+class Source:
+    """A run of fresh atoms: a producer's output channels, or channels of unknown origin."""
+
+    node: str | None  # producer node name; None for graph inputs and unsupported ops
+    tensor: str
+    start: int
+    count: int
+    weight_index: int = 1  # producer's weight input
+    weight_axis: int = 0  # axis of the weight that indexes output channels
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    id: int
+    channels: int
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    reason: str | None  # why it is frozen; None when prunable
+
+    @property
+    def prunable(self) -> bool:
+        return self.reason is None and self.channels > 1
+
+
+@dataclass
+class Analysis:
+    """The groups of a (normalised) model and everything surgery needs to cut them."""
+
+    graph: gs.Graph
+    shapes: dict[str, tuple]
+    groups: list[ChannelGroup]
+    layouts: dict[str, Layout]
+    edits: list[Edit]
+    sources: list[Source]
+    atom_class: np.ndarray  # atom -> class id
+    class_group: np.ndarray  # class id -> group id, -1 for channels of no group
+    class_index: np.ndarray  # class id -> channel index inside its group
+    group_classes: list[np.ndarray] = field(default_factory=list)  # group -> class ids in channel order
+
+    def removed_mask(self, keep: dict[int, np.ndarray]) -> np.ndarray:
+        """Boolean per class: True where ``keep`` (group id -> kept channel indices) drops it."""
+        removed = np.zeros(len(self.class_group), dtype=bool)
+        for gid, kept in keep.items():
+            classes = self.group_classes[gid]
+            drop = np.ones(len(classes), dtype=bool)
+            drop[np.asarray(kept, dtype=np.int64)] = False
+            removed[classes[drop]] = True
+        return removed
+
+    def kept_positions(self, tensor: str, removed: np.ndarray) -> np.ndarray | None:
+        """Indices kept along the tensor's channel axis (block-expanded), None if untouched."""
+        layout = self.layouts.get(tensor)
+        if layout is None:
+            return None
+        keep = ~removed[self.atom_class[layout.atoms]]
+        if keep.all():
+            return None
+        channels = np.flatnonzero(keep)
+        if layout.block == 1:
+            return channels
+        return (channels[:, None] * layout.block + np.arange(layout.block)).reshape(-1)
+
+    def channel_count(self, tensor: str, removed: np.ndarray | None = None) -> int | None:
+        """Size of the tensor's channel axis (features for flattened maps) after removal."""
+        layout = self.layouts.get(tensor)
+        if layout is None:
+            return None
+        if removed is None:
+            return len(layout.atoms) * layout.block
+        return int((~removed[self.atom_class[layout.atoms]]).sum()) * layout.block
+
+
+def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Analysis:
+    """Find the channel groups of a normalised model (see ``normalize``)."""
+    shapes = infer_shapes(model, input_shapes)
+    graph = to_graph(model)
+    return _Analyzer(graph, shapes, default_opset(model)).run()
+
+
+# Ops that act on each channel on its own: output channel c depends on input channel c only.
+UNARY_CHANNELWISE = frozenset(
+    """Relu LeakyRelu Clip Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu Softplus Softsign
+    ThresholdedRelu Mish Gelu Erf Abs Neg Exp Log Sqrt Reciprocal Floor Ceil Round Sign Cast
+    Identity Dropout MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool
+    Sin Cos IsNaN IsInf""".split()
+)
+ELEMENTWISE = frozenset("Add Sub Mul Div Max Min Sum Mean Pow PRelu".split())
+REDUCE = frozenset(
+    "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare".split()
+)
+
+
+class _Analyzer:
+    def __init__(self, graph: gs.Graph, shapes: dict[str, tuple], opset: int):
+        self.graph = graph
+        self.shapes = shapes
+        self.opset = opset
+        self.layouts: dict[str, Layout] = {}
+        self.sources: list[Source] = []
+        self.n_atoms = 0
+        self.unions: list[tuple[np.ndarray, np.ndarray]] = []
+        self.frozen: dict[int, str] = {}  # first atom of a frozen run -> reason
+        self.frozen_atoms: list[tuple[np.ndarray, str]] = []
+        self.edits: list[Edit] = []
+        self.consumers: list[tuple[str, str]] = []  # (node, tensor) reading channels into weights
+
+    # -- building blocks -------------------------------------------------------------
+
+    def run(self) -> Analysis:
+        self.graph.toposort()
+        for vi in self.graph.inputs:
+            self._fresh_frozen(vi, f"comes from graph input '{vi.name}'")
+        for node in self.graph.nodes:
+            self._visit(node)
+        for out in self.graph.outputs:
+            self._freeze(out, f"reaches graph output '{out.name}'")
+        return self._finish()
+
+    def _visit(self, node: gs.Node) -> None:
+        if node.domain not in ("", "ai.onnx", None):
+            return self._opaque(node, f"custom domain {node.domain}")
+        if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            return self._subgraph(node)
+        handler = _HANDLERS.get(node.op)
+        if handler is None:
+            return self._opaque(node)
+        handler(self, node)
+
+    def _lay(self, tensor) -> Layout | None:
+        return self.layouts.get(tensor.name) if isinstance(tensor, gs.Variable) else None
+
+    def _shape(self, tensor) -> tuple | None:
+        if isinstance(tensor, gs.Constant):
+            return tuple(tensor.shape)
+        return self.shapes.get(tensor.name)
+
+    def _rank(self, tensor) -> int | None:
+        shape = self._shape(tensor)
+        return None if shape is None else len(shape)
+
+    def _new_atoms(self, n: int) -> np.ndarray:
+        atoms = np.arange(self.n_atoms, self.n_atoms + n, dtype=np.int64)
+        self.n_atoms += n
+        return atoms
+
+    def _produce(self, node: gs.Node, n: int, weight_index: int = 1, weight_axis: int = 0) -> Layout:
+        out = node.outputs[0]
+        layout = Layout(self._new_atoms(n))
+        self.sources.append(Source(node.name, out.name, int(layout.atoms[0]), n, weight_index, weight_axis))
+        self.layouts[out.name] = layout
+        return layout
+
+    def _fresh_frozen(self, tensor, reason: str) -> None:
+        """Channels of unknown origin: fresh atoms, frozen (they cannot be removed)."""
+        shape = self._shape(tensor)
+        if shape is None or len(shape) < 2 or shape[1] is None:
+            return
+        layout = Layout(self._new_atoms(shape[1]))
+        self.sources.append(Source(None, tensor.name, int(layout.atoms[0]), shape[1]))
+        self.layouts[tensor.name] = layout
+        self.frozen_atoms.append((layout.atoms, reason))
+
+    def _freeze(self, tensor, reason: str) -> None:
+        layout = self._lay(tensor)
+        if layout is not None:
+            self.frozen_atoms.append((layout.atoms, reason))
+
+    def _unite(self, a: Layout, b: Layout) -> bool:
+        if len(a.atoms) != len(b.atoms) or a.block != b.block:
+            return False
+        self.unions.append((a.atoms, b.atoms))
+        return True
+
+    def _pass(self, node: gs.Node, layout: Layout | None, out_index: int = 0) -> None:
+        if layout is not None:
+            self.layouts[node.outputs[out_index].name] = layout
+        else:
+            self._fresh_frozen(node.outputs[out_index], f"produced by {node.op} node '{node.name}' from channels of unknown origin")
+
+    def _opaque(self, node: gs.Node, why: str = "op not supported for pruning") -> None:
+        """Freeze everything the node reads; its outputs are channels of unknown origin."""
+        what = f"{node.op} node '{node.name}' ({why})"
+        for t in node.inputs:
+            self._freeze(t, f"read by {what}")
+        for t in node.outputs:
+            self._fresh_frozen(t, f"produced by {what}")
+
+    def _subgraph(self, node: gs.Node) -> None:
+        """Control flow: freeze inputs and every outer tensor its bodies read."""
+        self._opaque(node, "control flow")
+        for body in (v for v in node.attrs.values() if isinstance(v, gs.Graph)):
+            for inner in body.nodes:
+                for t in inner.inputs:
+                    self._freeze(t, f"read inside a subgraph of {node.op} node '{node.name}'")
+
+    def _consume(self, node: gs.Node, tensor, weight_index: int, axis: int) -> None:
+        if self._lay(tensor) is not None:
+            self.consumers.append((node.name, tensor.name))
+            self.edits.append(Edit(EditKind.SLICE_CONST, node.name, tensor.name, weight_index, axis))
+
+    def _slice_out(self, node: gs.Node, index: int, axis: int, out_index: int = 0) -> None:
+        if len(node.inputs) > index and isinstance(node.inputs[index], gs.Constant):
+            self.edits.append(Edit(EditKind.SLICE_CONST, node.name, node.outputs[out_index].name, index, axis))
+
+    def _const(self, node: gs.Node, index: int):
+        """Values of a constant input, None when absent; raises KeyError if not constant."""
+        if len(node.inputs) <= index or not node.inputs[index].name:
+            return None
+        t = node.inputs[index]
+        if not isinstance(t, gs.Constant):
+            raise KeyError(index)
+        return np.asarray(t.values)
+
+    def _extra_outputs_used(self, node: gs.Node) -> bool:
+        return any(o.outputs or o in self.graph.outputs for o in node.outputs[1:])
+
+    # -- producers ------------------------------------------------------------------
+
+    def _conv(self, node: gs.Node) -> None:
+        x, w = node.inputs[0], node.inputs[1]
+        bias_ok = len(node.inputs) < 3 or isinstance(node.inputs[2], gs.Constant) or not node.inputs[2].name
+        if not isinstance(w, gs.Constant) or not bias_ok:
+            return self._opaque(node, "non-constant weight or bias")
+        g = int(node.attrs.get("group", 1))
+        cout, cin_per_group = w.shape[0], w.shape[1]
+        if g == 1:
+            self._consume(node, x, 1, 1)
+            self._produce(node, cout)
+            self._slice_out(node, 1, 0)
+            self._slice_out(node, 2, 0)
+        elif g == cout and cin_per_group == 1 and self._channels(x) == g:
+            # Depthwise: output channel c reads input channel c only.
+            self._pass(node, self._lay(x))
+            self._slice_out(node, 1, 0)
+            self._slice_out(node, 2, 0)
+            self.edits.append(Edit(EditKind.SET_GROUP, node.name, node.outputs[0].name))
+        else:
+            self._opaque(node, f"grouped convolution, group={g}: its per-group widths must stay equal")
+
+    def _conv_transpose(self, node: gs.Node) -> None:
+        x, w = node.inputs[0], node.inputs[1]
+        bias_ok = len(node.inputs) < 3 or isinstance(node.inputs[2], gs.Constant) or not node.inputs[2].name
+        if not isinstance(w, gs.Constant) or not bias_ok:
+            return self._opaque(node, "non-constant weight or bias")
+        g = int(node.attrs.get("group", 1))
+        if g != 1:
+            return self._opaque(node, f"grouped transposed convolution, group={g}")
+        self._consume(node, x, 1, 0)
+        self._produce(node, w.shape[1], weight_axis=1)
+        self._slice_out(node, 1, 1)
+        self._slice_out(node, 2, 0)
+
+    def _gemm(self, node: gs.Node) -> None:
+        x, w = node.inputs[0], node.inputs[1]
+        has_c = len(node.inputs) > 2 and bool(node.inputs[2].name)
+        c = node.inputs[2] if has_c else None
+        c_ok = c is None or (isinstance(c, gs.Constant) and (c.values.ndim < 2 or c.shape[0] == 1))
+        if not isinstance(w, gs.Constant) or w.values.ndim != 2 or not c_ok or node.attrs.get("transA", 0):
+            return self._opaque(node, "needs a constant weight and bias vector, and no transA")
+        trans_b = int(node.attrs.get("transB", 0))
+        k_axis, m_axis = (1, 0) if trans_b else (0, 1)
+        self._consume(node, x, 1, k_axis)
+        self._produce(node, w.shape[m_axis], weight_axis=m_axis)
+        self._slice_out(node, 1, m_axis)
+        if c is not None and c.values.ndim >= 1 and c.shape[-1] == w.shape[m_axis] > 1:
+            self._slice_out(node, 2, c.values.ndim - 1)
+
+    def _matmul(self, node: gs.Node) -> None:
+        x, w = node.inputs[0], node.inputs[1]
+        if not isinstance(w, gs.Constant) or w.values.ndim != 2 or self._rank(x) != 2:
+            return self._opaque(node, "only a 2-D input times a constant matrix is supported")
+        self._consume(node, x, 1, 0)
+        self._produce(node, w.shape[1], weight_axis=1)
+        self._slice_out(node, 1, 1)
+
+    # -- channel-wise ops ----------------------------------------------------------
+
+    def _channels(self, tensor) -> int | None:
+        layout = self._lay(tensor)
+        if layout is not None:
+            return len(layout.atoms) * layout.block
+        shape = self._shape(tensor)
+        return None if shape is None or len(shape) < 2 else shape[1]
+
+    def _unary(self, node: gs.Node) -> None:
+        if self._extra_outputs_used(node):
+            return self._opaque(node, "its second output is used")
+        self._pass(node, self._lay(node.inputs[0]))
+
+    def _normalization(self, node: gs.Node) -> None:
+        """BatchNormalization / InstanceNormalization: per-channel parameters are sliced."""
+        params = range(1, 5 if node.op == "BatchNormalization" else 3)
+        if self._extra_outputs_used(node) or not all(
+            len(node.inputs) > i and isinstance(node.inputs[i], gs.Constant) for i in params
+        ):
+            return self._opaque(node, "non-constant parameters or training outputs")
+        self._pass(node, self._lay(node.inputs[0]))
+        for i in params:
+            self._slice_out(node, i, 0)
+
+    def _elementwise(self, node: gs.Node) -> None:
+        """Add/Mul/... : constants are sliced where they vary per channel; variables are united."""
+        out = node.outputs[0]
+        rank = self._rank(out)
+        if rank is None:
+            ranks = [self._rank(t) for t in node.inputs]
+            rank = None if None in ranks else max(ranks)
+        if rank is None or rank < 2:
+            if any(self._lay(t) is not None for t in node.inputs):
+                return self._opaque(node, "inputs of unknown rank")
+            return
+        out_shape = self.shapes.get(out.name)
+        channels = out_shape[1] if out_shape is not None else None
+        spanning: list[Layout] = []
+        for i, t in enumerate(node.inputs):
+            shape = self._shape(t)
+            layout = self._lay(t)
+            if shape is None:
+                return self._opaque(node, "an input of unknown shape")
+            axis = 1 - (rank - len(shape))
+            size = shape[axis] if axis >= 0 else 1
+            if layout is not None and len(shape) != rank:
+                return self._opaque(node, "broadcasts channels across ranks")
+            if channels is None:
+                channels = size if size != 1 else channels
+            if size == 1 and channels != 1:
+                continue  # broadcast along the channel axis: unaffected by pruning
+            if isinstance(t, gs.Constant):
+                if size != channels:
+                    return self._opaque(node)
+                self.edits.append(Edit(EditKind.SLICE_CONST, node.name, out.name, i, axis))
+            elif layout is None:
+                return self._opaque(node, "combines channels with a tensor of unknown origin")
+            else:
+                spanning.append(layout)
+        if not spanning:
+            return self._pass(node, None)
+        for other in spanning[1:]:
+            if not self._unite(spanning[0], other):
+                return self._opaque(node, "combines tensors of different channel layouts")
+        self._pass(node, spanning[0])
+
+    # -- structure: Concat, Split, Slice, Flatten, Reshape, ... ---------------------
+
+    def _axis(self, node: gs.Node, tensor, default: int = 0) -> int | None:
+        rank = self._rank(tensor)
+        axis = int(node.attrs.get("axis", default))
+        if axis < 0:
+            if rank is None:
+                return None
+            axis += rank
+        return axis
+
+    def _concat(self, node: gs.Node) -> None:
+        axis = self._axis(node, node.outputs[0])
+        if axis is None:
+            return self._opaque(node, "axis of unknown rank")
+        layouts = [self._lay(t) for t in node.inputs]
+        if axis != 1:
+            present = [lay for lay in layouts if lay is not None]
+            if len(present) != len(layouts) and present:
+                return self._opaque(node)
+            for other in present[1:]:
+                if not self._unite(present[0], other):
+                    return self._opaque(node)
+            return self._pass(node, present[0] if present else None)
+        for t, lay in zip(node.inputs, layouts):
+            if lay is None and isinstance(t, gs.Variable):
+                self._fresh_frozen(t, f"concatenated by '{node.name}' from channels of unknown origin")
+        layouts = [self._lay(t) for t in node.inputs]
+        if any(lay is None for lay in layouts) or len({lay.block for lay in layouts}) != 1:
+            return self._opaque(node, "joins channels that cannot be tracked")
+        self._pass(node, Layout(np.concatenate([lay.atoms for lay in layouts]), layouts[0].block))
+
+    def _split(self, node: gs.Node) -> None:
+        x = node.inputs[0]
+        axis = self._axis(node, x)
+        layout = self._lay(x)
+        if axis is None:
+            return self._opaque(node, "axis of unknown rank")
+        if axis != 1 or layout is None:
+            for i in range(len(node.outputs)):
+                self._pass(node, layout, i)
+            return
+        sizes = self._split_sizes(node, len(layout.atoms))
+        if sizes is None or layout.block != 1:
+            return self._opaque(node, "split sizes not constant")
+        offsets = np.cumsum([0, *sizes])
+        for i, out in enumerate(node.outputs):
+            self.layouts[out.name] = Layout(layout.atoms[offsets[i]:offsets[i + 1]])
+        self.edits.append(Edit(EditKind.SPLIT_SIZES, node.name, x.name))
+
+    def _split_sizes(self, node: gs.Node, n: int) -> list[int] | None:
+        if "split" in node.attrs:
+            sizes = list(node.attrs["split"])
+        elif len(node.inputs) > 1 and node.inputs[1].name:
+            try:
+                sizes = [int(s) for s in self._const(node, 1)]
+            except KeyError:
+                return None
+        else:
+            parts = len(node.outputs)
+            chunk = -(-n // parts)
+            sizes = [min(chunk, n - i * chunk) for i in range(parts)]
+        return sizes if sum(sizes) == n and len(sizes) == len(node.outputs) else None
+
+    def _slice(self, node: gs.Node) -> None:
+        x = node.inputs[0]
+        layout = self._lay(x)
+        rank = self._rank(x)
+        try:
+            if self.opset < 10:
+                starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
+                axes = list(node.attrs.get("axes", range(len(starts))))
+                steps = [1] * len(starts)
+            else:
+                starts, ends = list(self._const(node, 1)), list(self._const(node, 2))
+                axes = self._const(node, 3)
+                axes = list(range(len(starts))) if axes is None else list(axes)
+                steps = self._const(node, 4)
+                steps = [1] * len(starts) if steps is None else list(steps)
+        except KeyError:
+            return self._opaque(node, "non-constant bounds")
+        if rank is None:
+            return self._opaque(node)
+        axes = [int(a) + rank if a < 0 else int(a) for a in axes]
+        if 1 not in axes or layout is None:
+            return self._pass(node, layout)
+        k = axes.index(1)
+        n = len(layout.atoms)
+        if steps[k] != 1 or layout.block != 1:
+            return self._opaque(node, "steps through channels")
+        start, stop, _ = slice(int(starts[k]), int(ends[k])).indices(n)
+        if stop <= start:
+            return self._opaque(node)
+        self._pass(node, Layout(layout.atoms[start:stop]))
+        self.edits.append(Edit(EditKind.SLICE_RANGE, node.name, x.name, k, start=start, stop=stop))
+
+    def _flatten(self, node: gs.Node) -> None:
+        x = node.inputs[0]
+        layout, shape = self._lay(x), self._shape(x)
+        axis = int(node.attrs.get("axis", 1))
+        if layout is None:
+            return self._pass(node, None)
+        if shape is None or axis != 1 or any(d is None for d in shape[2:]):
+            return self._opaque(node, "map of unknown size, or not on axis 1")
+        self._pass(node, Layout(layout.atoms, layout.block * int(np.prod(shape[2:], dtype=np.int64))))
+
+    def _reshape(self, node: gs.Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        layout, shape, out_shape = self._lay(x), self._shape(x), self.shapes.get(out.name)
+        if layout is None:
+            return self._pass(node, None)
+        flattening = (
+            shape is not None and out_shape is not None and len(out_shape) == 2 and len(shape) >= 2
+            and shape[0] is not None and out_shape[0] == shape[0]
+            and all(d is not None for d in shape[2:]) and isinstance(node.inputs[1], gs.Constant)
+        )
+        if not flattening:
+            return self._opaque(node, "moves channels; only flattening [N, C, ...] -> [N, C*...] is supported")
+        self._pass(node, Layout(layout.atoms, layout.block * int(np.prod(shape[2:], dtype=np.int64))))
+        self.edits.append(Edit(EditKind.RESHAPE_FEATURES, node.name, out.name))
+
+    def _squeeze(self, node: gs.Node) -> None:
+        x = node.inputs[0]
+        layout = self._lay(x)
+        if layout is None:
+            return self._pass(node, None)
+        rank = self._rank(node.outputs[0] if node.op == "Unsqueeze" else x)
+        try:
+            axes = node.attrs["axes"] if "axes" in node.attrs else self._const(node, 1)
+        except KeyError:
+            axes = None
+        if axes is None or rank is None:
+            return self._opaque(node, "axes not constant")
+        axes = [int(a) + rank if a < 0 else int(a) for a in np.atleast_1d(axes)]
+        if min(axes) < 2 or layout.block != 1:
+            return self._opaque(node, "moves the channel axis")
+        self._pass(node, layout)
+
+    def _transpose(self, node: gs.Node) -> None:
+        perm = node.attrs.get("perm")
+        if perm is not None and list(perm[:2]) == [0, 1] and self._lay(node.inputs[0]) is not None:
+            return self._pass(node, self._lay(node.inputs[0]))
+        self._opaque(node, "moves the channel axis")
+
+    def _pad(self, node: gs.Node) -> None:
+        x = node.inputs[0]
+        rank = self._rank(x)
+        try:
+            pads = node.attrs.get("pads") if self.opset < 11 else self._const(node, 1)
+            axes = self._const(node, 3) if self.opset >= 18 else None
+        except KeyError:
+            return self._opaque(node, "non-constant pads")
+        if pads is None or rank is None:
+            return self._opaque(node)
+        pads = [int(p) for p in pads]
+        axes = list(range(rank)) if axes is None else [int(a) + rank if a < 0 else int(a) for a in axes]
+        half = len(pads) // 2
+        for k, a in enumerate(axes):
+            if a in (0, 1) and (pads[k] or pads[k + half]):
+                return self._opaque(node, "pads the batch or channel axis")
+        self._pass(node, self._lay(x))
+
+    def _resize(self, node: gs.Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        layout = self._lay(x)
+        if layout is None:
+            return self._pass(node, None)
+        if "axes" in node.attrs or ("scales" in node.attrs and node.attrs["scales"][1] != 1):
+            return self._opaque(node, "resizes the channel axis")
+        scales_index = 1 if node.op == "Upsample" or self.opset < 11 else 2
+        try:
+            scales = self._const(node, scales_index)
+            sizes = self._const(node, 3) if node.op == "Resize" and self.opset >= 11 else None
+        except KeyError:
+            return self._opaque(node, "non-constant scales or sizes")
+        if scales is not None and scales.size and float(scales[1]) != 1.0:
+            return self._opaque(node, "resizes the channel axis")
+        if sizes is not None and sizes.size:
+            if int(sizes[1]) != len(layout.atoms):
+                return self._opaque(node)
+            self.edits.append(Edit(EditKind.RESIZE_SIZES, node.name, out.name, 3))
+        self._pass(node, layout)
+
+    def _reduce(self, node: gs.Node) -> None:
+        x = node.inputs[0]
+        layout, rank = self._lay(x), self._rank(x)
+        if layout is None:
+            return self._pass(node, None)
+        try:
+            axes = node.attrs["axes"] if "axes" in node.attrs else self._const(node, 1)
+        except KeyError:
+            axes = None
+        if axes is None or rank is None or not len(axes):
+            return self._opaque(node, "reduces over channels")
+        axes = [int(a) + rank if a < 0 else int(a) for a in axes]
+        if min(axes) < 2:
+            return self._opaque(node, "reduces over channels")
+        self._pass(node, layout)
+
+    def _softmax(self, node: gs.Node) -> None:
+        axis = self._axis(node, node.inputs[0], default=-1 if self.opset >= 13 else 1)
+        if axis is None or axis < 2:
+            return self._opaque(node, "normalises across channels")
+        self._pass(node, self._lay(node.inputs[0]))
+
+    def _shape_op(self, node: gs.Node) -> None:
+        """Shape reads the channel count; harmless only when that entry is never used."""
+        x = node.inputs[0]
+        if self._lay(x) is None:
+            return
+        rank = self._rank(x)
+        start = int(node.attrs.get("start", 0))
+        end = node.attrs.get("end")
+        if rank is not None:
+            start = start + rank if start < 0 else start
+            end = rank if end is None else (end + rank if end < 0 else end)
+            if not start <= 1 < end:
+                return
+        if all(_reads_shape_entries_other_than(n, 1 - start) for n in node.outputs[0].outputs) and node.outputs[0] not in self.graph.outputs:
+            return
+        self._freeze(x, f"its channel count is read by Shape node '{node.name}'")
+
+    # -- results -------------------------------------------------------------------
+
+    def _finish(self) -> Analysis:
+        n = self.n_atoms
+        a = np.concatenate([u[0] for u in self.unions] + [np.zeros(0, np.int64)])
+        b = np.concatenate([u[1] for u in self.unions] + [np.zeros(0, np.int64)])
+        _, atom_class = connected_components(_adjacency(n, a, b), directed=False)
+        # Groups: channels joined through the producers (sources) they share.
+        src_a = np.concatenate([np.full(s.count - 1, s.start) for s in self.sources] + [np.zeros(0, np.int64)])
+        src_b = np.concatenate([np.arange(s.start + 1, s.start + s.count) for s in self.sources] + [np.zeros(0, np.int64)])
+        _, atom_group = connected_components(
+            _adjacency(n, np.concatenate([a, src_a]), np.concatenate([b, src_b])), directed=False
+        )
+        n_classes = int(atom_class.max()) + 1 if n else 0
+        # Order groups and their channels by first appearance (topological order).
+        first_atom_of_class = np.full(n_classes, n, dtype=np.int64)
+        np.minimum.at(first_atom_of_class, atom_class, np.arange(n))
+        class_raw_group = atom_group[first_atom_of_class]
+
+        reasons: dict[int, list[str]] = {}
+        for atoms, why in self.frozen_atoms:
+            for g in np.unique(atom_group[atoms]):
+                lst = reasons.setdefault(int(g), [])
+                if why not in lst:
+                    lst.append(why)
+
+        producers: dict[int, list[str]] = {}
+        for s in self.sources:
+            if s.node is not None:
+                producers.setdefault(int(atom_group[s.start]), []).append(s.node)
+        consumers: dict[int, list[str]] = {}
+        for node, tensor in self.consumers:
+            for g in np.unique(atom_group[self.layouts[tensor].atoms]):
+                lst = consumers.setdefault(int(g), [])
+                if node not in lst:
+                    lst.append(node)
+
+        first_atom_of_group = np.full(int(atom_group.max()) + 1 if n else 0, n, dtype=np.int64)
+        np.minimum.at(first_atom_of_group, atom_group, np.arange(n))
+        raw_groups = sorted(producers, key=lambda g: first_atom_of_group[g])
+        group_id = {raw: i for i, raw in enumerate(raw_groups)}
+        class_group = np.array([group_id.get(int(g), -1) for g in class_raw_group], dtype=np.int64)
+        class_index = np.zeros(n_classes, dtype=np.int64)
+        group_classes = []
+        groups = []
+        for raw, gid in group_id.items():
+            classes = np.flatnonzero(class_group == gid)
+            classes = classes[np.argsort(first_atom_of_class[classes], kind="stable")]
+            class_index[classes] = np.arange(len(classes))
+            group_classes.append(classes)
+            why = reasons.get(raw)
+            groups.append(ChannelGroup(
+                id=gid,
+                channels=len(classes),
+                producers=tuple(producers[raw]),
+                consumers=tuple(consumers.get(raw, ())),
+                reason="; ".join(why[:3]) + (f" (+{len(why) - 3} more)" if len(why) > 3 else "") if why else None,
+            ))
+        return Analysis(
+            graph=self.graph, shapes=self.shapes, groups=groups, layouts=self.layouts, edits=self.edits,
+            sources=self.sources, atom_class=atom_class, class_group=class_group,
+            class_index=class_index, group_classes=group_classes,
+        )
+
+
+def _adjacency(n: int, a: np.ndarray, b: np.ndarray):
+    return coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
+
+
+def _reads_shape_entries_other_than(node: gs.Node, entry: int) -> bool:
+    """True if ``node`` reads a shape vector only at constant positions other than ``entry``."""
+    if node.op == "Gather" and isinstance(node.inputs[1], gs.Constant) and int(node.attrs.get("axis", 0)) == 0:
+        return entry not in np.atleast_1d(node.inputs[1].values).tolist()
+    if node.op == "Slice" and all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):
+        starts, ends = node.inputs[1].values, node.inputs[2].values
+        if len(starts) == 1:
+            return entry not in range(100)[slice(int(starts[0]), int(ends[0]))]
+    return False
+
+
+_HANDLERS = {
+    "Conv": _Analyzer._conv,
+    "ConvTranspose": _Analyzer._conv_transpose,
+    "Gemm": _Analyzer._gemm,
+    "MatMul": _Analyzer._matmul,
+    "BatchNormalization": _Analyzer._normalization,
+    "InstanceNormalization": _Analyzer._normalization,
+    "Concat": _Analyzer._concat,
+    "Split": _Analyzer._split,
+    "Slice": _Analyzer._slice,
+    "Flatten": _Analyzer._flatten,
+    "Reshape": _Analyzer._reshape,
+    "Squeeze": _Analyzer._squeeze,
+    "Unsqueeze": _Analyzer._squeeze,
+    "Transpose": _Analyzer._transpose,
+    "Pad": _Analyzer._pad,
+    "Resize": _Analyzer._resize,
+    "Upsample": _Analyzer._resize,
+    "Softmax": _Analyzer._softmax,
+    "LogSoftmax": _Analyzer._softmax,
+    "Shape": _Analyzer._shape_op,
+    **{op: _Analyzer._unary for op in UNARY_CHANNELWISE},
+    **{op: _Analyzer._elementwise for op in ELEMENTWISE},
+    **{op: _Analyzer._reduce for op in REDUCE},
+}

@@ -1,0 +1,1 @@
+"""Channel selection methods: each scores or orders the channels of a group."""

@@ -1,0 +1,108 @@
+"""The pruning pipeline: normalise, analyse, choose channels, cut, validate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .config import Method, PruneConfig
+from .cost import MacPredictor, cost_of, model_cost
+from .errors import OnnxPruneError
+from .groups import Analysis, ChannelGroup, analyze
+from .methods.l1 import l1_scores
+from .normalize import normalize
+from .ratios import fit_budget, uniform
+from .surgery import prune_channels
+from .validate import validate
+
+
+@dataclass(frozen=True)
+class GroupChange:
+    group: ChannelGroup
+    channels_after: int
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    model: onnx.ModelProto
+    config: PruneConfig
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    groups: tuple[GroupChange, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "method": self.config.method.value,
+            "macs_before": self.macs_before,
+            "macs_after": self.macs_after,
+            "params_before": self.params_before,
+            "params_after": self.params_after,
+            "groups": [
+                {"id": c.group.id, "channels_before": c.group.channels, "channels_after": c.channels_after,
+                 "reason": c.group.reason}
+                for c in self.groups
+            ],
+        }
+
+
+def prune(model: onnx.ModelProto, config: PruneConfig) -> PruneResult:
+    """Prune ``model`` as ``config`` says; the input model is not modified."""
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized, config.input_shapes)
+    before = model_cost(analysis.graph, analysis.shapes)
+    scores = _scores(analysis, config.method)
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    if not channels:
+        raise OnnxPruneError("no prunable channel group in this model (see `onnxprune inspect` for the reasons)")
+
+    def keep_for(counts: dict[int, int]) -> dict[int, np.ndarray]:
+        return select(analysis, scores, counts)
+
+    if config.ratio is not None:
+        counts = uniform(channels, config.ratio, config.round_to)
+    else:
+        predictor = MacPredictor(analysis, before)
+        budget = config.keep_flops * before.macs
+        counts = fit_budget(channels, lambda c: predictor.macs(analysis.removed_mask(keep_for(c))),
+                            budget, config.round_to)
+        if counts is None:
+            deepest = predictor.macs(analysis.removed_mask(keep_for(uniform(channels, 1.0, config.round_to))))
+            raise OnnxPruneError(
+                f"--keep-flops {config.keep_flops}: unreachable; the deepest pruning allowed "
+                f"(--round-to {config.round_to}, frozen groups untouched) keeps {deepest / before.macs:.3f} of the MACs"
+            )
+    keep = keep_for(counts)
+    pruned = prune_channels(normalized, analysis, keep)
+    validate(pruned, config.input_shapes)
+    after = cost_of(pruned, config.input_shapes)
+    changes = tuple(GroupChange(g, len(keep.get(g.id, range(g.channels)))) for g in analysis.groups)
+    return PruneResult(pruned, config, before.macs, after.macs, before.params, after.params, changes)
+
+
+def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:
+    """Keep the ``counts[g]`` best-scoring channels of each group, never emptying a tensor."""
+    keep = {}
+    for gid, k in counts.items():
+        order = np.argsort(-scores[gid], kind="stable")
+        keep[gid] = np.sort(order[:k])
+    removed = analysis.removed_mask(keep)
+    for name in analysis.layouts:
+        if analysis.channel_count(name, removed) == 0:
+            # A Split/Slice part whose channels all lost: keep its best channel.
+            classes = analysis.atom_class[analysis.layouts[name].atoms]
+            gid = int(analysis.class_group[classes[0]])
+            idx = analysis.class_index[classes]
+            best = idx[np.argmax(scores[gid][idx])]
+            keep[gid] = np.union1d(keep[gid], [best])
+            removed = analysis.removed_mask(keep)
+    return keep
+
+
+def _scores(analysis: Analysis, method: Method) -> list[np.ndarray]:
+    if method is Method.L1:
+        return l1_scores(analysis)
+    raise OnnxPruneError(f"method {method.value} is not available")

@@ -1,0 +1,75 @@
+"""Human-readable summaries of analyses and pruning runs."""
+
+from __future__ import annotations
+
+from .cost import Cost
+from .groups import Analysis
+from .prune import PruneResult
+
+
+def human(n: float) -> str:
+    """1234567 -> '1.23M'."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(int(n))
+
+
+def _names(names, limit: int = 2) -> str:
+    names = list(names)
+    text = ", ".join(names[:limit])
+    return text + (f" +{len(names) - limit}" if len(names) > limit else "") if names else "-"
+
+
+def inspect_json(analysis: Analysis, cost: Cost) -> dict:
+    return {
+        "macs": cost.macs,
+        "params": cost.params,
+        "groups": [
+            {"id": g.id, "channels": g.channels, "prunable": g.prunable, "reason": g.reason,
+             "producers": list(g.producers), "consumers": list(g.consumers)}
+            for g in analysis.groups
+        ],
+    }
+
+
+def inspect_table(analysis: Analysis, cost: Cost) -> str:
+    rows = [("group", "channels", "status", "producers", "consumers")]
+    for g in analysis.groups:
+        status = "prunable" if g.prunable else "frozen"
+        rows.append((str(g.id), str(g.channels), status, _names(g.producers), _names(g.consumers)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() for r in rows]
+    frozen = [g for g in analysis.groups if not g.prunable]
+    prunable = len(analysis.groups) - len(frozen)
+    lines.append("")
+    lines.append(f"{len(analysis.groups)} groups: {prunable} prunable, {len(frozen)} frozen")
+    lines.append(f"MACs {human(cost.macs)} ({cost.macs}), parameters {human(cost.params)} ({cost.params})")
+    if frozen:
+        lines.append("")
+        lines.append("frozen groups:")
+        for g in frozen:
+            why = g.reason or "a single channel"
+            lines.append(f"  group {g.id} ({g.channels} ch): {why}")
+    return "\n".join(lines)
+
+
+def prune_summary(result: PruneResult, source: str, output: str) -> str:
+    cfg = result.config
+    target = f"ratio {cfg.ratio}" if cfg.ratio is not None else f"keep-flops {cfg.keep_flops}"
+    changed = [c for c in result.groups if c.channels_after < c.group.channels]
+    frozen = [c for c in result.groups if not c.group.prunable]
+    pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
+    lines = [
+        f"pruned {source} -> {output} (method {cfg.method.value}, {target}, round-to {cfg.round_to})",
+        f"MACs       {human(result.macs_before)} -> {human(result.macs_after)} ({pct(result.macs_after, result.macs_before)} kept)",
+        f"parameters {human(result.params_before)} -> {human(result.params_after)} ({pct(result.params_after, result.params_before)} kept)",
+        f"groups: {len(changed)} pruned, {len(result.groups) - len(changed) - len(frozen)} unchanged, {len(frozen)} frozen",
+    ]
+    for c in changed:
+        lines.append(f"  group {c.group.id}: {c.group.channels} -> {c.channels_after} channels ({_names(c.group.producers)})")
+    if frozen:
+        lines.append("frozen (left as they are):")
+        for c in frozen:
+            lines.append(f"  group {c.group.id} ({c.group.channels} ch): {c.group.reason or 'a single channel'}")
+    return "\n".join(lines)

@@ -1,0 +1,118 @@
+"""Tensor shapes from onnx shape inference, with dynamic input dims fixed.
+
+Convention: a dynamic leading (batch) dim is taken as 1, so costs are per
+sample; any other dynamic dim must be given with ``--input-shape NAME=d0,d1,...``
+or it stays unknown (``None``), and whatever needs it says so.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from .errors import OnnxPruneError
+
+Shape = tuple  # of int | None
+
+# Initializers larger than this are declared by shape only: inference needs no weights.
+_SMALL_CONSTANT = 4096
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The inputs a user feeds (old IR versions also list initializers as inputs)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
+    """Parse ``NAME=d0,d1,...`` strings (as given to ``--input-shape``)."""
+    shapes = {}
+    for spec in specs:
+        name, sep, dims = spec.rpartition("=")
+        try:
+            values = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            values = ()
+        if not sep or not name or not values or min(values) < 1:
+            raise OnnxPruneError(
+                f"--input-shape {spec!r}: expected NAME=d0,d1,... with positive integers"
+            )
+        shapes[name] = values
+    return shapes
+
+
+def fixed_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None) -> dict[str, Shape]:
+    """Each user input's shape with overrides applied and a dynamic batch dim taken as 1."""
+    overrides = dict(overrides or {})
+    result = {}
+    for vi in graph_inputs(model):
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if vi.name in overrides:
+            given = overrides.pop(vi.name)
+            if vi.type.tensor_type.HasField("shape") and len(given) != len(dims):
+                raise OnnxPruneError(
+                    f"--input-shape {vi.name}: rank {len(given)} given, the model's input has rank {len(dims)} {_fmt(dims)}"
+                )
+            for i, (have, want) in enumerate(zip(dims, given)):
+                if have is not None and have != want:
+                    raise OnnxPruneError(
+                        f"--input-shape {vi.name}: dim {i} is fixed to {have} in the model, {want} given"
+                    )
+            dims = list(given)
+        elif dims and dims[0] is None:
+            dims[0] = 1
+        result[vi.name] = tuple(dims)
+    if overrides:
+        names = ", ".join(sorted(overrides))
+        known = ", ".join(vi.name for vi in graph_inputs(model))
+        raise OnnxPruneError(f"--input-shape: no model input named {names} (inputs: {known})")
+    return result
+
+
+def infer_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] | None = None) -> dict[str, Shape]:
+    """Shape of every tensor that onnx shape inference can work out (None for unknown dims)."""
+    fixed = fixed_input_shapes(model, overrides)
+    skeleton = onnx.ModelProto()
+    skeleton.ir_version = max(model.ir_version, 4)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph = skeleton.graph
+    graph.node.extend(model.graph.node)
+    graph.output.extend(model.graph.output)
+    for vi in graph_inputs(model):
+        copy = onnx.ValueInfoProto()
+        copy.CopyFrom(vi)
+        dims = copy.type.tensor_type.shape.dim
+        del dims[:]
+        for d in fixed[vi.name]:
+            dims.add().dim_value = d if d is not None else 0
+            if d is None:
+                dims[-1].Clear()
+        graph.input.append(copy)
+    for init in model.graph.initializer:
+        if _numel(init) <= _SMALL_CONSTANT:
+            graph.initializer.append(init)
+        else:
+            graph.input.append(onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skeleton, strict_mode=False, data_prop=True)
+    except Exception as exc:  # onnx raises several unrelated types here
+        raise OnnxPruneError(f"onnx shape inference failed: {str(exc).splitlines()[0]}") from None
+    shapes: dict[str, Shape] = {}
+    for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+    for init in model.graph.initializer:
+        shapes[init.name] = tuple(init.dims)
+    return shapes
+
+
+def _numel(init: onnx.TensorProto) -> int:
+    n = 1
+    for d in init.dims:
+        n *= d
+    return n
+
+
+def _fmt(dims) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
