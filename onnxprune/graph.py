@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 from onnx_graphsurgeon.logger import G_LOGGER
 from google.protobuf.message import DecodeError
 
 from .errors import OnnxPruneError
 
 G_LOGGER.severity = G_LOGGER.CRITICAL  # its warnings are not for our users
+ort.set_default_logger_severity(3)  # nor are onnxruntime's optimiser notes (constant folding)
 
 MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()

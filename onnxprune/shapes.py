@@ -45,7 +45,7 @@ def fixed_input_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, .
     overrides = dict(overrides or {})
     result = {}
     for vi in graph_inputs(model):
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        dims = [_dim(d) for d in vi.type.tensor_type.shape.dim]
         if vi.name in overrides:
             given = overrides.pop(vi.name)
             if vi.type.tensor_type.HasField("shape") and len(given) != len(dims):
@@ -101,10 +101,46 @@ def infer_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
     for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]:
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
-            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+            shapes[vi.name] = tuple(_dim(d) for d in tt.shape.dim)
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
+    unknown = [o for n in model.graph.node for o in n.output
+               if o and (o not in shapes or None in shapes[o])]
+    if unknown and all(None not in dims for dims in fixed.values()):
+        shapes.update(_shapes_from_onnxruntime(model, fixed, unknown, inferred))
     return shapes
+
+
+def _shapes_from_onnxruntime(model, fixed, names, inferred) -> dict[str, Shape]:
+    """Shapes that inference could not work out (sizes computed at run time, e.g.
+    Shape -> Gather -> Resize), read from one onnxruntime run on random inputs."""
+    import onnxruntime as ort
+
+    from .validate import random_feeds
+
+    types = {vi.name: vi.type.tensor_type.elem_type
+             for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    listed = {o.name for o in probe.graph.output}
+    wanted = [n for n in names if n in types and types[n] and n not in listed]
+    for name in wanted:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+    feeds = random_feeds(model, fixed)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs = session.run(None, feeds)
+    except Exception:  # shapes then stay unknown, and whatever needs them says so
+        return {}
+    return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), outputs) if hasattr(v, "shape")}
+
+
+def _dim(d) -> int | None:
+    """A dim's size; None when symbolic or unset (some exporters write -1 or 0)."""
+    return d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
 
 
 def _numel(init: onnx.TensorProto) -> int:
