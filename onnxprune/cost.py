@@ -65,7 +65,7 @@ def node_macs(node: gs.Node, shapes: dict[str, tuple]) -> int:
         return int(np.prod(x, dtype=np.int64) * np.prod(w[1:], dtype=np.int64))
     out = dims(node.outputs[0], "output")
     if node.op == "Gemm":
-        k = w[0] if int(node.attrs.get("transB", 0)) else w[-2] if len(w) > 1 else w[0]
+        k = w[1] if int(node.attrs.get("transB", 0)) else w[0]  # B is [M, K] or [K, M]
         return int(np.prod(out, dtype=np.int64) * k)
     x = dims(node.inputs[0], "input")
     return int(np.prod(out, dtype=np.int64) * x[-1])

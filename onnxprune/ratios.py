@@ -15,12 +15,15 @@ Counts = dict[int, int]
 def kept_count(n: int, ratio: float, round_to: int = 1) -> int:
     """Channels kept when ``ratio`` of ``n`` are removed, a multiple of ``round_to``.
 
-    k = round(n * (1 - ratio) / round_to) * round_to, at least ``round_to`` (and 1),
-    at most n. Keeping all n is always allowed, even when n is no multiple.
+    The allowed count (a positive multiple of ``round_to``, or all n) nearest to
+    n * (1 - ratio); a tie keeps more.
     """
     target = n * (1.0 - ratio)
-    k = math.floor(target / round_to + 0.5) * round_to
-    return min(n, max(k, round_to, 1))
+    low = math.floor(target / round_to) * round_to
+    high = min(n, low + round_to)
+    if low == 0 or high - target <= target - low:
+        return max(1, high)
+    return low
 
 
 def uniform(channels: Counts, ratio: float, round_to: int = 1) -> Counts:

@@ -104,8 +104,9 @@ def infer_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
             shapes[vi.name] = tuple(_dim(d) for d in tt.shape.dim)
     for init in model.graph.initializer:
         shapes[init.name] = tuple(init.dims)
+    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     unknown = [o for n in model.graph.node for o in n.output
-               if o and (o not in shapes or None in shapes[o])]
+               if o in used and (o not in shapes or None in shapes[o])]
     if unknown and all(None not in dims for dims in fixed.values()):
         shapes.update(_shapes_from_onnxruntime(model, fixed, unknown, inferred))
     return shapes

@@ -20,8 +20,8 @@ def l1_scores(analysis: Analysis) -> list[np.ndarray]:
     for source in analysis.sources:
         if source.node is None:
             continue
-        w = np.asarray(nodes[source.node].inputs[source.weight_index].values, dtype=np.float64)
-        per_channel = np.abs(np.moveaxis(w, source.weight_axis, 0)).reshape(w.shape[source.weight_axis], -1).mean(axis=1)
+        w = np.moveaxis(np.asarray(nodes[source.node].inputs[source.weight_index].values), source.weight_axis, 0)
+        per_channel = np.abs(w.reshape(w.shape[0], -1)).mean(axis=1, dtype=np.float64)
         atoms = np.arange(source.start, source.start + source.count)
         np.add.at(class_score, analysis.atom_class[atoms], per_channel)
     return [class_score[classes] for classes in analysis.group_classes]

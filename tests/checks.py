@@ -1,0 +1,51 @@
+"""Shared checks for the tests: run models in onnxruntime and compare them."""
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from builders import run
+
+from onnxprune.graph import to_graph, to_model
+from onnxprune.groups import Analysis, EditKind
+from onnxprune.prune import select
+
+RTOL, ATOL = 1e-4, 1e-5
+
+
+def assert_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict, rtol=RTOL, atol=ATOL) -> None:
+    """Both models give the same outputs (onnxruntime, graph optimisations off)."""
+    for x, y in zip(run(a, feeds), run(b, feeds), strict=True):
+        assert x.shape == y.shape
+        np.testing.assert_allclose(y, x, rtol=rtol, atol=atol)
+
+
+def random_keep(analysis: Analysis, rng: np.random.Generator) -> dict[int, np.ndarray]:
+    """Random kept channels for every prunable group (no tensor emptied)."""
+    scores = [rng.random(g.channels) for g in analysis.groups]
+    counts = {g.id: max(1, int(round(g.channels * rng.uniform(0.2, 0.9)))) for g in analysis.groups if g.prunable}
+    return select(analysis, scores, counts)
+
+
+def zero_consumer_weights(model: onnx.ModelProto, analysis: Analysis, keep: dict) -> onnx.ModelProto:
+    """``model`` with every consumer's weights for the channels ``keep`` drops set to zero.
+
+    Such channels no longer influence any output, so cutting them must change nothing.
+    """
+    removed = analysis.removed_mask(keep)
+    graph = to_graph(model)
+    nodes = {n.name: n for n in graph.nodes}
+    for edit in analysis.edits:
+        node = nodes[edit.node]
+        if edit.kind is not EditKind.SLICE_CONST or edit.tensor not in [t.name for t in node.inputs]:
+            continue  # not a consumer reading the channels into its weights
+        kept = analysis.kept_positions(edit.tensor, removed)
+        if kept is None:
+            continue
+        w = np.array(node.inputs[edit.index].values)
+        dropped = np.setdiff1d(np.arange(w.shape[edit.axis]), kept)
+        index = [slice(None)] * w.ndim
+        index[edit.axis] = dropped
+        w[tuple(index)] = 0
+        node.inputs[edit.index] = gs.Constant(node.inputs[edit.index].name + "_zeroed", w)
+    return to_model(graph, model)

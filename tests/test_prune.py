@@ -1,0 +1,131 @@
+"""Choosing how many and which channels: ratios, --keep-flops, --round-to, L1."""
+
+import numpy as np
+import pytest
+from builders import FACTORIES, NetBuilder, cnn_models
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnxprune import OnnxPruneError, PruneConfig, analyze, cost_of, normalize, prune
+from onnxprune.cost import MacPredictor, model_cost
+from onnxprune.methods.l1 import l1_scores
+from onnxprune.prune import select
+from onnxprune.ratios import fit_budget, kept_count, uniform
+
+
+@pytest.mark.parametrize(
+    "n, ratio, round_to, expected",
+    [(16, 0.5, 1, 8), (16, 0.3, 8, 8), (16, 0.0, 8, 16), (12, 0.1, 8, 12), (64, 0.5, 8, 32),
+     (64, 0.99, 8, 8), (5, 0.99, 1, 1), (10, 0.25, 16, 10), (100, 0.5, 16, 48)],
+)
+def test_kept_count(n, ratio, round_to, expected):
+    assert kept_count(n, ratio, round_to) == expected
+
+
+@settings(max_examples=200)
+@given(st.integers(1, 512), st.floats(0, 0.999), st.sampled_from([1, 4, 8, 16]))
+def test_kept_count_is_a_multiple_or_everything(n, ratio, round_to):
+    k = kept_count(n, ratio, round_to)
+    assert 1 <= k <= n
+    assert k == n or k % round_to == 0
+
+
+def test_fit_budget_meets_the_budget_and_cannot_grow():
+    channels = {0: 16, 1: 32, 2: 64}
+    weights = {0: 3.0, 1: 2.0, 2: 1.0}
+    cost = lambda c: sum(weights[g] * c[g] for g in c)  # noqa: E731
+    budget = 0.5 * cost(channels)
+    counts = fit_budget(channels, cost, budget, round_to=1)
+    assert cost(counts) <= budget
+    for g in channels:  # greedy fill: no group can take one more channel
+        if counts[g] < channels[g]:
+            assert cost({**counts, g: counts[g] + 1}) > budget
+    assert fit_budget(channels, cost, 0.0, 1) is None
+
+
+def test_ratio_removes_that_fraction_from_every_prunable_group():
+    result = prune(FACTORIES["conv_chain"](widths=(8, 16, 8)), PruneConfig(ratio=0.5, round_to=1))
+    assert [(c.group.channels, c.channels_after) for c in result.groups] == [(8, 4), (16, 8), (8, 4), (10, 10)]
+    assert result.macs_after < result.macs_before and result.params_after < result.params_before
+    assert cost_of(result.model).macs == result.macs_after
+
+
+def test_round_to_keeps_multiples():
+    result = prune(FACTORIES["conv_chain"](widths=(16, 32, 24)), PruneConfig(ratio=0.6, round_to=8))
+    for c in result.groups:
+        if c.group.prunable:
+            assert c.channels_after % 8 == 0 or c.channels_after == c.group.channels
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "densenet_like", "mobilenetv2_block_net", "c2f_like"])
+@pytest.mark.parametrize("keep", [0.8, 0.5, 0.3])
+def test_keep_flops_meets_the_target_closely(name, keep):
+    model = FACTORIES[name]()
+    result = prune(model, PruneConfig(keep_flops=keep, round_to=1))
+    assert result.macs_after <= keep * result.macs_before
+    assert result.macs_after >= (keep - 0.1) * result.macs_before  # as close as the channel steps allow
+
+
+@settings(max_examples=15, deadline=None)
+@given(cnn_models(), st.floats(0.3, 1.0))
+def test_keep_flops_on_generated_graphs(model, keep):
+    try:
+        result = prune(model, PruneConfig(keep_flops=keep, round_to=1))
+    except OnnxPruneError as exc:
+        assert "unreachable" in str(exc) or "no prunable" in str(exc)
+        return
+    assert result.macs_after <= keep * result.macs_before
+
+
+def test_keep_flops_unreachable_is_a_clear_error():
+    with pytest.raises(OnnxPruneError, match="unreachable"):
+        prune(FACTORIES["conv_chain"](widths=(8, 16, 8)), PruneConfig(keep_flops=0.01, round_to=8))
+
+
+def test_keep_flops_one_prunes_nothing():
+    result = prune(FACTORIES["basic_block_net"](), PruneConfig(keep_flops=1.0))
+    assert result.macs_after == result.macs_before
+    assert all(c.channels_after == c.group.channels for c in result.groups)
+
+
+def test_l1_keeps_the_filters_with_the_largest_weights():
+    b = NetBuilder(3, seed=0)
+    x = b.conv("input", 8)
+    model = b.model(b.gemm(b.flatten(b.gap(b.relu(x))), 4))
+    weight = next(i for i in model.graph.initializer if i.name == "conv0.weight")
+    w = np.frombuffer(weight.raw_data, np.float32).reshape(8, 3, 3, 3).copy()
+    w[[1, 4, 6]] *= 100  # three big filters
+    weight.raw_data = w.tobytes()
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    keep = select(analysis, l1_scores(analysis), {0: 3})
+    assert keep[0].tolist() == [1, 4, 6]
+
+
+def test_no_prunable_group_is_a_clear_error():
+    with pytest.raises(OnnxPruneError, match="no prunable channel group"):
+        prune(FACTORIES["shuffle_net"](), PruneConfig(ratio=0.5))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({}, "exactly one"), ({"ratio": 0.5, "keep_flops": 0.5}, "exactly one"), ({"ratio": 1.0}, "--ratio"),
+     ({"ratio": -0.1}, "--ratio"), ({"keep_flops": 0.0}, "--keep-flops"), ({"keep_flops": 1.5}, "--keep-flops"),
+     ({"ratio": 0.5, "round_to": 0}, "--round-to")],
+)
+def test_impossible_options_are_refused(kwargs, message):
+    with pytest.raises(OnnxPruneError, match=message):
+        PruneConfig(**kwargs)
+
+
+def test_predictor_matches_recount_at_several_depths():
+    normalized, _ = normalize(FACTORIES["inception_like"]())
+    analysis = analyze(normalized)
+    predictor = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes))
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    from onnxprune.surgery import prune_channels
+
+    for ratio in (0.25, 0.5, 0.75):
+        keep = select(analysis, l1_scores(analysis), uniform(channels, ratio))
+        pruned = prune_channels(normalized, analysis, keep)
+        assert predictor.macs(analysis.removed_mask(keep)) == cost_of(pruned).macs
