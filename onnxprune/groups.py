@@ -99,6 +99,7 @@ class Analysis:
     class_group: np.ndarray  # class id -> group id, -1 for channels of no group
     class_index: np.ndarray  # class id -> channel index inside its group
     group_classes: list[np.ndarray] = field(default_factory=list)  # group -> class ids in channel order
+    consumer_inputs: dict[str, str] = field(default_factory=dict)  # consumer node -> tensor it reads channels from
 
     def removed_mask(self, keep: dict[int, np.ndarray]) -> np.ndarray:
         """Boolean per class: True where ``keep`` (group id -> kept channel indices) drops it."""
@@ -686,7 +687,7 @@ class _Analyzer:
         return Analysis(
             graph=self.graph, shapes=self.shapes, groups=groups, layouts=self.layouts, edits=self.edits,
             sources=self.sources, atom_class=atom_class, class_group=class_group,
-            class_index=class_index, group_classes=group_classes,
+            class_index=class_index, group_classes=group_classes, consumer_inputs=dict(self.consumers),
         )
 
 

@@ -7,6 +7,9 @@
   with s = gamma / sqrt(var + eps),  W' = s * W (per output channel),
   b' = s * (b - mean) + beta. A BatchNormalization with nothing foldable before
   it stays, as a channel-wise op.
+- Every Conv, ConvTranspose and Gemm gets an explicit bias vector (zeros where it
+  had none; a Gemm's C broadcast to [M] and beta folded in), so reconstruction
+  can always write one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def normalize(model: onnx.ModelProto) -> tuple[onnx.ModelProto, NormalizeReport]
     constants_folded = constants_before - _count_nodes(graph, ("Constant", "ConstantOfShape"))
     identities = remove_identities(graph)
     folded = fold_batchnorms(graph)
+    explicit_biases(graph)
     report = NormalizeReport(folded, identities, constants_folded)
     return to_model(graph, model), report
 
@@ -98,6 +102,39 @@ def fold_batchnorms(graph: gs.Graph) -> int:
         folded += 1
     graph.cleanup(remove_unused_graph_inputs=False)
     return folded
+
+
+def explicit_biases(graph: gs.Graph) -> None:
+    """Give Conv/ConvTranspose/Gemm nodes with constant weights a bias vector of their output width."""
+    for node in graph.nodes:
+        if node.op not in ("Conv", "ConvTranspose", "Gemm") or not isinstance(node.inputs[1], gs.Constant):
+            continue
+        w = node.inputs[1].values
+        if node.op == "Conv":
+            m = w.shape[0]
+        elif node.op == "ConvTranspose":
+            m = w.shape[1] * int(node.attrs.get("group", 1))
+        else:
+            if w.ndim != 2 or node.attrs.get("transA", 0):
+                continue
+            m = w.shape[0] if int(node.attrs.get("transB", 0)) else w.shape[1]
+        bias = _bias(node, 2, m)
+        if bias is None:
+            continue
+        if node.op == "Gemm":
+            bias = bias * float(node.attrs.get("beta", 1.0))
+            node.attrs["beta"] = 1.0
+        values = bias.astype(w.dtype)
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            if node.inputs[2].values.shape != (m,) or node.op == "Gemm":
+                set_constant_input(graph, node, 2, values)
+        else:
+            while len(node.inputs) < 2:
+                node.inputs.append(gs.Variable.empty())
+            if len(node.inputs) == 2:
+                node.inputs.append(gs.Constant(unique_name(graph, f"{node.name}.bias"), values))
+            else:
+                node.inputs[2] = gs.Constant(unique_name(graph, f"{node.name}.bias"), values)
 
 
 def _foldable_bn(bn: gs.Node) -> bool:
