@@ -1,0 +1,268 @@
+"""The linear algebra of selection and reconstruction, checked against brute force on data."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnxprune.linalg import (
+    LayerStats, choose_alpha, columns, error, nu_apply, nu_plan, reap_order, reap_order_naive, reap_steps,
+    ridge_solve, stats_from_data, thinet_order,
+)
+
+SMALL = settings(max_examples=20, deadline=None)
+FEW = settings(max_examples=5, deadline=None)
+seeds = st.integers(0, 2**32 - 1)
+
+
+def with_ones(x):
+    return np.hstack([x, np.ones((len(x), 1))])
+
+
+def correlated(rng, rows, cols, rank, noise=0.1):
+    """Columns mixed from a few latent factors (X = Z A + noise), like real activations."""
+    mixed = rng.standard_normal((rows, rank)) @ rng.standard_normal((rank, cols))
+    return mixed + noise * rng.standard_normal((rows, cols))
+
+
+def consumer(rng, x, m, noise=0.1):
+    """Statistics, theta0 and Y for patches x: Y from true weights plus noise, theta0 near them."""
+    true = rng.standard_normal((x.shape[1] + 1, m))
+    y = with_ones(x) @ true + noise * rng.standard_normal((len(x), m))
+    return stats_from_data(x, y), true + 0.3 * rng.standard_normal(true.shape), y
+
+
+def problem(seed, n, ks, m=5):
+    """Consumers of different K reading the same n channels, with about 2 rows per column."""
+    rng = np.random.default_rng(seed)
+    consumers, xs = [], []
+    for k in ks:
+        x = correlated(rng, 2 * n * k + 10, n * k, rank=max(1, n * k // 2))
+        stats, theta0, _ = consumer(rng, x, m)
+        consumers.append((stats, k, theta0))
+        xs.append(x)
+    return consumers, xs
+
+
+def channel(x, c, k):
+    return x[:, c * k:(c + 1) * k]
+
+
+def relative(a, b):
+    return np.linalg.norm(a - b) / np.linalg.norm(b)
+
+
+# statistics -------------------------------------------------------------------------------------
+
+@SMALL
+@given(seed=seeds, rows=st.integers(2, 60), cuts=st.lists(st.floats(0, 1), max_size=4))
+def test_stats_of_batches_sum_to_the_whole(seed, rows, cuts):
+    rng = np.random.default_rng(seed)
+    x, y = rng.standard_normal((rows, 7)), rng.standard_normal((rows, 3))
+    bounds = [0, *sorted(int(c * rows) for c in cuts), rows]
+    merged = sum((stats_from_data(x[a:b], y[a:b]) for a, b in zip(bounds, bounds[1:])),
+                 LayerStats(np.zeros((8, 8)), np.zeros((8, 3)), 0.0, 0))
+    whole = stats_from_data(x, y)
+    np.testing.assert_allclose(merged.gram, whole.gram, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(merged.cross, whole.cross, rtol=1e-12, atol=1e-12)
+    assert merged.yy == pytest.approx(whole.yy, rel=1e-12)
+    assert merged.rows == whole.rows
+
+
+def test_error_and_columns_match_the_data():
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((50, 12)), rng.standard_normal((50, 2))
+    theta = rng.standard_normal((13, 2))
+    assert error(stats_from_data(x, y), theta) == pytest.approx(np.sum((y - with_ones(x) @ theta) ** 2), rel=1e-12)
+    np.testing.assert_array_equal(columns([2, 0], 3), [6, 7, 8, 0, 1, 2, -1])
+
+
+# ridge ------------------------------------------------------------------------------------------
+
+def test_ridge_without_alpha_is_least_squares():
+    rng = np.random.default_rng(1)
+    n, k = 5, 4
+    x = correlated(rng, 200, n * k, rank=10)
+    stats, theta0, y = consumer(rng, x, 3)
+    keep = [0, 2, 3]
+    cols = columns(keep, k)
+    expected = np.zeros_like(theta0)
+    expected[cols] = np.linalg.lstsq(with_ones(x)[:, cols], y, rcond=None)[0]
+    assert relative(ridge_solve(stats, keep, k, theta0, 0.0), expected) < 1e-9
+
+
+def test_ridge_pulls_toward_the_original_weights_but_not_the_bias():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((100, 6))
+    stats, theta0, _ = consumer(rng, x, 2)
+    strong = ridge_solve(stats, range(6), 1, theta0, 1e8)
+    np.testing.assert_allclose(strong[:-1], theta0[:-1], atol=1e-5)
+    assert not np.allclose(strong[-1], theta0[-1], atol=1e-2)
+
+
+def test_choose_alpha_regularises_only_when_rows_are_few():
+    rng = np.random.default_rng(3)
+    n, k, m = 6, 16, 4  # a conv feeding Flatten -> Gemm: many columns per row
+    true = rng.standard_normal((n * k + 1, m))
+    theta0 = true + 0.1 * rng.standard_normal(true.shape)
+
+    def stats(rows):
+        x = correlated(rng, rows, n * k, rank=20, noise=0.3)
+        return stats_from_data(x, with_ones(x) @ true + rng.standard_normal((rows, m)))
+
+    few, holdout = stats(40), stats(2000)
+    alpha = choose_alpha(few, holdout, range(n), k, theta0)
+    assert alpha > 0
+    ridge, plain = (error(holdout, ridge_solve(few, range(n), k, theta0, a)) for a in (alpha, 0.0))
+    assert ridge < plain
+    unrelated = rng.standard_normal(true.shape)  # theta0 far from the truth, and plenty of rows
+    assert choose_alpha(stats(5000), holdout, range(n), k, unrelated) <= 1e-4
+
+
+# REAP -------------------------------------------------------------------------------------------
+
+@FEW
+@pytest.mark.parametrize("ks", [(1,), (9,), (9, 4)], ids=["K1", "K9", "K9+K4"])
+@pytest.mark.parametrize("alpha", [0.0, 0.05], ids=["ls", "ridge"])
+@given(seed=seeds, n=st.integers(2, 7))
+def test_fast_reap_equals_naive_resolving(ks, alpha, seed, n):
+    consumers, _ = problem(seed, n, ks)
+    naive = reap_order_naive(consumers, n, alpha)
+    steps = list(reap_steps(consumers, n, alpha))
+    np.testing.assert_array_equal([c for c, _, _ in steps], naive.order)
+    np.testing.assert_allclose([e for _, e, _ in steps], naive.errors, rtol=1e-8)
+    for step, (_, _, thetas) in enumerate(steps, start=1):
+        keep = np.setdiff1d(np.arange(n), naive.order[:step])
+        for (stats, k, theta0), theta in zip(consumers, thetas):
+            assert relative(theta, ridge_solve(stats, keep, k, theta0, alpha)) < 1e-8
+    fast = reap_order(consumers, n, alpha, target=n // 2 + 1)
+    np.testing.assert_array_equal(fast.order, naive.order[:n - n // 2 - 1])
+
+
+@pytest.mark.parametrize("k", [1, 9])
+def test_reap_removes_linear_combinations_first(k):
+    rng = np.random.default_rng(4)
+    x = correlated(rng, 400, 6 * k, rank=6 * k)
+    blocks = [channel(x, c, k) for c in range(6)]
+    blocks += [0.7 * blocks[1] - 1.3 * blocks[4], blocks[2] + 2 * blocks[5]]  # channels 6 and 7
+    x = np.hstack(blocks)
+    true = rng.standard_normal((8 * k + 1, 3))
+    stats = stats_from_data(x, with_ones(x) @ true)
+    result = reap_order([(stats, k, true + 0.3 * rng.standard_normal(true.shape))], 8)
+    assert np.all(result.errors[:2] < 1e-8 * stats.energy)
+    assert result.errors[2] > 1e-6 * stats.energy
+    assert sorted(result.order[:2] % 3) == [1, 2]  # one of {1, 4, 6}, one of {2, 5, 7}
+
+
+def test_reap_removes_a_dead_channel_first():
+    rng = np.random.default_rng(5)
+    x = correlated(rng, 300, 6, rank=4)
+    x[:, 3] = 0  # a dead ReLU: its Gram row is zero and the Gram matrix singular
+    stats, theta0, _ = consumer(rng, x, 2)
+    result = reap_order([(stats, 1, theta0)], 6)
+    assert result.order[0] == 3
+    assert result.errors[0] == pytest.approx(error(stats, ridge_solve(stats, range(6), 1, theta0, 0.0)), rel=1e-6)
+
+
+def test_target_bounds():
+    consumers, _ = problem(0, 3, (1,))
+    assert len(reap_order(consumers, 3, target=3).order) == 0
+    with pytest.raises(ValueError):
+        reap_order(consumers, 3, target=0)
+
+
+# ThiNet -----------------------------------------------------------------------------------------
+
+def thinet_brute(consumers, n):
+    """Greedy forward selection of R by E(R) = sum tr(W_R^T G_RR W_R), each from scratch."""
+    def cost(removed):
+        total = 0.0
+        for stats, k, theta0 in consumers:
+            cols = columns(removed, k)[:-1]
+            total += np.sum(theta0[cols] * (stats.gram[np.ix_(cols, cols)] @ theta0[cols]))
+        return total
+
+    removed, errors = [], []
+    for _ in range(n - 1):
+        removed.append(min((c for c in range(n) if c not in removed), key=lambda c: cost([*removed, c])))
+        errors.append(cost(removed))
+    return removed, errors
+
+
+@SMALL
+@given(seed=seeds, n=st.integers(2, 8), ks=st.sampled_from([(1,), (9,), (9, 4)]))
+def test_thinet_matches_brute_force(seed, n, ks):
+    consumers, _ = problem(seed, n, ks)
+    order, errors = thinet_brute(consumers, n)
+    result = thinet_order(consumers, n)
+    np.testing.assert_array_equal(result.order, order)
+    np.testing.assert_allclose(result.errors, errors, rtol=1e-9)
+
+
+# NU ---------------------------------------------------------------------------------------------
+
+def fold(theta, k, j, i, alpha, beta):
+    w = theta[:-1].reshape(-1, k, theta.shape[1]).copy()
+    bias = theta[-1] + beta * w[j].sum(axis=0)
+    w[i] += alpha * w[j]
+    w[j] = 0
+    return np.vstack([w.reshape(-1, theta.shape[1]), bias])
+
+
+def nu_brute(consumers, xs, n):
+    """Greedy NU from the data: every pair j -> i fitted by lstsq over all positions and taps of all
+    consumers, its added error measured as the change of every consumer's output."""
+    thetas = [theta0 for _, _, theta0 in consumers]
+    alive, steps, total = list(range(n)), [], 0.0
+    for _ in range(n - 1):
+        best = None
+        for j in alive:
+            for i in (i for i in alive if i != j):
+                a_i = np.concatenate([channel(x, i, k).ravel() for (_, k, _), x in zip(consumers, xs)])
+                a_j = np.concatenate([channel(x, j, k).ravel() for (_, k, _), x in zip(consumers, xs)])
+                alpha, beta = np.linalg.lstsq(np.stack([a_i, np.ones_like(a_i)], 1), a_j, rcond=None)[0]
+                trial = [fold(t, k, j, i, alpha, beta) for (_, k, _), t in zip(consumers, thetas)]
+                cost = sum(np.sum((with_ones(x) @ (new - old)) ** 2) for x, new, old in zip(xs, trial, thetas))
+                if best is None or cost < best[0]:
+                    best = (cost, j, i, alpha, beta, trial)
+        cost, j, i, alpha, beta, thetas = best
+        total += cost
+        alive.remove(j)
+        steps.append((j, i, alpha, beta, total, thetas))
+    return steps
+
+
+@SMALL
+@given(seed=seeds, n=st.integers(2, 6), ks=st.sampled_from([(1,), (4,), (9, 4)]))
+def test_nu_matches_brute_force(seed, n, ks):
+    consumers, xs = problem(seed, n, ks)
+    plan = nu_plan(consumers, n)
+    steps = nu_brute(consumers, xs, n)
+    np.testing.assert_array_equal(plan.order, [s[0] for s in steps])
+    np.testing.assert_array_equal(plan.stand_in, [s[1] for s in steps])
+    np.testing.assert_allclose(plan.alpha, [s[2] for s in steps], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(plan.beta, [s[3] for s in steps], rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(plan.errors, [s[4] for s in steps], rtol=1e-7)
+    for count, step in enumerate(steps, start=1):
+        for (_, k, theta0), theta in zip(consumers, step[5]):
+            assert relative(nu_apply(theta0, plan, k, count), theta) < 1e-8
+
+
+def test_nu_unifies_a_duplicated_channel_first_and_exactly():
+    rng = np.random.default_rng(6)
+    n, i, j = 6, 1, 4
+    consumers, xs = [], []
+    for k in (9, 4):
+        x = correlated(rng, 300, n * k, rank=3 * k)
+        x[:, j * k:(j + 1) * k] = 2 * channel(x, i, k) + 0.5
+        stats, theta0, _ = consumer(rng, x, 3)
+        consumers.append((stats, k, theta0))
+        xs.append(x)
+    plan = nu_plan(consumers, n)
+    assert {plan.order[0], plan.stand_in[0]} == {i, j}
+    scale = sum(np.sum((with_ones(x) @ theta0) ** 2) for x, (_, _, theta0) in zip(xs, consumers))
+    assert plan.errors[0] < 1e-10 * scale
+    assert plan.errors[1] > 1e-4 * scale
+    for x, (_, k, theta0) in zip(xs, consumers):
+        before, after = with_ones(x) @ theta0, with_ones(x) @ nu_apply(theta0, plan, k, 1)
+        np.testing.assert_allclose(after, before, rtol=1e-9, atol=1e-9 * np.abs(before).max())
