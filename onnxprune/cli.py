@@ -4,24 +4,56 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
+from .bench import benchmark, table
+from .calibrate import Device, StatsMode, providers
 from .config import DEFAULT_ROUND_TO, Method, PruneConfig
-from .cost import model_cost
+from .cost import cost_of, model_cost
+from .data import DataSource, open_data, parse_image_options
 from .errors import OnnxPruneError
+from .evaluate import evaluate
 from .graph import load, save
 from .groups import analyze
 from .normalize import normalize
 from .prune import prune
-from .report import inspect_json, inspect_table, prune_summary
+from .reconstruct import Calibration, no_progress
+from .report import inspect_json, inspect_table, prune_summary, srn_summary
+from .srn import serialize_residuals
+from .validate import validate
 from .shapes import parse_input_shapes
 
+MODEL = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 INPUT_SHAPE = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
     help="Fix a model input's dynamic dims (repeatable). A dynamic batch dim counts as 1.",
 )
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+DEVICE = click.option("--device", type=click.Choice([d.value for d in Device]), default=Device.AUTO.value,
+                      show_default=True, help="Where onnxruntime runs: CUDA when onnxruntime-gpu finds a GPU.")
+
+
+def image_options(command):
+    """Options for folders of images (calibration or evaluation data)."""
+    for option in reversed([
+        click.option("--resize", metavar="H,W", help="Images: resize to H x W (bilinear)."),
+        click.option("--mean", metavar="M[,M,M]", help="Images: per-channel mean on the [0, 1] scale (float inputs)."),
+        click.option("--std", metavar="S[,S,S]", help="Images: per-channel std on the [0, 1] scale (float inputs)."),
+        click.option("--layout", type=click.Choice(["NCHW", "NHWC"], case_sensitive=False),
+                     help="Images: [default: NCHW]."),
+        click.option("--channels", type=click.Choice(["1", "3"]),
+                     help="Images: 1 (grayscale) or 3 (RGB) [default: the model's channel dim if 1 or 3, else 3]."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _open(path, model, batch_size, limit, resize, mean, std, layout, channels) -> DataSource:
+    options = parse_image_options(resize, mean, std, layout, int(channels) if channels else None)
+    return open_data(path, model, batch_size=batch_size, limit=limit, image_options=options)
 
 
 class _Group(click.Group):
@@ -40,9 +72,9 @@ def main():
 
 
 @main.command()
-@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@MODEL
 @INPUT_SHAPE
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@JSON
 def inspect(model, input_shapes, as_json):
     """Show the channel groups of MODEL, which are prunable, and its cost."""
     normalized, _ = normalize(load(model))
@@ -55,23 +87,49 @@ def inspect(model, input_shapes, as_json):
 
 
 @main.command(name="prune")
-@click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+@MODEL
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the pruned model.")
 @click.option("--method", type=click.Choice([m.value for m in Method]), default=Method.L1.value, show_default=True,
-              help="How channels are chosen.")
+              help="How channels are chosen: l1 (no data), or reap, thinet, nu (calibration data, reconstruction).")
 @click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0 <= R < 1).")
 @click.option("--keep-flops", type=float, help="Fraction of the MACs to keep (0 < F <= 1).")
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True,
               help="Kept channel counts are multiples of N (fast onnxruntime CPU kernels want 8 or 16).")
+@click.option("--calib", "calib_path", type=click.Path(path_type=Path),
+              help="Calibration data for reap/thinet/nu: .npz, .npy or a folder of images.")
+@click.option("--calib-limit", type=int, help="Use only the first N calibration samples.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Calibration samples per run.")
+@click.option("--srn", is_flag=True, help="Serialise residual blocks first (SRN) so layers tied by shortcuts "
+              "can be pruned; --keep-flops stays relative to the original model.")
+@click.option("--independent", is_flag=True,
+              help="Reconstruct every layer from the ORIGINAL model's inputs instead of the pruned model's.")
+@click.option("--stats", type=click.Choice([m.value for m in StatsMode]), default=StatsMode.HOST.value,
+              show_default=True, help="Reduce calibration statistics on the host (numpy) or inside onnxruntime.")
+@DEVICE
+@image_options
 @INPUT_SHAPE
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the JSON report to this file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the JSON report on stdout.")
-def prune_cmd(model, output, method, ratio, keep_flops, round_to, input_shapes, report, as_json):
+@JSON
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def prune_cmd(model, output, method, ratio, keep_flops, round_to, calib_path, calib_limit, batch_size, srn, independent,
+              stats, device, resize, mean, std, layout, channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     if output.exists() and model.exists() and output.resolve() == model.resolve():
         raise OnnxPruneError(f"{output}: the output path is the input model; choose another")
-    config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes))
-    result = prune(load(model), config)
+    config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn)
+    if calib_path is not None and not config.method.needs_data:
+        raise OnnxPruneError(f"--calib is for the data methods (reap, thinet, nu), not --method {method}")
+    loaded = load(model)
+    calibration = None
+    if config.method.needs_data:
+        if calib_path is None:
+            raise OnnxPruneError(f"--method {method} needs calibration data: give --calib DATA")
+        if batch_size < 1:
+            raise OnnxPruneError(f"--batch-size {batch_size}: must be a positive integer")
+        data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels)
+        calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
+                                  tuple(providers(Device(device))), sequential=not independent)
+    result = prune(loaded, config, calibration, no_progress if quiet or as_json else _progress)
     data = result.to_json()
     if report is not None:
         _write_text(report, json.dumps(data, indent=2) + "\n", forbidden=model)
@@ -80,6 +138,77 @@ def prune_cmd(model, output, method, ratio, keep_flops, round_to, input_shapes, 
         click.echo(json.dumps(data, indent=2))
     else:
         click.echo(prune_summary(result, str(model), str(output)))
+
+
+@main.command(name="srn")
+@MODEL
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the serial model.")
+@INPUT_SHAPE
+@JSON
+def srn_cmd(model, output, input_shapes, as_json):
+    """Rewrite residual blocks of MODEL into equivalent serial convolutions (SRN)."""
+    if output.exists() and model.exists() and output.resolve() == model.resolve():
+        raise OnnxPruneError(f"{output}: the output path is the input model; choose another")
+    shapes = parse_input_shapes(input_shapes)
+    normalized, _ = normalize(load(model))
+    serial, report = serialize_residuals(normalized, shapes)
+    validate(serial, shapes)
+    data = report.to_json(cost_of(normalized, shapes).macs, cost_of(serial, shapes).macs)
+    save(serial, output, input_path=model)
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(srn_summary(data, str(model), str(output)))
+
+
+@main.command(name="eval")
+@MODEL
+@click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
+              help=".npz (arrays named after the inputs, optional 'labels'), .npy, or a folder of "
+                   "PNG/JPEG images (class sub-folders, sorted, give labels 0..k-1).")
+@click.option("--reference", type=click.Path(dir_okay=True, path_type=Path),
+              help="Compare with this model (e.g. the unpruned one): top-1 agreement and output errors.")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per run.")
+@click.option("--limit", type=int, help="Use only the first N samples.")
+@image_options
+@JSON
+def eval_cmd(model, data_path, reference, batch_size, limit, resize, mean, std, layout, channels, as_json):
+    """Run MODEL over data: top-1 accuracy if labelled, and its distance from a --reference model."""
+    loaded = load(model)
+    ref = load(reference) if reference is not None else None
+    data = _open(data_path, loaded, batch_size, limit, resize, mean, std, layout, channels)
+    result = evaluate(loaded, data, ref)
+    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.summary())
+
+
+@main.command(name="bench")
+@click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--data", "data_path", type=click.Path(path_type=Path), help="Inputs to time on (default: random).")
+@click.option("--batch", "batches", type=int, multiple=True, default=(1, 32), show_default=True,
+              help="Batch sizes to time (repeatable).")
+@click.option("--runs", type=int, default=30, show_default=True, help="Timed runs per model and batch size.")
+@click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default).")
+@DEVICE
+@JSON
+def bench_cmd(models, data_path, batches, runs, threads, device, as_json):
+    """onnxruntime latency of MODELS side by side (median, p90) and the speedup over the first."""
+    if runs < 1 or any(b < 1 for b in batches):
+        raise OnnxPruneError("--runs and --batch must be positive integers")
+    loaded = {str(p): load(p) for p in models}
+    if len(loaded) < len(models):
+        raise OnnxPruneError("bench: the same model is named twice")
+    sample = None
+    if data_path is not None:
+        first = next(iter(loaded.values()))
+        sample = next(iter(open_data(data_path, first, batch_size=max(batches)))).feeds
+    results = benchmark(loaded, tuple(batches), runs, providers=providers(Device(device)), threads=threads, data=sample)
+    click.echo(json.dumps([r.to_json() for r in results], indent=2) if as_json else table(results))
+
+
+@contextmanager
+def _progress(label: str, total: int):
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
 
 
 def _write_text(path: Path, text: str, forbidden: Path) -> None:

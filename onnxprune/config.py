@@ -12,6 +12,13 @@ DEFAULT_ROUND_TO = 8
 
 class Method(str, enum.Enum):
     L1 = "l1"
+    THINET = "thinet"
+    NU = "nu"
+    REAP = "reap"
+
+    @property
+    def needs_data(self) -> bool:
+        return self is not Method.L1
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,7 @@ class PruneConfig:
     keep_flops: float | None = None
     round_to: int = DEFAULT_ROUND_TO
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    srn: bool = False  # serialise residual blocks first (--keep-flops stays relative to the original)
 
     def __post_init__(self):
         if (self.ratio is None) == (self.keep_flops is None):

@@ -7,11 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .config import Method, PruneConfig
+from .config import PruneConfig
 from .cost import MacPredictor, cost_of, model_cost
 from .errors import OnnxPruneError
 from .groups import Analysis, ChannelGroup, analyze
 from .methods.l1 import l1_scores
+from .srn import serialize_residuals
+from .reconstruct import Calibration, LayerNote, Progress, no_progress, prune_sequential, reconstructable
 from .normalize import normalize
 from .ratios import fit_budget, uniform
 from .surgery import prune_channels
@@ -22,6 +24,11 @@ from .validate import validate
 class GroupChange:
     group: ChannelGroup
     channels_after: int
+    not_reconstructable: str | None = None  # why a data method left this prunable group alone
+
+    @property
+    def reason(self) -> str | None:
+        return self.group.reason or self.not_reconstructable
 
 
 @dataclass(frozen=True)
@@ -33,6 +40,8 @@ class PruneResult:
     params_before: int
     params_after: int
     groups: tuple[GroupChange, ...]
+    layers: tuple[LayerNote, ...] = ()
+    srn: dict | None = None  # what serialising residual blocks did, with --srn
 
     def to_json(self) -> dict:
         return {
@@ -43,21 +52,43 @@ class PruneResult:
             "params_after": self.params_after,
             "groups": [
                 {"id": c.group.id, "channels_before": c.group.channels, "channels_after": c.channels_after,
-                 "reason": c.group.reason}
+                 "reason": c.reason}
                 for c in self.groups
+            ],
+            "srn": self.srn,
+            "reconstruction": [
+                {"group": n.group, "node": n.node, "rows": n.rows, "columns": n.columns, "alpha": n.alpha,
+                 "rel_error": n.rel_error}
+                for n in self.layers
             ],
         }
 
 
-def prune(model: onnx.ModelProto, config: PruneConfig) -> PruneResult:
-    """Prune ``model`` as ``config`` says; the input model is not modified."""
+def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration | None = None,
+          progress: Progress = no_progress) -> PruneResult:
+    """Prune ``model`` as ``config`` says; the input model is not modified.
+
+    Data methods (reap, thinet, nu) need ``calibration`` and prune only the groups
+    whose consumers they can reconstruct; the others are reported.
+    """
+    if config.method.needs_data and calibration is None:
+        raise OnnxPruneError(f"--method {config.method.value} needs calibration data: give --calib DATA")
     normalized, _ = normalize(model)
+    original = cost_of(normalized, config.input_shapes)
+    srn_report = None
+    if config.srn:
+        normalized, srn_report = serialize_residuals(normalized, config.input_shapes)
     analysis = analyze(normalized, config.input_shapes)
     before = model_cost(analysis.graph, analysis.shapes)
-    scores = _scores(analysis, config.method)
+    scores = l1_scores(analysis)
     channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    skipped: dict[int, str] = {}
+    if config.method.needs_data:
+        plans, skipped = reconstructable(analysis)
+        channels = {g: n for g, n in channels.items() if g in plans}
     if not channels:
-        raise OnnxPruneError("no prunable channel group in this model (see `onnxprune inspect` for the reasons)")
+        raise OnnxPruneError("no prunable channel group in this model (see `onnxprune inspect` for the reasons)"
+                             + (f"; not reconstructable: {'; '.join(sorted(set(skipped.values())))}" if skipped else ""))
 
     def keep_for(counts: dict[int, int]) -> dict[int, np.ndarray]:
         return select(analysis, scores, counts)
@@ -66,21 +97,28 @@ def prune(model: onnx.ModelProto, config: PruneConfig) -> PruneResult:
         counts = uniform(channels, config.ratio, config.round_to)
     else:
         predictor = MacPredictor(analysis, before)
-        budget = config.keep_flops * before.macs
+        budget = config.keep_flops * original.macs
         counts = fit_budget(channels, lambda c: predictor.macs(analysis.removed_mask(keep_for(c))),
                             budget, config.round_to)
         if counts is None:
             deepest = predictor.macs(analysis.removed_mask(keep_for(uniform(channels, 1.0, config.round_to))))
             raise OnnxPruneError(
                 f"--keep-flops {config.keep_flops}: unreachable; the deepest pruning allowed "
-                f"(--round-to {config.round_to}, frozen groups untouched) keeps {deepest / before.macs:.3f} of the MACs"
+                f"(--round-to {config.round_to}, frozen groups untouched) keeps {deepest / original.macs:.3f} of the MACs"
             )
-    keep = keep_for(counts)
-    pruned = prune_channels(normalized, analysis, keep)
+    notes: list[LayerNote] = []
+    if config.method.needs_data:
+        pruned, keep, notes = prune_sequential(normalized, analysis, counts, config.method, calibration, progress)
+    else:
+        keep = keep_for(counts)
+        pruned = prune_channels(normalized, analysis, keep)
     validate(pruned, config.input_shapes)
     after = cost_of(pruned, config.input_shapes)
-    changes = tuple(GroupChange(g, len(keep.get(g.id, range(g.channels)))) for g in analysis.groups)
-    return PruneResult(pruned, config, before.macs, after.macs, before.params, after.params, changes)
+    changes = tuple(GroupChange(g, len(keep.get(g.id, range(g.channels))), skipped.get(g.id))
+                    for g in analysis.groups)
+    srn = srn_report.to_json(original.macs, before.macs) if srn_report else None
+    return PruneResult(pruned, config, original.macs, after.macs, original.params, after.params, changes,
+                       tuple(notes), srn)
 
 
 def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:
@@ -101,8 +139,3 @@ def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int])
             removed = analysis.removed_mask(keep)
     return keep
 
-
-def _scores(analysis: Analysis, method: Method) -> list[np.ndarray]:
-    if method is Method.L1:
-        return l1_scores(analysis)
-    raise OnnxPruneError(f"method {method.value} is not available")

@@ -72,4 +72,31 @@ def prune_summary(result: PruneResult, source: str, output: str) -> str:
         lines.append("frozen (left as they are):")
         for c in frozen:
             lines.append(f"  group {c.group.id} ({c.group.channels} ch): {c.group.reason or 'a single channel'}")
+    skipped = [c for c in result.groups if c.not_reconstructable]
+    if skipped:
+        lines.append(f"not pruned by {cfg.method.value} (no reconstruction possible):")
+        for c in skipped:
+            lines.append(f"  group {c.group.id} ({c.group.channels} ch): {c.not_reconstructable}")
+    if result.srn is not None:
+        lines.append(f"SRN: {result.srn['blocks_serialized']} residual blocks serialised first, "
+                     f"{len(result.srn['blocks_skipped'])} left as they are")
+    if result.layers:
+        worst = max(result.layers, key=lambda n: n.rel_error)
+        lines.append(f"reconstructed {len(result.layers)} layers; largest calibration error "
+                     f"{100 * worst.rel_error:.2f}% ({worst.node})")
+        thin = [n for n in result.layers if n.rows < n.columns]
+        for n in thin:
+            lines.append(f"  {n.node}: only {n.rows} calibration rows for {n.columns} weights per output "
+                         f"(ridge alpha {n.alpha:g} chosen on held-out data); more samples would help")
+    return "\n".join(lines)
+
+
+def srn_summary(data: dict, source: str, output: str) -> str:
+    lines = [
+        f"serialised {source} -> {output}",
+        f"blocks: {data['blocks_serialized']} serialised, {len(data['blocks_skipped'])} left as they are",
+        f"MACs {human(data['macs_before'])} -> {human(data['macs_after'])} (wider until pruned)",
+    ]
+    for skipped in data["blocks_skipped"]:
+        lines.append(f"  {skipped['node']}: {skipped['reason']}")
     return "\n".join(lines)

@@ -1,0 +1,88 @@
+"""onnxruntime latency of several models, measured side by side.
+
+Runs are interleaved (model A, model B, model A, ...) after a warm-up, so slow
+drifts of a shared machine hit every model alike; the ratio to the first model
+is what to read, not the absolute times.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .errors import OnnxPruneError
+from .shapes import fixed_input_shapes
+from .validate import random_feeds
+
+
+@dataclass(frozen=True)
+class Latency:
+    model: str
+    batch: int
+    median_ms: float
+    p90_ms: float
+    ratio: float  # median of the first model / median of this one: > 1 is faster
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "batch": self.batch, "median_ms": self.median_ms,
+                "p90_ms": self.p90_ms, "speedup": self.ratio}
+
+
+def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int = 0) -> ort.InferenceSession:
+    """A session as deployment would use it: all graph optimisations on."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+
+
+def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarray] | None = None,
+                    seed: int = 0) -> dict[str, np.ndarray]:
+    """Inputs of ``batch`` samples: from ``data`` (repeated as needed) or random."""
+    if data is not None:
+        return {k: np.resize(v, (batch, *v.shape[1:])) for k, v in data.items()}
+    shapes = {name: (batch, *dims[1:]) for name, dims in fixed_input_shapes(model).items()}
+    feeds = random_feeds(model, shapes, seed)
+    if feeds is None:
+        raise OnnxPruneError("bench: the model has dynamic input dims other than the batch; give --data")
+    return feeds
+
+
+def benchmark(models: dict[str, onnx.ModelProto], batches: tuple[int, ...] = (1, 32), runs: int = 30,
+              warmup: int = 5, providers: list[str] | None = None, threads: int = 0,
+              data: dict[str, np.ndarray] | None = None) -> list[Latency]:
+    """Median and 90th-percentile latency of each model at each batch size, interleaved."""
+    providers = providers or ["CPUExecutionProvider"]
+    names = list(models)
+    sessions = {n: optimized_session(m, providers, threads) for n, m in models.items()}
+    results = []
+    for batch in batches:
+        feeds = {n: feeds_for_batch(models[n], batch, data) for n in names}
+        for n in names:
+            for _ in range(warmup):
+                sessions[n].run(None, feeds[n])
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(runs):
+            for n in names:
+                start = time.perf_counter()
+                sessions[n].run(None, feeds[n])
+                times[n].append(time.perf_counter() - start)
+        base = float(np.median(times[names[0]]))
+        for n in names:
+            median = float(np.median(times[n]))
+            results.append(Latency(n, batch, 1000 * median, 1000 * float(np.percentile(times[n], 90)), base / median))
+    return results
+
+
+def table(results: list[Latency]) -> str:
+    rows = [("model", "batch", "median ms", "p90 ms", "speedup")]
+    rows += [(r.model, str(r.batch), f"{r.median_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.ratio:.2f}x") for r in results]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)

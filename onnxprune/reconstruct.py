@@ -1,0 +1,252 @@
+"""Data methods: choose channels from calibration statistics and rewrite the consumers.
+
+Sequential, from input to output (METHODS.md): for each reconstructable group in
+turn, the statistics take X from the model pruned so far and Y from the ORIGINAL
+model, so each layer also corrects the error left by the layers before it. Then
+
+- reap:   greedy backward elimination by the error AFTER least-squares reconstruction
+          (inverse-Gram downdates), then ridge least squares toward the original weights;
+- thinet: ThiNet's selection (by the consumers' output change WITHOUT reconstruction),
+          then the same least-squares reconstruction, so the two differ only in selection;
+- nu:     Neuro-Unification: each removed channel's behaviour is taken over by a similar
+          channel (affine fit), the consumers' weights folded accordingly.
+
+Reconstructed weights are kept in the ORIGINAL shapes (zeros where channels are gone),
+overlaid on the original model, and the surgery of ``groups``/``surgery`` cuts the
+model from that, so one analysis serves every step.
+
+A group is reconstructable when each of its consumers (Conv with group=1, Gemm, or
+MatMul followed by a bias Add) reads exactly that group's channels; other groups are
+left unpruned by the data methods, and the report says why.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, replace
+from typing import Callable, ContextManager
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import linalg
+from .calibrate import Batches, Consumer, StatsMode, collect, consumer_of
+from .config import Method
+from .graph import set_constant_input, to_graph, to_model
+from .groups import Analysis
+from .surgery import prune_channels
+
+# Ridge used while selecting channels (relative to mean(diag G)); reconstruction picks its own.
+SELECTION_ALPHA = 1e-3
+ALPHA_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+HOLDOUT_EVERY = 4  # every 4th calibration batch is held out to choose the ridge
+
+Progress = Callable[[str, int], ContextManager[Callable[[int], None]]]
+
+
+def no_progress(label: str, total: int) -> ContextManager[Callable[[int], None]]:
+    return nullcontext(lambda n: None)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    batches: Batches
+    samples: int
+    mode: StatsMode = StatsMode.HOST
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    sequential: bool = True  # X from the pruned model (True) or from the original (False)
+
+
+@dataclass(frozen=True)
+class LayerNote:
+    """What reconstruction did for one consumer: rows vs columns, ridge, errors."""
+
+    group: int
+    node: str
+    rows: int
+    columns: int
+    alpha: float
+    rel_error: float  # ||Y - X_S Theta||^2 / ||Y||^2 on the calibration data
+
+
+def reconstructable(analysis: Analysis) -> tuple[dict[int, tuple[Consumer, ...]], dict[int, str]]:
+    """Consumers of each group that data methods can prune, and reasons for the others."""
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    by_group: dict[int, list[Consumer]] = {}
+    reasons: dict[int, str] = {}
+    for node_name, tensor in analysis.consumer_inputs.items():
+        classes = analysis.atom_class[analysis.layouts[tensor].atoms]
+        gids = set(analysis.class_group[classes].tolist())
+        for gid in gids:
+            if gid < 0:
+                continue
+            group_classes = analysis.group_classes[gid]
+            if len(gids) != 1 or len(classes) != len(group_classes) or not np.array_equal(classes, group_classes):
+                reasons.setdefault(gid, f"consumer '{node_name}' reads channels of several groups or a part of them")
+                continue
+            consumer = _consumer(nodes[node_name], analysis)
+            if isinstance(consumer, str):
+                reasons.setdefault(gid, consumer)
+            else:
+                by_group.setdefault(gid, []).append(consumer)
+    result = {}
+    for g in analysis.groups:
+        if g.prunable and g.id not in reasons:
+            if g.id in by_group:
+                result[g.id] = tuple(by_group[g.id])
+            else:
+                reasons[g.id] = "no consumer reads these channels into weights"
+    return result, {gid: why for gid, why in reasons.items() if analysis.groups[gid].prunable}
+
+
+def _consumer(node: gs.Node, analysis: Analysis) -> Consumer | str:
+    if node.op == "Gemm" and len(node.inputs) < 3:
+        return f"Gemm node '{node.name}' has no bias"
+    consumer = consumer_of(node, analysis)
+    if node.op != "MatMul" or isinstance(consumer, str):
+        return consumer
+    add = _bias_add(node)
+    if add is None:
+        return f"MatMul node '{node.name}' has no bias Add after it to take the reconstructed bias"
+    return replace(consumer, output=add.outputs[0].name)  # the target includes the bias
+
+
+def _bias_add(node: gs.Node) -> gs.Node | None:
+    """The Add of a constant bias vector right after a MatMul, if it is its only reader."""
+    readers = node.outputs[0].outputs
+    if len(readers) != 1 or readers[0].op != "Add":
+        return None
+    add = readers[0]
+    const = [t for t in add.inputs if isinstance(t, gs.Constant)]
+    if len(const) != 1 or const[0].values.size != node.inputs[1].values.shape[1]:
+        return None
+    return add
+
+
+def theta_of(node: gs.Node, c: Consumer) -> np.ndarray:
+    """A consumer's weights and bias as a (n*K + 1) x m matrix (rows channel*K + tap, bias last)."""
+    w = np.asarray(node.inputs[1].values, dtype=np.float64)
+    if c.op == "Conv":
+        weights = w.reshape(w.shape[0], -1).T
+        bias = np.asarray(node.inputs[2].values, dtype=np.float64)
+    elif c.op == "Gemm":
+        alpha = float(node.attrs.get("alpha", 1.0))
+        weights = alpha * (w.T if int(node.attrs.get("transB", 0)) else w)
+        bias = np.asarray(node.inputs[2].values, dtype=np.float64).reshape(-1)
+    else:
+        weights = w
+        add = _bias_add(node)
+        bias = next(np.asarray(t.values, dtype=np.float64) for t in add.inputs if isinstance(t, gs.Constant))
+    return np.vstack([weights, np.broadcast_to(bias.reshape(-1), (weights.shape[1],))[None, :]])
+
+
+def write_theta(graph: gs.Graph, node: gs.Node, c: Consumer, theta: np.ndarray, outputs: np.ndarray) -> None:
+    """Write ``theta`` (columns: the kept ``outputs``) into the node's original-shape weights."""
+    w = np.array(node.inputs[1].values)
+    dtype = w.dtype
+    body, bias = theta[:-1], theta[-1]
+    if c.op == "Conv":
+        w[outputs] = body.T.reshape(len(outputs), *w.shape[1:])
+        b = np.array(node.inputs[2].values)
+        b[outputs] = bias
+        set_constant_input(graph, node, 2, b.astype(dtype))
+    elif c.op == "Gemm":
+        w = w * float(node.attrs.get("alpha", 1.0))
+        node.attrs["alpha"] = 1.0
+        if int(node.attrs.get("transB", 0)):
+            w[outputs] = body.T
+        else:
+            w[:, outputs] = body
+        b = np.array(node.inputs[2].values)
+        b[outputs] = bias
+        set_constant_input(graph, node, 2, b.astype(dtype))
+    else:
+        w[:, outputs] = body
+        add = _bias_add(node)
+        index = next(i for i, t in enumerate(add.inputs) if isinstance(t, gs.Constant))
+        b = np.array(add.inputs[index].values)
+        flat = b.reshape(-1)
+        flat[outputs] = bias
+        set_constant_input(graph, add, index, flat.reshape(b.shape).astype(dtype))
+    set_constant_input(graph, node, 1, w.astype(dtype))
+
+
+def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: dict[int, int],
+                     method: Method, calib: Calibration, progress: Progress = no_progress,
+                     ) -> tuple[onnx.ModelProto, dict[int, np.ndarray], list[LayerNote]]:
+    """Prune each group in ``counts`` to its count, in order, reconstructing its consumers."""
+    plans, _ = reconstructable(analysis)
+    keep: dict[int, np.ndarray] = {}
+    thetas: dict[str, tuple[Consumer, np.ndarray, np.ndarray]] = {}
+    notes: list[LayerNote] = []
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    order = [g for g in sorted(counts) if counts[g] < analysis.groups[g].channels]
+    current = normalized
+    for step, gid in enumerate(order, 1):
+        consumers = list(plans[gid])
+        n = analysis.groups[gid].channels
+        removed = analysis.removed_mask(keep)
+        inputs_model = current if calib.sequential else normalized
+        with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {counts[gid]} channels", calib.samples) as advance:
+            fit, holdout = collect(inputs_model, normalized, consumers, calib.batches, calib.mode,
+                                   list(calib.providers), HOLDOUT_EVERY, advance)
+        outputs = {c.node: _kept_outputs(analysis, c, removed) for c in consumers}
+        stats = []
+        for c in consumers:
+            cols = outputs[c.node]
+            stats.append((_restrict(fit[c.node], cols), _restrict(holdout.get(c.node), cols),
+                          theta_of(nodes[c.node], c)[:, cols]))
+        kept, (new_thetas, alphas) = _choose_and_rebuild(method, stats, consumers, n, counts[gid])
+        for c, (f, h, _), theta, alpha in zip(consumers, stats, new_thetas, alphas):
+            thetas[c.node] = (c, theta, outputs[c.node])
+            total = f if h is None else f + h
+            notes.append(LayerNote(gid, c.node, total.rows, c.columns, alpha,
+                                   linalg.error(total, theta) / max(total.energy, 1e-300)))
+        keep[gid] = kept
+        current = prune_channels(_overlay(normalized, thetas), analysis, keep)
+    return current, keep, notes
+
+
+def _choose_and_rebuild(method: Method, stats, consumers: list[Consumer], n: int, k: int):
+    """Kept channels and each consumer's new weights (and the ridge alpha used)."""
+    problems = [(f if h is None else f + h, c.taps, theta0) for (f, h, theta0), c in zip(stats, consumers)]
+    if method is Method.NU:
+        plan = linalg.nu_plan(problems, n, target=k)
+        removed = plan.order[: n - k]
+        kept = np.setdiff1d(np.arange(n), removed)
+        thetas = [linalg.nu_apply(theta0, plan, c.taps, n - k) for (_, _, theta0), c in zip(stats, consumers)]
+        return kept, (thetas, [0.0] * len(consumers))
+    if method is Method.REAP:
+        elimination = linalg.reap_order(problems, n, alpha=SELECTION_ALPHA, target=k)
+    else:
+        elimination = linalg.thinet_order(problems, n, target=k)
+    kept = np.setdiff1d(np.arange(n), elimination.order[: n - k])
+    thetas, alphas = [], []
+    for (f, h, theta0), c in zip(stats, consumers):
+        alpha = linalg.choose_alpha(f, h, kept, c.taps, theta0, ALPHA_GRID) if h is not None else SELECTION_ALPHA
+        total = f if h is None else f + h
+        thetas.append(linalg.ridge_solve(total, kept, c.taps, theta0, alpha))
+        alphas.append(alpha)
+    return kept, (thetas, alphas)
+
+
+def _kept_outputs(analysis: Analysis, c: Consumer, removed: np.ndarray) -> np.ndarray:
+    positions = analysis.kept_positions(c.output, removed)
+    if positions is not None:
+        return positions
+    shape = analysis.shapes[c.output]
+    return np.arange(shape[1])
+
+
+def _restrict(stats: linalg.LayerStats | None, outputs: np.ndarray) -> linalg.LayerStats | None:
+    """Statistics for the consumer's kept outputs only (earlier groups may have cut some)."""
+    return None if stats is None else stats.outputs(outputs)
+
+
+def _overlay(normalized: onnx.ModelProto, thetas: dict[str, tuple[Consumer, np.ndarray, np.ndarray]]) -> onnx.ModelProto:
+    graph = to_graph(normalized)
+    nodes = {n.name: n for n in graph.nodes}
+    for name, (c, theta, outputs) in thetas.items():
+        write_theta(graph, nodes[name], c, theta, outputs)
+    return to_model(graph, normalized)

@@ -1,0 +1,74 @@
+"""Calibration statistics: im2col matches the layers, any batch split sums to the same, host == graph."""
+
+import numpy as np
+import pytest
+from builders import FACTORIES, NetBuilder, random_feeds
+
+from onnxprune import analyze, normalize
+from onnxprune.calibrate import StatsMode, collect, patches, probe_model, make_session, run_probe, targets
+from onnxprune.reconstruct import reconstructable, theta_of
+
+
+def setup(model):
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    plans, _ = reconstructable(analysis)
+    consumers = [c for cs in plans.values() for c in cs]
+    return normalized, analysis, consumers
+
+
+def strided_conv_net():
+    b = NetBuilder(3, hw=9, seed=2)
+    x = b.relu(b.conv("input", 6, k=3, stride=2, pad=1))
+    x = b.relu(b.conv(x, 5, k=3, dilation=2, pad=2))
+    x = b.relu(b.conv(x, 4, k=1))
+    return b.model(b.gemm(b.flatten(x), 3))
+
+
+@pytest.mark.parametrize("model", [strided_conv_net(), FACTORIES["basic_block_net"](), FACTORIES["flatten_gemm_net"](),
+                                   FACTORIES["matmul_head_net"](), FACTORIES["mobilenetv2_block_net"]()])
+def test_patches_times_weights_give_the_layer_output(model):
+    normalized, analysis, consumers = setup(model)
+    assert consumers
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    session = make_session(probe_model(normalized, sorted({c.input for c in consumers} | {c.output for c in consumers})),
+                           ["CPUExecutionProvider"])
+    values = run_probe(session, random_feeds(normalized, batch=3))
+    for c in consumers:
+        theta = theta_of(nodes[c.node], c)
+        x, y = patches(values[c.input], c), targets(values[c.output], c)
+        np.testing.assert_allclose(x @ theta[:-1] + theta[-1], y, rtol=1e-4, atol=1e-4)
+
+
+def batches_of(feeds, sizes):
+    def batches():
+        start = 0
+        for size in sizes:
+            yield {k: v[start:start + size] for k, v in feeds.items()}
+            start += size
+    return batches
+
+
+@pytest.mark.parametrize("factory", ["basic_block_net", "flatten_gemm_net", "densenet_like"])
+def test_statistics_add_up_over_any_batch_split_and_host_equals_graph(factory):
+    normalized, analysis, consumers = setup(FACTORIES[factory]())
+    feeds = random_feeds(normalized, batch=8, seed=5)
+    reference, _ = collect(normalized, normalized, consumers, batches_of(feeds, [8]))
+    for sizes, mode in (([1] * 8, StatsMode.HOST), ([3, 5], StatsMode.HOST), ([8], StatsMode.GRAPH), ([2, 6], StatsMode.GRAPH)):
+        stats, _ = collect(normalized, normalized, consumers, batches_of(feeds, sizes), mode)
+        for c in consumers:
+            a, b = reference[c.node], stats[c.node]
+            assert a.rows == b.rows
+            np.testing.assert_allclose(b.gram, a.gram, rtol=1e-9, atol=1e-9 * np.abs(a.gram).max())
+            np.testing.assert_allclose(b.cross, a.cross, rtol=1e-9, atol=1e-9 * np.abs(a.cross).max())
+            np.testing.assert_allclose(b.yy, a.yy, rtol=1e-9)
+
+
+def test_holdout_takes_every_nth_batch():
+    normalized, analysis, consumers = setup(FACTORIES["conv_chain"]())
+    feeds = random_feeds(normalized, batch=8)
+    whole, _ = collect(normalized, normalized, consumers, batches_of(feeds, [2, 2, 2, 2]))
+    fit, holdout = collect(normalized, normalized, consumers, batches_of(feeds, [2, 2, 2, 2]), holdout_every=4)
+    c = consumers[0]
+    assert holdout[c.node].rows == whole[c.node].rows // 4
+    np.testing.assert_allclose((fit[c.node] + holdout[c.node]).gram, whole[c.node].gram, rtol=1e-12)
