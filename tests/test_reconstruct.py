@@ -1,0 +1,140 @@
+"""Data methods end to end: reap, thinet and nu prune and reconstruct real ONNX graphs."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from builders import FACTORIES, NetBuilder, random_feeds, run
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from onnxprune import OnnxPruneError, PruneConfig, analyze, normalize, prune
+from onnxprune.calibrate import StatsMode
+from onnxprune.cli import main
+from onnxprune.config import Method
+from onnxprune.reconstruct import Calibration, prune_sequential, reconstructable
+
+DATA_METHODS = [Method.REAP, Method.THINET, Method.NU]
+
+
+def calibration(model, samples=64, batch=16, seed=1, **kw):
+    feeds = random_feeds(model, batch=samples, seed=seed)
+    batches = lambda: ({k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, samples, batch))  # noqa: E731
+    return Calibration(batches, samples, **kw)
+
+
+def rel_error(a, b, feeds):
+    x, y = run(a, feeds)[0], run(b, feeds)[0]
+    return np.linalg.norm(y - x) / np.linalg.norm(x)
+
+
+def with_redundant_channels(kind):
+    """A conv whose output channels 1 and 3 repeat channel 0 ('duplicate': exactly; 'combination':
+    channel 3 = channel 0 + channel 2 before a linear consumer)."""
+    b = NetBuilder(3, seed=3)
+    x = b.conv("input", 8)
+    h = b.conv(x, 8) if kind == "combination" else b.relu(x)
+    model = b.model(b.gemm(b.flatten(b.gap(b.relu(b.conv(h, 6)))), 4))
+    inits = {i.name: i for i in model.graph.initializer}
+    w = numpy_helper.to_array(inits["conv0.weight"]).copy()
+    bias = numpy_helper.to_array(inits["conv0.bias"]).copy()
+    if kind == "duplicate":
+        w[1], bias[1] = w[0], bias[0]
+        w[3], bias[3] = w[0], bias[0]
+    else:
+        w[3], bias[3] = w[0] + w[2], bias[0] + bias[2]
+    inits["conv0.weight"].CopyFrom(numpy_helper.from_array(w, "conv0.weight"))
+    inits["conv0.bias"].CopyFrom(numpy_helper.from_array(bias, "conv0.bias"))
+    return model
+
+
+@pytest.mark.parametrize("method, kind", [(Method.REAP, "duplicate"), (Method.NU, "duplicate"),
+                                          (Method.REAP, "combination")])
+def test_redundant_channels_go_first_with_no_error(method, kind):
+    model = with_redundant_channels(kind)
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    removed = 2 if kind == "duplicate" else 1
+    pruned, keep, _ = prune_sequential(normalized, analysis, {0: 8 - removed}, method, calibration(model))
+    assert len(keep[0]) == 8 - removed
+    assert rel_error(model, pruned, random_feeds(model, batch=8, seed=9)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "mobilenetv2_block_net", "se_net",
+                                  "flatten_gemm_net", "matmul_head_net", "bottleneck_net"])
+@pytest.mark.parametrize("method", DATA_METHODS)
+def test_data_methods_beat_l1_and_give_valid_models(name, method):
+    model = FACTORIES[name]()
+    cal = calibration(model)
+    feeds = random_feeds(model, batch=32, seed=7)
+    l1 = prune(model, PruneConfig(method=Method.L1, ratio=0.25, round_to=1))
+    data = prune(model, PruneConfig(method=method, ratio=0.25, round_to=1), cal)
+    onnx.checker.check_model(data.model, full_check=True)
+    assert data.macs_after < data.macs_before
+    assert rel_error(model, data.model, feeds) < rel_error(model, l1.model, feeds)
+    assert data.layers and all(n.rows > 0 and n.columns > 0 for n in data.layers)
+
+
+def test_keep_flops_with_reap_meets_the_target():
+    model = FACTORIES["basic_block_net"]()
+    result = prune(model, PruneConfig(method=Method.REAP, keep_flops=0.5, round_to=1), calibration(model))
+    assert result.macs_after <= 0.5 * result.macs_before
+
+
+def test_graph_statistics_give_the_same_pruning_as_host_statistics():
+    model = FACTORIES["conv_chain"]()
+    host = prune(model, PruneConfig(method=Method.REAP, ratio=0.5, round_to=1), calibration(model))
+    graph = prune(model, PruneConfig(method=Method.REAP, ratio=0.5, round_to=1),
+                  calibration(model, mode=StatsMode.GRAPH))
+    feeds = random_feeds(model, batch=4, seed=2)
+    np.testing.assert_allclose(run(graph.model, feeds)[0], run(host.model, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_groups_that_cannot_be_reconstructed_are_left_alone_and_reported():
+    model = FACTORIES["densenet_like"]()
+    normalized, _ = normalize(model)
+    plans, reasons = reconstructable(analyze(normalized))
+    assert reasons and all("several groups" in why for why in reasons.values())
+    result = prune(model, PruneConfig(method=Method.REAP, ratio=0.5, round_to=1), calibration(model))
+    for change in result.groups:
+        if change.group.id in reasons:
+            assert change.channels_after == change.group.channels and change.not_reconstructable
+    assert "reads channels of several groups" in json.dumps(result.to_json())
+
+
+def test_data_method_without_calibration_is_an_error():
+    with pytest.raises(OnnxPruneError, match="needs calibration data"):
+        prune(FACTORIES["conv_chain"](), PruneConfig(method=Method.REAP, ratio=0.5))
+
+
+def test_cli_reap_with_npz_calibration(tmp_path):
+    model = FACTORIES["basic_block_net"]()
+    path, calib, out = tmp_path / "m.onnx", tmp_path / "calib.npz", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    np.savez(calib, input=random_feeds(model, batch=32, seed=4)["input"])
+    result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--method", "reap", "--calib", str(calib),
+                                       "--keep-flops", "0.6", "--round-to", "1", "--batch-size", "8", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["method"] == "reap" and data["macs_after"] <= 0.6 * data["macs_before"]
+    assert data["reconstruction"] and {"node", "rows", "columns", "alpha", "rel_error"} <= set(data["reconstruction"][0])
+    onnx.checker.check_model(onnx.load(out), full_check=True)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "reap", "--ratio", "0.5"], "needs calibration data"),
+    (["--method", "l1", "--ratio", "0.5", "--calib", "CALIB"], "--calib is for the data methods"),
+    (["--method", "reap", "--ratio", "0.5", "--calib", "BAD"], "does not match the model input"),
+    (["--method", "reap", "--ratio", "0.5", "--calib", "CALIB", "--batch-size", "0"], "--batch-size"),
+])
+def test_cli_calibration_errors(tmp_path, args, message):
+    model = FACTORIES["conv_chain"]()
+    path, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "calib.npz", input=np.zeros((4, 3, 8, 8), np.float32))
+    np.savez(tmp_path / "bad.npz", input=np.zeros((4, 3, 9, 9), np.float32))
+    args = [str(tmp_path / "calib.npz") if a == "CALIB" else str(tmp_path / "bad.npz") if a == "BAD" else a for a in args]
+    result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), *args])
+    assert result.exit_code != 0 and message in result.output
+    assert not out.exists()
