@@ -93,6 +93,11 @@ def inspect(model, input_shapes, as_json):
               help="How channels are chosen: l1 (no data), or reap, thinet, nu (calibration data, reconstruction).")
 @click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0 <= R < 1).")
 @click.option("--keep-flops", type=float, help="Fraction of the MACs to keep (0 < F <= 1).")
+@click.option("--keep-params", type=float, help="Fraction of the parameters to keep (0 < P <= 1).")
+@click.option("--pro", is_flag=True, help="Choose each layer's width by its effect on the final output (PRO); "
+              "needs --calib and --keep-flops or --keep-params.")
+@click.option("--pro-samples", type=int, default=256, show_default=True,
+              help="Calibration samples PRO measures the final-output error on.")
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True,
               help="Kept channel counts are multiples of N (fast onnxruntime CPU kernels want 8 or 16).")
 @click.option("--calib", "calib_path", type=click.Path(path_type=Path),
@@ -111,19 +116,22 @@ def inspect(model, input_shapes, as_json):
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the JSON report to this file.")
 @JSON
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def prune_cmd(model, output, method, ratio, keep_flops, round_to, calib_path, calib_limit, batch_size, srn, independent,
+def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_samples, round_to, calib_path, calib_limit, batch_size, srn, independent,
               stats, device, resize, mean, std, layout, channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     if output.exists() and model.exists() and output.resolve() == model.resolve():
         raise OnnxPruneError(f"{output}: the output path is the input model; choose another")
-    config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn)
-    if calib_path is not None and not config.method.needs_data:
-        raise OnnxPruneError(f"--calib is for the data methods (reap, thinet, nu), not --method {method}")
+    config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
+                         keep_params, pro, pro_samples)
+    uses_data = config.method.needs_data or config.pro
+    if calib_path is not None and not uses_data:
+        raise OnnxPruneError(f"--calib is for the data methods (reap, thinet, nu) and --pro, not --method {method}")
     loaded = load(model)
     calibration = None
-    if config.method.needs_data:
+    if uses_data:
         if calib_path is None:
-            raise OnnxPruneError(f"--method {method} needs calibration data: give --calib DATA")
+            needs = f"--method {method}" if config.method.needs_data else "--pro"
+            raise OnnxPruneError(f"{needs} needs calibration data: give --calib DATA")
         if batch_size < 1:
             raise OnnxPruneError(f"--batch-size {batch_size}: must be a positive integer")
         data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels)

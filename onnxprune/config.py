@@ -36,15 +36,24 @@ class PruneConfig:
     keep_flops: float | None = None
     round_to: int = DEFAULT_ROUND_TO
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
-    srn: bool = False  # serialise residual blocks first (--keep-flops stays relative to the original)
+    srn: bool = False  # serialise residual blocks first (targets stay relative to the original)
+    keep_params: float | None = None
+    pro: bool = False  # per-group widths from the final-output error (needs calibration data)
+    pro_samples: int = 256
 
     def __post_init__(self):
-        if (self.ratio is None) == (self.keep_flops is None):
-            raise OnnxPruneError("give exactly one of --ratio and --keep-flops")
+        targets = [t for t in (self.ratio, self.keep_flops, self.keep_params) if t is not None]
+        if len(targets) != 1:
+            raise OnnxPruneError("give exactly one of --ratio, --keep-flops and --keep-params")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise OnnxPruneError(f"--ratio {self.ratio}: must be at least 0 and below 1")
-        if self.keep_flops is not None and not 0.0 < self.keep_flops <= 1.0:
-            raise OnnxPruneError(f"--keep-flops {self.keep_flops}: must be above 0 and at most 1")
+        for name, value in (("--keep-flops", self.keep_flops), ("--keep-params", self.keep_params)):
+            if value is not None and not 0.0 < value <= 1.0:
+                raise OnnxPruneError(f"{name} {value}: must be above 0 and at most 1")
+        if self.pro and self.ratio is not None:
+            raise OnnxPruneError("--pro chooses the ratios itself: give --keep-flops or --keep-params, not --ratio")
+        if self.pro_samples < 1:
+            raise OnnxPruneError(f"--pro-samples {self.pro_samples}: must be a positive integer")
         if self.round_to < 1:
             raise OnnxPruneError(f"--round-to {self.round_to}: must be a positive integer")
         object.__setattr__(self, "method", Method(self.method))

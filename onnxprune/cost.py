@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from .errors import OnnxPruneError
 from .graph import to_graph
-from .groups import Analysis
+from .groups import Analysis, EditKind
 from .shapes import infer_shapes
 
 COSTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -121,6 +121,35 @@ class MacPredictor:
                 if t is not None and t in a.layouts:
                     scale *= a.channel_count(t, removed) / a.channel_count(t)
             total += macs * scale
+        return int(round(total))
+
+
+class ParamPredictor:
+    """Parameters after removing channels: each constant shrinks along the axes that
+    the analysis slices (by the kept fraction of the tensor that drives the slice)."""
+
+    def __init__(self, analysis: Analysis):
+        self.analysis = analysis
+        slices: dict[tuple[str, int], list[str]] = {}
+        for e in analysis.edits:
+            if e.kind is EditKind.SLICE_CONST:
+                slices.setdefault((e.node, e.index), []).append(e.tensor)
+        self.terms = []  # (size, tensors whose kept fraction scales it)
+        counted: set[str] = set()
+        for node in analysis.graph.nodes:
+            for i, t in enumerate(node.inputs):
+                if _is_float_constant(t) and t.name not in counted:
+                    counted.add(t.name)
+                    self.terms.append((t.values.size, slices.get((node.name, i), [])))
+
+    def params(self, removed: np.ndarray) -> int:
+        a = self.analysis
+        total = 0.0
+        for size, tensors in self.terms:
+            scale = 1.0
+            for t in tensors:
+                scale *= a.channel_count(t, removed) / a.channel_count(t)
+            total += size * scale
         return int(round(total))
 
 

@@ -8,10 +8,11 @@ import numpy as np
 import onnx
 
 from .config import PruneConfig
-from .cost import MacPredictor, cost_of, model_cost
+from .cost import MacPredictor, ParamPredictor, cost_of, model_cost
 from .errors import OnnxPruneError
 from .groups import Analysis, ChannelGroup, analyze
 from .methods.l1 import l1_scores
+from .pro import ProStep, optimize_counts
 from .srn import serialize_residuals
 from .reconstruct import Calibration, LayerNote, Progress, no_progress, prune_sequential, reconstructable
 from .normalize import normalize
@@ -42,6 +43,7 @@ class PruneResult:
     groups: tuple[GroupChange, ...]
     layers: tuple[LayerNote, ...] = ()
     srn: dict | None = None  # what serialising residual blocks did, with --srn
+    pro: tuple[ProStep, ...] = ()  # PRO's commits: group, its new width, cost and final-output error
 
     def to_json(self) -> dict:
         return {
@@ -56,6 +58,7 @@ class PruneResult:
                 for c in self.groups
             ],
             "srn": self.srn,
+            "pro": [{"group": p.group, "channels": p.channels, "cost": p.cost, "error": p.error} for p in self.pro],
             "reconstruction": [
                 {"group": n.group, "node": n.node, "rows": n.rows, "columns": n.columns, "alpha": n.alpha,
                  "rel_error": n.rel_error}
@@ -73,6 +76,8 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     """
     if config.method.needs_data and calibration is None:
         raise OnnxPruneError(f"--method {config.method.value} needs calibration data: give --calib DATA")
+    if config.pro and calibration is None:
+        raise OnnxPruneError("--pro measures the final-output error on calibration data: give --calib DATA")
     normalized, _ = normalize(model)
     original = cost_of(normalized, config.input_shapes)
     srn_report = None
@@ -93,18 +98,29 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     def keep_for(counts: dict[int, int]) -> dict[int, np.ndarray]:
         return select(analysis, scores, counts)
 
+    trace: list[ProStep] = []
     if config.ratio is not None:
         counts = uniform(channels, config.ratio, config.round_to)
     else:
-        predictor = MacPredictor(analysis, before)
-        budget = config.keep_flops * original.macs
-        counts = fit_budget(channels, lambda c: predictor.macs(analysis.removed_mask(keep_for(c))),
-                            budget, config.round_to)
+        by_params = config.keep_params is not None
+        predict = ParamPredictor(analysis).params if by_params else MacPredictor(analysis, before).macs
+        fraction = config.keep_params if by_params else config.keep_flops
+        budget = fraction * (original.params if by_params else original.macs)
+        option = "--keep-params" if by_params else "--keep-flops"
+        if config.pro:
+            counts, trace = optimize_counts(
+                normalized, analysis, config.method, channels, lambda keep: predict(analysis.removed_mask(keep)),
+                budget, calibration, scores, config.round_to, config.pro_samples, progress)
+        else:
+            counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget,
+                                config.round_to)
         if counts is None:
-            deepest = predictor.macs(analysis.removed_mask(keep_for(uniform(channels, 1.0, config.round_to))))
+            deepest = predict(analysis.removed_mask(keep_for(uniform(channels, 1.0, config.round_to))))
+            reference = original.params if by_params else original.macs
             raise OnnxPruneError(
-                f"--keep-flops {config.keep_flops}: unreachable; the deepest pruning allowed "
-                f"(--round-to {config.round_to}, frozen groups untouched) keeps {deepest / original.macs:.3f} of the MACs"
+                f"{option} {fraction}: unreachable; the deepest pruning allowed "
+                f"(--round-to {config.round_to}, frozen groups untouched) keeps {deepest / reference:.3f} of the "
+                f"{'parameters' if by_params else 'MACs'}"
             )
     notes: list[LayerNote] = []
     if config.method.needs_data:
@@ -118,7 +134,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
                     for g in analysis.groups)
     srn = srn_report.to_json(original.macs, before.macs) if srn_report else None
     return PruneResult(pruned, config, original.macs, after.macs, original.params, after.params, changes,
-                       tuple(notes), srn)
+                       tuple(notes), srn, tuple(trace))
 
 
 def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:

@@ -56,7 +56,8 @@ def inspect_table(analysis: Analysis, cost: Cost) -> str:
 
 def prune_summary(result: PruneResult, source: str, output: str) -> str:
     cfg = result.config
-    target = f"ratio {cfg.ratio}" if cfg.ratio is not None else f"keep-flops {cfg.keep_flops}"
+    target = (f"ratio {cfg.ratio}" if cfg.ratio is not None else f"keep-flops {cfg.keep_flops}"
+              if cfg.keep_flops is not None else f"keep-params {cfg.keep_params}") + (", PRO" if cfg.pro else "")
     changed = [c for c in result.groups if c.channels_after < c.group.channels]
     frozen = [c for c in result.groups if not c.group.prunable]
     pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
@@ -77,6 +78,10 @@ def prune_summary(result: PruneResult, source: str, output: str) -> str:
         lines.append(f"not pruned by {cfg.method.value} (no reconstruction possible):")
         for c in skipped:
             lines.append(f"  group {c.group.id} ({c.group.channels} ch): {c.not_reconstructable}")
+    if result.pro:
+        last = result.pro[-1]
+        lines.append(f"PRO: {len(result.pro)} steps; final-output mean squared error on calibration data "
+                     f"{last.error:.4g} (estimate with independent reconstruction)")
     if result.srn is not None:
         lines.append(f"SRN: {result.srn['blocks_serialized']} residual blocks serialised first, "
                      f"{len(result.srn['blocks_skipped'])} left as they are")

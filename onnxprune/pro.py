@@ -1,0 +1,188 @@
+"""PRO (Pruning Ratio Optimizer): per-group channel counts chosen by their effect on the
+network's FINAL output, without retraining.
+
+Each group's removal order comes from its method (reap, thinet, nu: calibration
+statistics of the original model; l1: filter norms). Then, greedily:
+
+    for every group g: candidate = one more step of g's order removed (its consumers
+                       reconstructed independently, from the original model's statistics)
+    increase(g) = mean ||f(x) - f_candidate(x)||^2 - mean ||f(x) - f_current(x)||^2
+    commit argmin_g increase(g) / (cost(current) - cost(candidate))
+
+until the cost (MACs or parameters) is within the target. Lazy evaluation keeps it
+fast: after a commit only the committed group's next step is re-measured, and every
+group is re-measured every few commits (the others' increases change little).
+Channels are then given back, ``round_to`` at a time, while the cost stays within the
+target, and the real method prunes to the chosen counts (sequentially, for data methods).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from . import linalg
+from .calibrate import collect
+from .config import Method
+from .errors import OnnxPruneError
+from .groups import Analysis
+from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, _overlay,
+                          no_progress, reconstructable, theta_of)
+from .surgery import prune_channels
+from .validate import session
+
+REFRESH_EVERY = 8  # commits between full re-measurements of every group
+
+
+@dataclass(frozen=True)
+class ProStep:
+    group: int
+    channels: int  # the group's count after this step
+    cost: int
+    error: float  # mean squared final-output error after this step
+
+
+def allowed_counts(n: int, round_to: int, step: int) -> list[int]:
+    """Counts a group may take on its way down: n, then multiples of round_to, ``step`` apart at least."""
+    counts, k = [n], n
+    while True:
+        k = (k - step) // round_to * round_to
+        if k < max(round_to, 1):
+            return counts
+        counts.append(k)
+
+
+def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Method, channels: dict[int, int],
+                    cost: Callable[[dict[int, np.ndarray]], int], budget: float, calib: Calibration,
+                    scores: list[np.ndarray], round_to: int, samples: int, progress: Progress = no_progress,
+                    ) -> tuple[dict[int, int], list[ProStep]]:
+    """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO."""
+    orders, rebuild = _orders(normalized, analysis, method, channels, calib, scores, progress)
+    feeds = _first_samples(calib, samples)
+    reference = session(normalized).run(None, feeds)[0].astype(np.float64)
+    ladders = {g: allowed_counts(n, round_to, max(round_to, n // 16)) for g, n in channels.items()}
+    position = {g: 0 for g in channels}  # index into the group's ladder
+
+    def keep_of(counts: dict[int, int]) -> dict[int, np.ndarray]:
+        return {g: np.sort(np.setdiff1d(np.arange(channels[g]), orders[g][: channels[g] - k]))
+                for g, k in counts.items()}
+
+    def counts_at(pos: dict[int, int]) -> dict[int, int]:
+        return {g: ladders[g][i] for g, i in pos.items()}
+
+    def error(counts: dict[int, int]) -> float:
+        keep = keep_of(counts)
+        pruned = prune_channels(_overlay(normalized, rebuild(counts)), analysis, keep)
+        out = session(pruned).run(None, feeds)[0].astype(np.float64)
+        return float(np.mean(np.sum((out - reference) ** 2, axis=tuple(range(1, out.ndim)))))
+
+    current_cost = cost(keep_of(counts_at(position)))
+    current_error = 0.0
+    commits = 0
+    # group -> (increase per cost saved, cost, error, commits when measured)
+    measured: dict[int, tuple[float, int, float, int]] = {}
+    trace: list[ProStep] = []
+
+    def measure(g: int) -> None:
+        if position[g] + 1 >= len(ladders[g]):
+            measured.pop(g, None)
+            return
+        trial = counts_at({**position, g: position[g] + 1})
+        c, e = cost(keep_of(trial)), error(trial)
+        measured[g] = ((e - current_error) / max(current_cost - c, 1), c, e, commits)
+
+    with progress("PRO: choosing per-layer widths", max(1, int(current_cost - budget))) as advance:
+        while current_cost > budget:
+            if commits % REFRESH_EVERY == 0:
+                for g in channels:
+                    measure(g)
+            while True:  # lazy greedy: the best candidate is re-measured before it is committed
+                if not measured:
+                    raise OnnxPruneError("PRO cannot reach the target: every group is at its smallest width")
+                g = min(measured, key=lambda k: measured[k][0])
+                if measured[g][3] == commits:
+                    break
+                measure(g)
+            _, new_cost, current_error, _ = measured.pop(g)
+            advance(int(current_cost - new_cost))
+            current_cost = new_cost
+            position[g] += 1
+            commits += 1
+            trace.append(ProStep(g, ladders[g][position[g]], current_cost, current_error))
+            measure(g)
+    # The last step may overshoot: give channels back, latest-cut groups first, while within budget.
+    counts = counts_at(position)
+    grew = True
+    while grew:
+        grew = False
+        for g in dict.fromkeys(step.group for step in reversed(trace)):
+            if counts[g] < channels[g]:
+                trial = {**counts, g: min(channels[g], counts[g] + round_to)}
+                if cost(keep_of(trial)) <= budget:
+                    counts, grew = trial, True
+    return counts, trace
+
+
+def _orders(normalized, analysis, method, channels, calib, scores, progress):
+    """Each group's full removal order, and a function giving the consumers' weights at given counts."""
+    if method is Method.L1:
+        orders = {g: np.argsort(scores[g], kind="stable") for g in channels}
+        return orders, lambda counts: {}
+    plans, _ = reconstructable(analysis)
+    consumers = [c for g in channels for c in plans[g]]
+    with progress("PRO: calibrating", calib.samples) as advance:
+        fit, holdout = collect(normalized, normalized, consumers, calib.batches, calib.mode,
+                               list(calib.providers), HOLDOUT_EVERY, advance)
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    problems = {g: [(fit[c.node] + holdout[c.node] if c.node in holdout else fit[c.node], c.taps,
+                     theta_of(nodes[c.node], c)) for c in plans[g]] for g in channels}
+    orders, nu_plans = {}, {}
+    for g, n in channels.items():
+        if method is Method.REAP:
+            orders[g] = linalg.reap_order(problems[g], n, alpha=SELECTION_ALPHA).order
+        elif method is Method.THINET:
+            orders[g] = linalg.thinet_order(problems[g], n).order
+        else:
+            nu_plans[g] = linalg.nu_plan(problems[g], n)
+            orders[g] = nu_plans[g].order
+    cache: dict[tuple[int, int], dict] = {}
+
+    def weights(g: int, k: int) -> dict:
+        if (g, k) not in cache:
+            n = channels[g]
+            kept = np.sort(np.setdiff1d(np.arange(n), orders[g][: n - k]))
+            result = {}
+            for c, (total, taps, theta0) in zip(plans[g], problems[g]):
+                if method is Method.NU:
+                    theta = linalg.nu_apply(theta0, nu_plans[g], taps, n - k)
+                else:
+                    h = holdout.get(c.node)
+                    alpha = linalg.choose_alpha(fit[c.node], h, kept, taps, theta0, ALPHA_GRID) if h else SELECTION_ALPHA
+                    theta = linalg.ridge_solve(total, kept, taps, theta0, alpha)
+                result[c.node] = (c, theta, np.arange(theta.shape[1]))
+            cache[g, k] = result
+        return cache[g, k]
+
+    def rebuild(counts: dict[int, int]) -> dict:
+        thetas = {}
+        for g, k in counts.items():
+            if k < channels[g]:
+                thetas.update(weights(g, k))
+        return thetas
+
+    return orders, rebuild
+
+
+def _first_samples(calib: Calibration, samples: int) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    have = 0
+    for feeds in calib.batches():
+        for k, v in feeds.items():
+            parts.setdefault(k, []).append(v)
+        have += len(next(iter(feeds.values())))
+        if have >= samples:
+            break
+    return {k: np.concatenate(v)[:samples] for k, v in parts.items()}

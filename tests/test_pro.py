@@ -1,0 +1,97 @@
+"""PRO: per-group widths chosen by their effect on the final output."""
+
+import numpy as np
+import onnx
+import pytest
+from builders import FACTORIES, NetBuilder, random_feeds, run
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from onnxprune import OnnxPruneError, PruneConfig, prune
+from onnxprune.cli import main
+from onnxprune.config import Method
+from onnxprune.pro import allowed_counts
+from onnxprune.reconstruct import Calibration
+
+
+def calibration(model, samples=64, batch=16, seed=1):
+    feeds = random_feeds(model, batch=samples, seed=seed)
+    return Calibration(lambda: ({k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, samples, batch)),
+                       samples)
+
+
+def final_error(model, pruned, feeds):
+    return float(np.mean((run(model, feeds)[0] - run(pruned, feeds)[0]) ** 2))
+
+
+def test_allowed_counts():
+    assert allowed_counts(64, 8, 8) == [64, 56, 48, 40, 32, 24, 16, 8]
+    assert allowed_counts(20, 8, 8) == [20, 8]
+    assert allowed_counts(10, 1, 2) == [10, 8, 6, 4, 2]
+
+
+@pytest.mark.parametrize("method", [Method.L1, Method.REAP])
+@pytest.mark.parametrize("target", ["keep_flops", "keep_params"])
+def test_pro_reaches_the_target_within_one_percent(method, target):
+    model = FACTORIES["conv_chain"](widths=(16, 32, 32, 16))
+    result = prune(model, PruneConfig(method=method, round_to=1, pro=True, pro_samples=32, **{target: 0.5}),
+                   calibration(model))
+    achieved = (result.macs_after / result.macs_before if target == "keep_flops"
+                else result.params_after / result.params_before)
+    assert 0.49 <= achieved <= 0.5
+    assert all(c.channels_after >= 1 for c in result.groups)
+    assert result.pro and result.pro[-1].error >= 0
+
+
+def test_pro_with_target_one_prunes_nothing():
+    model = FACTORIES["basic_block_net"]()
+    result = prune(model, PruneConfig(method=Method.L1, keep_flops=1.0, pro=True), calibration(model))
+    assert result.macs_after == result.macs_before and not result.pro
+    assert all(c.channels_after == c.group.channels for c in result.groups)
+
+
+def redundant_middle_layer():
+    """conv1's 32 channels are 4 distinct filters repeated: it can lose most of them for free."""
+    b = NetBuilder(3, seed=5)
+    x = b.relu(b.conv("input", 16))
+    x = b.relu(b.conv(x, 32))
+    x = b.relu(b.conv(x, 16))
+    model = b.model(b.gemm(b.flatten(b.gap(x)), 10))
+    inits = {i.name: i for i in model.graph.initializer}
+    w = numpy_helper.to_array(inits["conv1.weight"]).copy()
+    bias = numpy_helper.to_array(inits["conv1.bias"]).copy()
+    w[4:], bias[4:] = np.tile(w[:4], (7, 1, 1, 1)), np.tile(bias[:4], 7)
+    inits["conv1.weight"].CopyFrom(numpy_helper.from_array(w, "conv1.weight"))
+    inits["conv1.bias"].CopyFrom(numpy_helper.from_array(bias, "conv1.bias"))
+    return model
+
+
+def test_pro_beats_uniform_widths_on_the_final_output():
+    model = redundant_middle_layer()
+    cal = calibration(model)
+    feeds = random_feeds(model, batch=64, seed=1)
+    uniform = prune(model, PruneConfig(method=Method.REAP, keep_flops=0.6, round_to=1), cal)
+    pro = prune(model, PruneConfig(method=Method.REAP, keep_flops=0.6, round_to=1, pro=True, pro_samples=64), cal)
+    assert pro.macs_after <= 0.6 * pro.macs_before
+    assert final_error(model, pro.model, feeds) < final_error(model, uniform.model, feeds)
+    removed = {c.group.producers[0]: c.group.channels - c.channels_after for c in pro.groups}
+    assert removed["conv1"] > sum(removed.values()) / 2  # the redundant layer takes most of the cut
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ratio": 0.5, "pro": True}, "--pro chooses the ratios"),
+    ({"keep_flops": 0.5, "keep_params": 0.5}, "exactly one"),
+    ({"keep_params": 1.5}, "--keep-params"),
+    ({"keep_flops": 0.5, "pro": True, "pro_samples": 0}, "--pro-samples"),
+])
+def test_impossible_pro_options(kwargs, message):
+    with pytest.raises(OnnxPruneError, match=message):
+        PruneConfig(**kwargs)
+
+
+def test_pro_needs_calibration(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(FACTORIES["conv_chain"](), path)
+    result = CliRunner().invoke(main, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-flops", "0.5",
+                                       "--pro"])
+    assert result.exit_code != 0 and "--pro needs calibration data" in result.output
