@@ -19,6 +19,7 @@ and G and C from float64 MatMuls, so only small matrices leave the runtime.
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
@@ -49,14 +50,37 @@ class StatsMode(str, enum.Enum):
 
 def providers(device: Device) -> list[str]:
     """onnxruntime execution providers for ``device`` (CUDA where onnxruntime-gpu finds a GPU)."""
-    available = ort.get_available_providers()
     if device is Device.CPU:
         return ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in available:
+    if cuda_works():
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     if device is Device.CUDA:
-        raise OnnxPruneError("--device cuda: onnxruntime has no CUDA provider here (install onnxruntime-gpu and CUDA)")
+        raise OnnxPruneError("--device cuda: onnxruntime cannot use CUDA here (it needs onnxruntime-gpu, "
+                             "a GPU and the CUDA libraries)")
     return ["CPUExecutionProvider"]
+
+
+@functools.cache
+def cuda_works() -> bool:
+    """Whether a session really gets the CUDA provider: onnxruntime-gpu lists it even
+    where the CUDA libraries or the GPU are missing, then falls back with loud errors."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    options = ort.SessionOptions()
+    options.log_severity_level = 4
+    ort.set_default_logger_severity(4)
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), options,
+                                       providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+        return "CUDAExecutionProvider" in session.get_providers()
+    except Exception:  # any failure to start CUDA means: not here
+        return False
+    finally:
+        ort.set_default_logger_severity(3)
 
 
 @dataclass(frozen=True)
@@ -143,14 +167,18 @@ def targets(y: np.ndarray, c: Consumer) -> np.ndarray:
 def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, rows_per_chunk: int = 8192) -> LayerStats:
     """Statistics of one batch, in float64, computed on the host in row chunks."""
     X, Y = patches(x, c), targets(y, c)
-    p, m = X.shape[1] + 1, Y.shape[1]
-    gram, cross, yy = np.zeros((p, p)), np.zeros((p, m)), np.zeros(m)
+    q, m = X.shape[1], Y.shape[1]
+    gram, cross, yy = np.zeros((q + 1, q + 1)), np.zeros((q + 1, m)), np.zeros(m)
     for start in range(0, X.shape[0], rows_per_chunk):
         xs = X[start:start + rows_per_chunk].astype(np.float64)
         ys = Y[start:start + rows_per_chunk].astype(np.float64)
-        xa = np.hstack([xs, np.ones((len(xs), 1))])
-        gram += xa.T @ xa
-        cross += xa.T @ ys
+        sums = xs.sum(axis=0)  # the ones column's blocks of G and C
+        gram[:q, :q] += xs.T @ xs
+        gram[:q, q] += sums
+        gram[q, :q] += sums
+        gram[q, q] += len(xs)
+        cross[:q] += xs.T @ ys
+        cross[q] += ys.sum(axis=0)
         yy += np.sum(ys * ys, axis=0)
     return LayerStats(gram, cross, yy, X.shape[0])
 
@@ -251,9 +279,11 @@ def run_probe(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> di
 
 
 def make_session(model: onnx.ModelProto, device_providers: list[str]) -> ort.InferenceSession:
+    """A session for probes: the tensors read are graph outputs, so onnxruntime's graph
+    optimisations (fusions, layouts) keep them and only make the runs faster."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=device_providers)
 
 

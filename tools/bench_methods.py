@@ -1,0 +1,207 @@
+"""Accuracy vs kept MACs for every method on the reference models, with time and memory.
+
+    python tools/bench_methods.py                       # everything: writes docs/RESULTS.md and a plot
+    python tools/bench_methods.py --models resnet20 --keep 0.5 0.25 --methods l1 reap
+
+Each prune runs in its own process (`onnxprune prune ... --json`), so its wall time
+and peak memory (ru_maxrss) are its own; accuracy is measured with onnxruntime on
+the full Fashion-MNIST test set. No fine-tuning anywhere. A "method" is a
+`--method` plus optional flags: `reap+pro` adds `--pro`, `reap+srn` adds `--srn`.
+Also measures the peak memory of calibration with 256 and with 4096 samples.
+The plot needs matplotlib (the `tools` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("resnet20", "resnet56", "vgg16", "mobilenetv2")
+METHODS = ("l1", "thinet", "nu", "reap", "reap+pro", "reap+srn", "reap+pro+srn")
+KEEP = (1.0, 0.75, 0.5, 0.35, 0.25)
+
+
+# Runs the onnxprune CLI and reports its own wall time and peak RSS on stderr.
+WRAPPER = """
+import resource, runpy, sys, time
+sys.argv = ["onnxprune", *sys.argv[1:]]
+start = time.perf_counter()
+try:
+    runpy.run_module("onnxprune", run_name="__main__")
+    code = 0
+except SystemExit as exc:
+    code = exc.code or 0
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+sys.stderr.write(f"@@ {time.perf_counter() - start} {peak} {code}\\n")
+"""
+
+
+def prune_once(model: Path, method: str, keep: float, calib: Path, out: Path) -> dict:
+    """One prune in a child process: its JSON report, wall time (s) and peak memory (MiB)."""
+    name, *flags = method.split("+")
+    args = ["prune", str(model), "-o", str(out), "--method", name, "--keep-flops", str(keep), "--json", "-q"]
+    args += [f"--{f}" for f in flags]
+    if name != "l1" or "pro" in flags:
+        args += ["--calib", str(calib)]
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True)
+    lines = proc.stderr.strip().splitlines()
+    _, seconds, peak, code = lines[-1].split()
+    if code != "0":
+        return {"error": lines[-2] if len(lines) > 1 else "failed", "seconds": float(seconds)}
+    report = json.loads(proc.stdout)
+    report.update(seconds=float(seconds), peak_mib=float(peak))
+    return report
+
+
+def accuracy(model: Path, test: Path) -> float:
+    from onnxprune import load
+    from onnxprune.data import open_data
+    from onnxprune.evaluate import evaluate
+
+    loaded = load(model)
+    return evaluate(loaded, open_data(test, loaded, batch_size=500)).accuracy
+
+
+def calibration_memory(model: Path, samples: int) -> dict:
+    """Peak memory of collecting REAP's statistics over ``samples`` images (test images, repeated)."""
+    code = f"""
+import numpy as np, resource, time
+from onnxprune import load, normalize, analyze
+from onnxprune.calibrate import collect
+from onnxprune.reconstruct import reconstructable
+images = np.load("{ROOT / 'models' / 'fmnist_test.npz'}")["image"]
+images = np.resize(images, ({samples}, *images.shape[1:]))
+model, _ = normalize(load("{model}"))
+analysis = analyze(model)
+consumers = [c for cs in reconstructable(analysis)[0].values() for c in cs]
+batches = lambda: ({{"image": images[i:i + 64]}} for i in range(0, {samples}, 64))
+t = time.perf_counter()
+collect(model, model, consumers, batches)
+print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, peak = map(float, proc.stdout.split())
+    return {"samples": samples, "seconds": seconds, "peak_mib": peak}
+
+
+def run(models, methods, keeps, calib: Path, test: Path, folder: Path) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in models:
+            path = folder / f"{name}_fmnist.onnx"
+            if not path.exists():
+                print(f"skipping {name}: {path} not found", file=sys.stderr)
+                continue
+            base = accuracy(path, test)
+            rows.append({"model": name, "method": "original", "keep": 1.0, "accuracy": base, "macs_kept": 1.0})
+            for method in methods:
+                for keep in keeps:
+                    if keep >= 1.0:
+                        continue
+                    out = Path(tmp) / f"{name}_{method}_{keep}.onnx"
+                    report = prune_once(path, method, keep, calib, out)
+                    row = {"model": name, "method": method, "keep": keep, "seconds": round(report["seconds"], 1)}
+                    if "error" in report:
+                        row["error"] = report["error"]
+                    else:
+                        row.update(accuracy=accuracy(out, test), macs_kept=report["macs_after"] / report["macs_before"],
+                                   params_kept=report["params_after"] / report["params_before"],
+                                   peak_mib=round(report["peak_mib"]))
+                    rows.append(row)
+                    print(json.dumps(row), file=sys.stderr)
+    return rows
+
+
+def markdown(rows: list[dict], memory: list[dict], command: str) -> str:
+    lines = ["# Results", "", f"Produced by `{command}` on {time.strftime('%Y-%m-%d')}; no fine-tuning anywhere.",
+             "Accuracy: top-1 on the full Fashion-MNIST test set (10,000 images), onnxruntime on the CPU.",
+             "Time and peak memory: each prune as its own process on this 2-core machine.", ""]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == model]
+        base = next(r["accuracy"] for r in mine if r["method"] == "original")
+        keeps = sorted({r["keep"] for r in mine if r["method"] != "original"}, reverse=True)
+        lines += [f"## {model} (original {100 * base:.2f}%)", "",
+                  "| method | " + " | ".join(f"keep {k}" for k in keeps) + " |",
+                  "|---|" + "---|" * len(keeps)]
+        for method in dict.fromkeys(r["method"] for r in mine if r["method"] != "original"):
+            cells = []
+            for k in keeps:
+                r = next((r for r in mine if r["method"] == method and r["keep"] == k), None)
+                if r is None:
+                    cells.append("")
+                elif "error" in r:
+                    cells.append("error")
+                else:
+                    cells.append(f"{100 * r['accuracy']:.2f}% ({100 * (r['accuracy'] - base):+.2f}) "
+                                 f"<br>MACs {100 * r['macs_kept']:.1f}%, {r['seconds']:.0f} s, {r['peak_mib']} MiB")
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if memory:
+        lines += ["## Calibration memory", "", "| samples | seconds | peak MiB |", "|---|---|---|"]
+        lines += [f"| {m['samples']} | {m['seconds']:.1f} | {m['peak_mib']:.0f} |" for m in memory]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        mine = [r for r in rows if r["model"] == model and "accuracy" in r]
+        base = next(r["accuracy"] for r in mine if r["method"] == "original")
+        for method in dict.fromkeys(r["method"] for r in mine if r["method"] != "original"):
+            pts = sorted((r["macs_kept"], r["accuracy"]) for r in mine if r["method"] == method)
+            pts.append((1.0, base))
+            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=method)
+        ax.set_title(model)
+        ax.set_xlabel("kept MACs")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", default=MODELS)
+    p.add_argument("--methods", nargs="+", default=METHODS)
+    p.add_argument("--keep", nargs="+", type=float, default=KEEP)
+    p.add_argument("--model-dir", type=Path, default=ROOT / "models", help="where the <name>_fmnist.onnx models are")
+    p.add_argument("--calib", type=Path, default=ROOT / "models" / "fmnist_calib.npz")
+    p.add_argument("--test", type=Path, default=ROOT / "models" / "fmnist_test.npz")
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    p.add_argument("--plot", type=Path, default=ROOT / "docs" / "accuracy_vs_macs.png")
+    p.add_argument("--no-memory", action="store_true", help="skip the calibration memory measurement")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    args = p.parse_args()
+    rows = run(args.models, args.methods, args.keep, args.calib, args.test, args.model_dir)
+    memory = []
+    first = next((args.model_dir / f"{m}_fmnist.onnx" for m in args.models
+                  if (args.model_dir / f"{m}_fmnist.onnx").exists()), None)
+    if first is not None and not args.no_memory:
+        memory = [calibration_memory(first, n) for n in (256, 4096)]
+    command = "python tools/bench_methods.py " + " ".join(sys.argv[1:])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(markdown(rows, memory, command.strip()) + "\n")
+    try:
+        plot(rows, args.plot)
+    except ImportError:
+        print("matplotlib is not installed (pip install '.[tools]'): no plot", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"rows": rows, "calibration_memory": memory}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
