@@ -119,8 +119,7 @@ def inspect(model, input_shapes, as_json):
 def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_samples, round_to, calib_path, calib_limit, batch_size, srn, independent,
               stats, device, resize, mean, std, layout, channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
-    if output.exists() and model.exists() and output.resolve() == model.resolve():
-        raise OnnxPruneError(f"{output}: the output path is the input model; choose another")
+    _refuse_overwriting(model, output)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
                          keep_params, pro, pro_samples)
     uses_data = config.method.needs_data or config.pro
@@ -142,10 +141,7 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_sa
     if report is not None:
         _write_text(report, json.dumps(data, indent=2) + "\n", forbidden=model)
     save(result.model, output, input_path=model)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        click.echo(prune_summary(result, str(model), str(output)))
+    click.echo(json.dumps(data, indent=2) if as_json else prune_summary(result, str(model), str(output)))
 
 
 @main.command(name="srn")
@@ -155,18 +151,14 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_sa
 @JSON
 def srn_cmd(model, output, input_shapes, as_json):
     """Rewrite residual blocks of MODEL into equivalent serial convolutions (SRN)."""
-    if output.exists() and model.exists() and output.resolve() == model.resolve():
-        raise OnnxPruneError(f"{output}: the output path is the input model; choose another")
+    _refuse_overwriting(model, output)
     shapes = parse_input_shapes(input_shapes)
     normalized, _ = normalize(load(model))
     serial, report = serialize_residuals(normalized, shapes)
     validate(serial, shapes)
     data = report.to_json(cost_of(normalized, shapes).macs, cost_of(serial, shapes).macs)
     save(serial, output, input_path=model)
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        click.echo(srn_summary(data, str(model), str(output)))
+    click.echo(json.dumps(data, indent=2) if as_json else srn_summary(data, str(model), str(output)))
 
 
 @main.command(name="eval")
@@ -217,6 +209,11 @@ def bench_cmd(models, data_path, batches, runs, threads, device, as_json):
 def _progress(label: str, total: int):
     with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
         yield bar.update
+
+
+def _refuse_overwriting(model: Path, output: Path) -> None:
+    if output.exists() and model.exists() and output.resolve() == model.resolve():
+        raise OnnxPruneError(f"{output}: the output path is the input model; choose another")
 
 
 def _write_text(path: Path, text: str, forbidden: Path) -> None:

@@ -282,8 +282,7 @@ class _Analyzer:
 
     def _conv(self, node: gs.Node) -> None:
         x, w = node.inputs[0], node.inputs[1]
-        bias_ok = len(node.inputs) < 3 or isinstance(node.inputs[2], gs.Constant) or not node.inputs[2].name
-        if not isinstance(w, gs.Constant) or not bias_ok:
+        if not _constant_weight_and_bias(node):
             return self._opaque(node, "non-constant weight or bias")
         g = int(node.attrs.get("group", 1))
         cout, cin_per_group = w.shape[0], w.shape[1]
@@ -303,8 +302,7 @@ class _Analyzer:
 
     def _conv_transpose(self, node: gs.Node) -> None:
         x, w = node.inputs[0], node.inputs[1]
-        bias_ok = len(node.inputs) < 3 or isinstance(node.inputs[2], gs.Constant) or not node.inputs[2].name
-        if not isinstance(w, gs.Constant) or not bias_ok:
+        if not _constant_weight_and_bias(node):
             return self._opaque(node, "non-constant weight or bias")
         g = int(node.attrs.get("group", 1))
         if g != 1:
@@ -689,6 +687,11 @@ class _Analyzer:
             sources=self.sources, atom_class=atom_class, class_group=class_group,
             class_index=class_index, group_classes=group_classes, consumer_inputs=dict(self.consumers),
         )
+
+
+def _constant_weight_and_bias(node: gs.Node) -> bool:
+    bias = node.inputs[2] if len(node.inputs) > 2 else None
+    return isinstance(node.inputs[1], gs.Constant) and (bias is None or isinstance(bias, gs.Constant) or not bias.name)
 
 
 def _adjacency(n: int, a: np.ndarray, b: np.ndarray):
