@@ -28,6 +28,7 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from scipy.linalg.blas import dsyrk as syrk
 
 from .errors import OnnxPruneError
 from .graph import to_graph, to_model
@@ -166,20 +167,22 @@ def targets(y: np.ndarray, c: Consumer) -> np.ndarray:
 
 def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, rows_per_chunk: int = 8192) -> LayerStats:
     """Statistics of one batch, in float64, computed on the host in row chunks."""
-    X, Y = patches(x, c), targets(y, c)
+    X = patches(x.astype(np.float64), c)  # float64 from the start: one copy, no casts per chunk
+    Y = targets(y, c).astype(np.float64)
     q, m = X.shape[1], Y.shape[1]
-    gram, cross, yy = np.zeros((q + 1, q + 1)), np.zeros((q + 1, m)), np.zeros(m)
+    upper, cross, yy = np.zeros((q, q)), np.zeros((q + 1, m)), np.zeros(m)
+    sums = np.zeros(q)
     for start in range(0, X.shape[0], rows_per_chunk):
-        xs = X[start:start + rows_per_chunk].astype(np.float64)
-        ys = Y[start:start + rows_per_chunk].astype(np.float64)
-        sums = xs.sum(axis=0)  # the ones column's blocks of G and C
-        gram[:q, :q] += xs.T @ xs
-        gram[:q, q] += sums
-        gram[q, :q] += sums
-        gram[q, q] += len(xs)
+        xs, ys = X[start:start + rows_per_chunk], Y[start:start + rows_per_chunk]
+        upper += syrk(1.0, xs, trans=1)  # X^T X, upper triangle: half the work of xs.T @ xs
+        sums += xs.sum(axis=0)
         cross[:q] += xs.T @ ys
-        cross[q] += ys.sum(axis=0)
-        yy += np.sum(ys * ys, axis=0)
+    cross[q] = Y.sum(axis=0)
+    yy = np.sum(Y * Y, axis=0)
+    gram = np.empty((q + 1, q + 1))
+    gram[:q, :q] = np.triu(upper) + np.triu(upper, 1).T
+    gram[:q, q] = gram[q, :q] = sums  # the ones column's blocks
+    gram[q, q] = X.shape[0]
     return LayerStats(gram, cross, yy, X.shape[0])
 
 
