@@ -12,11 +12,11 @@ from .cost import MacPredictor, ParamPredictor, cost_of, model_cost
 from .errors import OnnxPruneError
 from .groups import Analysis, ChannelGroup, analyze
 from .methods.l1 import l1_scores
-from .pro import ProStep, optimize_counts
-from .srn import serialize_residuals
-from .reconstruct import Calibration, LayerNote, Progress, no_progress, prune_sequential, reconstructable
 from .normalize import normalize
+from .pro import ProStep, optimize_counts
 from .ratios import fit_budget, uniform
+from .reconstruct import Calibration, LayerNote, Progress, no_progress, prune_sequential, reconstructable
+from .srn import serialize_residuals
 from .surgery import prune_channels
 from .validate import validate
 
@@ -79,12 +79,14 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     if config.pro and calibration is None:
         raise OnnxPruneError("--pro measures the final-output error on calibration data: give --calib DATA")
     normalized, _ = normalize(model)
-    original = cost_of(normalized, config.input_shapes)
     srn_report = None
-    if config.srn:
+    if config.srn:  # targets stay relative to the original, not the wider serial model
+        original = cost_of(normalized, config.input_shapes)
         normalized, srn_report = serialize_residuals(normalized, config.input_shapes)
     analysis = analyze(normalized, config.input_shapes)
     before = model_cost(analysis.graph, analysis.shapes)
+    if not config.srn:
+        original = before
     scores = l1_scores(analysis)
     channels = {g.id: g.channels for g in analysis.groups if g.prunable}
     skipped: dict[int, str] = {}
