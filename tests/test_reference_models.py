@@ -1,0 +1,59 @@
+"""The trained reference models in models/: accuracy as recorded, and what reconstruction buys."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from onnxprune import PruneConfig, load, prune
+from onnxprune.config import Method
+from onnxprune.data import open_data
+from onnxprune.evaluate import evaluate
+from onnxprune.reconstruct import Calibration
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+NAMES = ["resnet20", "resnet56", "vgg16", "mobilenetv2"]
+
+
+def recorded_accuracy(name: str) -> float | None:
+    """The test accuracy models/README.md records for a model, in percent."""
+    readme = MODELS / "README.md"
+    if not readme.exists():
+        return None
+    for line in readme.read_text().splitlines():
+        if f"{name}_fmnist.onnx" in line and "|" in line:
+            found = re.findall(r"(\d\d\.\d+)\s*%", line)
+            if found:
+                return float(found[0])
+    return None
+
+
+def present(name):
+    return pytest.param(name, marks=pytest.mark.skipif(not (MODELS / f"{name}_fmnist.onnx").exists(),
+                                                       reason=f"models/{name}_fmnist.onnx not trained yet"))
+
+
+@pytest.mark.parametrize("name", [present(n) for n in NAMES])
+def test_eval_reproduces_the_recorded_accuracy(name):
+    model = load(MODELS / f"{name}_fmnist.onnx")
+    result = evaluate(model, open_data(MODELS / "fmnist_test.npz", model, batch_size=1000))
+    assert result.samples == 10_000
+    recorded = recorded_accuracy(name)
+    assert recorded is not None, f"models/README.md records no accuracy for {name}"
+    assert abs(100 * result.accuracy - recorded) < 0.01
+
+
+@pytest.mark.parametrize("name", [present("resnet20")])
+def test_sequential_reconstruction_beats_independent(name):
+    """Inputs from the pruned model let each layer correct the error of the layers before it."""
+    model = load(MODELS / f"{name}_fmnist.onnx")
+    calib = open_data(MODELS / "fmnist_calib.npz", model, batch_size=64, limit=256)
+    test = open_data(MODELS / "fmnist_test.npz", model, batch_size=500, limit=2000)
+
+    def output_error(sequential: bool) -> float:
+        cal = Calibration(lambda: (b.feeds for b in calib), len(calib), sequential=sequential)
+        pruned = prune(model, PruneConfig(method=Method.REAP, keep_flops=0.5), cal).model
+        return evaluate(pruned, test, model).rel_error
+
+    assert output_error(True) < output_error(False)
