@@ -255,6 +255,7 @@ class GraphStats:
         if key not in self.sessions:
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to numpy
             model = stats_graph(c, x.shape, y.shape[1], x.dtype)
             self.sessions[key] = ort.InferenceSession(model.SerializeToString(), options, providers=self.providers)
         gram, cross, yy, rows = self.sessions[key].run(None, {"x": x, "y": y})
@@ -286,6 +287,7 @@ def make_session(model: onnx.ModelProto, device_providers: list[str]) -> ort.Inf
     optimisations (fusions, layouts) keep them and only make the runs faster."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to numpy
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=device_providers)
 

@@ -22,6 +22,7 @@ def session(model: onnx.ModelProto, optimize: bool = False, providers: list[str]
     """An onnxruntime session; graph optimisations off unless asked (intermediates stay exact)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to numpy
     if threads:
         options.intra_op_num_threads = threads
     if not optimize:
