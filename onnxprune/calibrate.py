@@ -21,7 +21,7 @@ from __future__ import annotations
 import enum
 import functools
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import numpy as np
 import onnx
@@ -312,7 +312,7 @@ def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consu
     reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers)
     fit: dict[str, LayerStats] = {}
     holdout: dict[str, LayerStats] = {}
-    for i, feeds in enumerate(_batches(batches)):
+    for i, feeds in enumerate(batches()):
         xs = run_probe(x_session, feeds)
         ys = xs if same else run_probe(y_session, feeds)
         bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
@@ -324,7 +324,3 @@ def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consu
     if not fit:
         raise OnnxPruneError("the calibration data has no samples")
     return fit, holdout
-
-
-def _batches(batches: Batches) -> Iterator[dict[str, np.ndarray]]:
-    yield from batches()

@@ -29,7 +29,7 @@ from .calibrate import collect
 from .config import Method
 from .errors import OnnxPruneError
 from .groups import Analysis
-from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, _overlay,
+from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, overlay_weights,
                           no_progress, reconstructable, theta_of)
 from .surgery import prune_channels
 from .validate import session
@@ -75,7 +75,7 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
 
     def error(counts: dict[int, int]) -> float:
         keep = keep_of(counts)
-        pruned = prune_channels(_overlay(normalized, rebuild(counts)), analysis, keep)
+        pruned = prune_channels(overlay_weights(normalized, rebuild(counts)), analysis, keep)
         out = session(pruned).run(None, feeds)[0].astype(np.float64)
         return float(np.mean(np.sum((out - reference) ** 2, axis=tuple(range(1, out.ndim)))))
 

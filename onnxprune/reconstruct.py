@@ -204,7 +204,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
             notes.append(LayerNote(gid, c.node, total.rows, c.columns, alpha,
                                    linalg.error(total, theta) / max(total.energy, 1e-300)))
         keep[gid] = kept
-        current = prune_channels(_overlay(normalized, thetas), analysis, keep)
+        current = prune_channels(overlay_weights(normalized, thetas), analysis, keep)
     return current, keep, notes
 
 
@@ -244,7 +244,9 @@ def _restrict(stats: linalg.LayerStats | None, outputs: np.ndarray) -> linalg.La
     return None if stats is None else stats.outputs(outputs)
 
 
-def _overlay(normalized: onnx.ModelProto, thetas: dict[str, tuple[Consumer, np.ndarray, np.ndarray]]) -> onnx.ModelProto:
+def overlay_weights(normalized: onnx.ModelProto, thetas: dict[str, tuple[Consumer, np.ndarray, np.ndarray]],
+                    ) -> onnx.ModelProto:
+    """``normalized`` with the given consumers' reconstructed weights written in (original shapes)."""
     graph = to_graph(normalized)
     nodes = {n.name: n for n in graph.nodes}
     for name, (c, theta, outputs) in thetas.items():
