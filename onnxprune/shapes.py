@@ -115,9 +115,7 @@ def infer_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
 def _shapes_from_onnxruntime(model, fixed, names, inferred) -> dict[str, Shape]:
     """Shapes that inference could not work out (sizes computed at run time, e.g.
     Shape -> Gather -> Resize), read from one onnxruntime run on random inputs."""
-    import onnxruntime as ort
-
-    from .validate import random_feeds
+    from .validate import random_feeds, session
 
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in [*inferred.graph.value_info, *inferred.graph.output]}
@@ -127,16 +125,12 @@ def _shapes_from_onnxruntime(model, fixed, names, inferred) -> dict[str, Shape]:
     wanted = [n for n in names if n in types and types[n] and n not in listed]
     for name in wanted:
         probe.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
-    feeds = random_feeds(model, fixed)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        outputs = session.run(None, feeds)
+        run = session(probe)
+        outputs = run.run(None, random_feeds(model, fixed))
     except Exception:  # shapes then stay unknown, and whatever needs them says so
         return {}
-    return {o.name: tuple(v.shape) for o, v in zip(session.get_outputs(), outputs) if hasattr(v, "shape")}
+    return {o.name: tuple(v.shape) for o, v in zip(run.get_outputs(), outputs) if hasattr(v, "shape")}
 
 
 def _dim(d) -> int | None:
