@@ -28,7 +28,6 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from scipy.linalg.blas import dsyrk as syrk
 
 from .errors import OnnxPruneError
 from .graph import to_graph, to_model
@@ -147,15 +146,29 @@ def _conv_pads(node: gs.Node, spatial, kernel, strides, dilations) -> tuple[int,
 
 def patches(x: np.ndarray, c: Consumer) -> np.ndarray:
     """im2col: rows (sample, output position), columns channel*K + tap."""
+    return _augmented(x, c, np.dtype(x.dtype))[:, :-1]
+
+
+def _augmented(x: np.ndarray, c: Consumer, dtype: np.dtype) -> np.ndarray:
+    """Xa = [im2col(x) 1] of ``dtype``, written in one pass (the cast included)."""
+    n = x.shape[0]
     if c.op != "Conv":
-        return x.reshape(x.shape[0], -1)
+        out = np.empty((n, x[0].size + 1), dtype)
+        out[:, :-1] = x.reshape(n, -1)
+        out[:, -1] = 1
+        return out
     (kh, kw), (sh, sw), (dh, dw) = c.kernel, c.strides, c.dilations
     pt, pl, pb, pr = c.pads
     xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
     win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, Ho, Wo, kh, kw]
-    n, ch, ho, wo = win.shape[:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, ch * kh * kw)
+    ch, ho, wo = win.shape[1:4]
+    out = np.empty((n * ho * wo, ch * kh * kw + 1), dtype)
+    body = out[:, :-1].view()
+    body.shape = (n, ho, wo, ch, kh, kw)  # a view (setting .shape never copies)
+    body[...] = win.transpose(0, 2, 3, 1, 4, 5)
+    out[:, -1] = 1
+    return out
 
 
 def targets(y: np.ndarray, c: Consumer) -> np.ndarray:
@@ -165,25 +178,21 @@ def targets(y: np.ndarray, c: Consumer) -> np.ndarray:
     return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
 
 
-def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, rows_per_chunk: int = 8192) -> LayerStats:
-    """Statistics of one batch, in float64, computed on the host in row chunks."""
-    X = patches(x.astype(np.float64), c)  # float64 from the start: one copy, no casts per chunk
-    Y = targets(y, c).astype(np.float64)
-    q, m = X.shape[1], Y.shape[1]
-    upper, cross, yy = np.zeros((q, q)), np.zeros((q + 1, m)), np.zeros(m)
-    sums = np.zeros(q)
-    for start in range(0, X.shape[0], rows_per_chunk):
-        xs, ys = X[start:start + rows_per_chunk], Y[start:start + rows_per_chunk]
-        upper += syrk(1.0, xs, trans=1)  # X^T X, upper triangle: half the work of xs.T @ xs
-        sums += xs.sum(axis=0)
-        cross[:q] += xs.T @ ys
-    cross[q] = Y.sum(axis=0)
-    yy = np.sum(Y * Y, axis=0)
-    gram = np.empty((q + 1, q + 1))
-    gram[:q, :q] = np.triu(upper) + np.triu(upper, 1).T
-    gram[:q, q] = gram[q, :q] = sums  # the ones column's blocks
-    gram[q, q] = X.shape[0]
-    return LayerStats(gram, cross, yy, X.shape[0])
+def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, chunk_bytes: int = 64 << 20) -> LayerStats:
+    """Statistics of one batch, in float64, on the host: G = Xa^T Xa and C = Xa^T Y by
+    BLAS on chunks of whole samples, so memory stays near ``chunk_bytes`` per consumer."""
+    rows_per_sample = int(np.prod(y.shape[2:], dtype=np.int64))
+    p, m = c.columns, y.shape[1]
+    step = max(1, chunk_bytes // (rows_per_sample * p * 8))
+    gram, cross, yy, rows = np.zeros((p, p)), np.zeros((p, m)), np.zeros(m), 0
+    for start in range(0, x.shape[0], step):
+        xa = _augmented(x[start:start + step], c, np.dtype(np.float64))
+        ys = targets(y[start:start + step], c).astype(np.float64)
+        gram += xa.T @ xa  # a plain GEMM: faster here than syrk on half the matrix
+        cross += xa.T @ ys
+        yy += np.einsum("ij,ij->j", ys, ys)
+        rows += xa.shape[0]
+    return LayerStats(gram, cross, yy, rows)
 
 
 def stats_graph(c: Consumer, x_shape: tuple[int, ...], m: int, dtype=np.float32) -> onnx.ModelProto:
@@ -303,24 +312,31 @@ def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consu
     """
     device_providers = device_providers or ["CPUExecutionProvider"]
     ins, outs = {c.input for c in consumers}, {c.output for c in consumers}
-    same = inputs_model is targets_model
-    if same:  # one run gives both
-        x_session = y_session = make_session(probe_model(inputs_model, sorted(ins | outs)), device_providers)
+    if inputs_model is targets_model:  # one run gives both
+        session = make_session(probe_model(inputs_model, sorted(ins | outs)), device_providers)
+        runs = ((v, v) for v in (run_probe(session, feeds) for feeds in batches()))
     else:
         x_session = make_session(probe_model(inputs_model, sorted(ins)), device_providers)
         y_session = make_session(probe_model(targets_model, sorted(outs)), device_providers)
-    reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers)
+        runs = ((run_probe(x_session, feeds), run_probe(y_session, feeds)) for feeds in batches())
+    return accumulate(runs, consumers, mode, device_providers, holdout_every, on_batch)
+
+
+def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], consumers: list[Consumer],
+               mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
+               holdout_every: int = 0, on_batch: Callable[[int], None] | None = None,
+               ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
+    """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``."""
+    reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
     fit: dict[str, LayerStats] = {}
     holdout: dict[str, LayerStats] = {}
-    for i, feeds in enumerate(batches()):
-        xs = run_probe(x_session, feeds)
-        ys = xs if same else run_probe(y_session, feeds)
+    for i, (xs, ys) in enumerate(runs):
         bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
         for c in consumers:
             s = reduce(xs[c.input], ys[c.output], c)
             bucket[c.node] = s if c.node not in bucket else bucket[c.node] + s
         if on_batch is not None:
-            on_batch(len(next(iter(feeds.values()))))
+            on_batch(len(xs[consumers[0].input]))
     if not fit:
         raise OnnxPruneError("the calibration data has no samples")
     return fit, holdout

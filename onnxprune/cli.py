@@ -104,6 +104,9 @@ def inspect(model, input_shapes, as_json):
               help="Calibration data for reap/thinet/nu: .npz, .npy or a folder of images.")
 @click.option("--calib-limit", type=int, help="Use only the first N calibration samples.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Calibration samples per run.")
+@click.option("--cache-mb", type=int, default=256, show_default=True,
+              help="Activations kept between layers (per model, MiB) so each layer's statistics run only the "
+                   "graph after the last pruned group; 0 reruns from the input every time.")
 @click.option("--srn", is_flag=True, help="Serialise residual blocks first (SRN) so layers tied by shortcuts "
               "can be pruned; --keep-flops stays relative to the original model.")
 @click.option("--independent", is_flag=True,
@@ -116,8 +119,8 @@ def inspect(model, input_shapes, as_json):
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the JSON report to this file.")
 @JSON
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_samples, round_to, calib_path, calib_limit, batch_size, srn, independent,
-              stats, device, resize, mean, std, layout, channels, input_shapes, report, as_json, quiet):
+def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_samples, round_to, calib_path,
+              calib_limit, batch_size, cache_mb, srn, independent, stats, device, resize, mean, std, layout, channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     _refuse_overwriting(model, output)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
@@ -133,9 +136,12 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_sa
             raise OnnxPruneError(f"{needs} needs calibration data: give --calib DATA")
         if batch_size < 1:
             raise OnnxPruneError(f"--batch-size {batch_size}: must be a positive integer")
+        if cache_mb < 0:
+            raise OnnxPruneError(f"--cache-mb {cache_mb}: must be 0 (no cache) or more")
         data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels)
         calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
-                                  tuple(providers(Device(device))), sequential=not independent)
+                                  tuple(providers(Device(device))), sequential=not independent,
+                                  cache_bytes=cache_mb << 20)
     result = prune(loaded, config, calibration, no_progress if quiet or as_json else _progress)
     data = result.to_json()
     if report is not None:

@@ -31,7 +31,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from . import linalg
-from .calibrate import Batches, Consumer, StatsMode, collect, consumer_of
+from .activations import SegmentRunner, pairs
+from .calibrate import Batches, Consumer, StatsMode, accumulate, consumer_of
 from .config import Method
 from .graph import set_constant_input, to_graph, to_model
 from .groups import Analysis
@@ -56,6 +57,7 @@ class Calibration:
     mode: StatsMode = StatsMode.HOST
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     sequential: bool = True  # X from the pruned model (True) or from the original (False)
+    cache_bytes: int = 256 << 20  # activations kept between groups, per model (see activations.py)
 
 
 @dataclass(frozen=True)
@@ -181,16 +183,29 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
     thetas: dict[str, tuple[Consumer, np.ndarray, np.ndarray]] = {}
     notes: list[LayerNote] = []
     nodes = {n.name: n for n in analysis.graph.nodes}
+    position = {n.name: i for i, n in enumerate(normalized.graph.node)}
     order = [g for g in sorted(counts) if counts[g] < analysis.groups[g].channels]
+    # Where the next run may start: before the next group's first consumer (both models), and
+    # for the pruned model also before the first node this group's pruning changes.
+    first_consumer = [min((c.node for c in plans[g]), key=position.__getitem__) for g in order] + [None]
+    providers = list(calib.providers)
+    x_runner = SegmentRunner(calib.batches, providers, calib.cache_bytes)
+    y_runner = SegmentRunner(calib.batches, providers, calib.cache_bytes) if calib.sequential else x_runner
     current = normalized
     for step, gid in enumerate(order, 1):
         consumers = list(plans[gid])
         n = analysis.groups[gid].channels
         removed = analysis.removed_mask(keep)
-        inputs_model = current if calib.sequential else normalized
+        ins, outs = [c.input for c in consumers], [c.output for c in consumers]
+        following = first_consumer[step]
+        if calib.sequential:
+            changed = min(_touched(analysis, gid), key=position.__getitem__)
+            x_keep = changed if following is None else min(changed, following, key=position.__getitem__)
+            runs = pairs(x_runner.run(current, ins, x_keep), y_runner.run(normalized, outs, following))
+        else:
+            runs = ((v, v) for v in x_runner.run(normalized, ins + outs, following))
         with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {counts[gid]} channels", calib.samples) as advance:
-            fit, holdout = collect(inputs_model, normalized, consumers, calib.batches, calib.mode,
-                                   list(calib.providers), HOLDOUT_EVERY, advance)
+            fit, holdout = accumulate(runs, consumers, calib.mode, providers, HOLDOUT_EVERY, advance)
         outputs = {c.node: _kept_outputs(analysis, c, removed) for c in consumers}
         stats = []
         for c in consumers:
@@ -229,6 +244,17 @@ def _choose_and_rebuild(method: Method, stats, consumers: list[Consumer], n: int
         thetas.append(linalg.ridge_solve(total, kept, c.taps, theta0, alpha))
         alphas.append(alpha)
     return kept, (thetas, alphas)
+
+
+def _touched(analysis: Analysis, gid: int) -> set[str]:
+    """Nodes that write or read a tensor carrying channels of group ``gid``."""
+    tensors = analysis.graph.tensors()
+    names: set[str] = set()
+    for name, layout in analysis.layouts.items():
+        if name in tensors and np.any(analysis.class_group[analysis.atom_class[layout.atoms]] == gid):
+            names.update(n.name for n in tensors[name].inputs)
+            names.update(n.name for n in tensors[name].outputs)
+    return names
 
 
 def _kept_outputs(analysis: Analysis, c: Consumer, removed: np.ndarray) -> np.ndarray:

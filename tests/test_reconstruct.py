@@ -127,6 +127,7 @@ def test_cli_reap_with_npz_calibration(tmp_path):
     (["--method", "l1", "--ratio", "0.5", "--calib", "CALIB"], "--calib is for the data methods"),
     (["--method", "reap", "--ratio", "0.5", "--calib", "BAD"], "does not match the model input"),
     (["--method", "reap", "--ratio", "0.5", "--calib", "CALIB", "--batch-size", "0"], "--batch-size"),
+    (["--method", "reap", "--ratio", "0.5", "--calib", "CALIB", "--cache-mb", "-1"], "--cache-mb"),
 ])
 def test_cli_calibration_errors(tmp_path, args, message):
     model = FACTORIES["conv_chain"]()

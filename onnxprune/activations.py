@@ -1,0 +1,120 @@
+"""Activations of the calibration data, computed a segment of the graph at a time.
+
+Sequential pruning runs a model up to a few tensors once per group, and between two
+runs the model changes only from the group just pruned onwards. Running from the
+input every time costs O(L^2) layers over a network of L layers. A ``SegmentRunner``
+keeps, for every calibration batch, the tensors that cross a cut (produced before a
+given node, read at or after it), so the next run starts at that cut: O(L) in all.
+
+The caller promises that the nodes before the cut it asks to keep are the same, with
+the same weights, in the next model it runs. The runner checks that the node NAMES
+before the cut agree and otherwise starts from the input again; the cache also gives
+way (and runs start from the input) when it would exceed its byte budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from itertools import zip_longest
+
+import numpy as np
+import onnx
+
+from .calibrate import Batches, make_session, probe_model, run_probe
+from .graph import to_graph, to_model
+
+
+def live_tensors(model: onnx.ModelProto, position: int) -> list[str]:
+    """Activations that cross the cut before node ``position``: produced before it (or graph
+    inputs), read by a node at or after it. Initializers are not activations."""
+    constants = {t.name for t in model.graph.initializer}
+    before = {i.name for i in model.graph.input} - constants
+    for node in model.graph.node[:position]:
+        before.update(o for o in node.output if o)
+    live: dict[str, None] = {}
+    for node in model.graph.node[position:]:
+        for name in node.input:
+            if name in before:
+                live[name] = None
+    return list(live)
+
+
+def segment_model(model: onnx.ModelProto, inputs: dict[str, np.ndarray], outputs: list[str]) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``outputs`` from the tensors ``inputs`` (examples give dtype and shape)."""
+    graph = to_graph(model)
+    known = graph.tensors()
+    graph_inputs = []
+    for name, example in inputs.items():
+        tensor = known[name]
+        tensor.inputs.clear()  # cut off its producer: the value comes from the cache
+        tensor.dtype, tensor.shape = example.dtype, [None, *example.shape[1:]]
+        graph_inputs.append(tensor)
+    graph.inputs = graph_inputs
+    graph.outputs = []
+    for name in outputs:
+        tensor = known[name]
+        if tensor.dtype is None:
+            tensor.dtype = np.float32
+        graph.outputs.append(tensor)
+    graph.cleanup(remove_unused_graph_inputs=True)
+    return to_model(graph, model)
+
+
+class SegmentRunner:
+    """Runs models over the calibration batches, resuming from the activations kept last time."""
+
+    def __init__(self, batches: Batches, providers: list[str], budget_bytes: int):
+        self.batches = batches
+        self.providers = providers
+        self.budget = budget_bytes
+        self.cut: int = 0  # position of the cut the cache holds (0: nothing kept)
+        self.before: frozenset[str] = frozenset()  # names of the nodes before the cut
+        self.cache: list[dict[str, np.ndarray]] = []  # per batch: the live tensors at the cut
+
+    def run(self, model: onnx.ModelProto, wanted: list[str], keep_before: str | None = None,
+            ) -> Iterator[dict[str, np.ndarray]]:
+        """Per calibration batch, the ``wanted`` tensors of ``model``. With ``keep_before``
+        (a node name), the live tensors before that node are kept for the next run."""
+        names = [n.name for n in model.graph.node]
+        position = {name: i for i, name in enumerate(names)}
+        start = self.cut if self.cut and frozenset(names[:self.cut]) == self.before else 0
+        producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+        cached = set(self.cache[0]) if start and self.cache else set()
+        if any(name not in cached and producer.get(name, -1) < start for name in wanted):
+            start, cached = 0, set()  # a wanted tensor lies before the cut
+        save = position.get(keep_before, 0) if keep_before is not None else 0
+        keep = live_tensors(model, save) if save >= max(start, 1) else []
+        if start:
+            sources = self.cache
+            computed = [n for n in dict.fromkeys(wanted + keep) if n not in cached]
+            segment = segment_model(model, self.cache[0], computed) if computed else None
+        else:
+            sources = self.batches()
+            inputs = {i.name for i in model.graph.input}
+            computed = [n for n in dict.fromkeys(wanted + keep) if n not in inputs]
+            segment = probe_model(model, computed) if computed else None
+        session = make_session(segment, self.providers) if segment is not None else None
+        kept, size = [], 0
+        for feeds in sources:
+            values = dict(feeds)
+            if session is not None:
+                values.update(run_probe(session, feeds))
+            if keep and size <= self.budget:
+                kept.append({n: values[n] for n in keep})
+                size += sum(v.nbytes for v in kept[-1].values())
+            yield {n: values[n] for n in wanted}
+        if keep and size <= self.budget and kept:
+            self.cut, self.before, self.cache = save, frozenset(names[:save]), kept
+        else:
+            self.cut, self.before, self.cache = 0, frozenset(), []
+
+
+
+def pairs(first: Iterable, second: Iterable) -> Iterator[tuple]:
+    """zip() that runs both iterables to their end: a runner keeps its cut only once its
+    run is complete, and zip() stops the second one a step short."""
+    end = object()
+    for a, b in zip_longest(first, second, fillvalue=end):
+        if a is end or b is end:
+            raise AssertionError("the two runs gave different numbers of batches")
+        yield a, b

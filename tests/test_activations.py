@@ -1,0 +1,128 @@
+"""Segment runs: resuming from kept activations gives exactly what a run from the input gives."""
+
+import numpy as np
+import onnx
+import pytest
+from builders import FACTORIES, random_feeds, run
+from test_reconstruct import calibration
+
+from onnxprune import PruneConfig, normalize, prune
+from onnxprune.activations import SegmentRunner, live_tensors, pairs, segment_model
+from onnxprune.config import Method
+from onnxprune.reconstruct import Calibration
+
+MODELS = ["conv_chain", "basic_block_net", "bottleneck_net", "densenet_like", "c2f_like", "se_net",
+          "flatten_gemm_net", "mobilenetv2_block_net"]
+
+
+def counting(batches):
+    """The batch factory, and a list that gets one entry each time the data is read."""
+    calls = []
+
+    def wrapped():
+        calls.append(1)
+        return batches()
+    return wrapped, calls
+
+
+def everything(model):
+    """Names of the activations of ``model``, in node order."""
+    return [o for node in model.graph.node for o in node.output if o]
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_a_segment_from_the_live_tensors_at_any_cut_gives_the_same_outputs(name):
+    model, _ = normalize(FACTORIES[name]())
+    feeds = random_feeds(model, batch=3, seed=1)
+    full = probe(model, everything(model), feeds)
+    outputs = [o.name for o in model.graph.output]
+    for position in range(1, len(model.graph.node)):
+        live = live_tensors(model, position)
+        segment = segment_model(model, {n: full[n] for n in live}, outputs)
+        got = run(segment, {i.name: full[i.name] for i in segment.graph.input})
+        for name_, value in zip(outputs, got):
+            np.testing.assert_array_equal(value, full[name_])
+
+
+def probe(model, names, feeds):
+    from onnxprune.calibrate import probe_model
+    return {**feeds, **dict(zip(names, run(probe_model(model, names), feeds)))}
+
+
+def test_live_tensors_of_a_residual_block_are_its_input_and_the_branch():
+    model, _ = normalize(FACTORIES["basic_block_net"](projection=False, stride=1, blocks=1))
+    nodes = list(model.graph.node)
+    add = next(i for i, n in enumerate(nodes) if n.op_type == "Add")
+    live = live_tensors(model, add)
+    assert sorted(live) == sorted(nodes[add].input)
+
+
+def test_the_runner_resumes_from_the_cut_and_gives_the_same_values():
+    model, _ = normalize(FACTORIES["basic_block_net"](blocks=2))
+    calib = calibration(model, samples=48, batch=16)
+    batches, reads = counting(calib.batches)
+    runner = SegmentRunner(batches, ["CPUExecutionProvider"], 1 << 30)
+    names = everything(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    last = names[-1]
+    first = [b[names[2]] for b in runner.run(model, [names[2]], keep_before=convs[2])]
+    assert len(reads) == 1 and runner.cut > 0
+    resumed = [b[last] for b in runner.run(model, [last], keep_before=convs[-1])]
+    assert len(reads) == 1, "the second run should start from the kept activations"
+    fresh = [b[last] for b in SegmentRunner(calib.batches, ["CPUExecutionProvider"], 0).run(model, [last])]
+    assert len(first) == len(resumed) == 3
+    for a, b in zip(resumed, fresh):  # optimised sessions may fuse differently across the cut
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_runner_starts_from_the_input_when_the_cache_cannot_serve():
+    model, _ = normalize(FACTORIES["conv_chain"]())
+    calib = calibration(model, samples=32, batch=16)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    names = everything(model)
+    # over budget: nothing kept
+    batches, reads = counting(calib.batches)
+    runner = SegmentRunner(batches, ["CPUExecutionProvider"], 0)
+    list(runner.run(model, [names[-1]], keep_before=convs[-1]))
+    list(runner.run(model, [names[-1]]))
+    assert len(reads) == 2 and runner.cut == 0
+    # a wanted tensor before the cut
+    batches, reads = counting(calib.batches)
+    runner = SegmentRunner(batches, ["CPUExecutionProvider"], 1 << 30)
+    list(runner.run(model, [names[-1]], keep_before=convs[-1]))
+    early = [b[names[0]] for b in runner.run(model, [names[0]])]
+    assert len(reads) == 2
+    np.testing.assert_allclose(early[0], probe(model, [names[0]], next(calib.batches()))[names[0]], rtol=1e-5, atol=1e-6)
+    # a model whose nodes before the cut are not the same (by name)
+    other = onnx.ModelProto()
+    other.CopyFrom(model)
+    for node in other.graph.node:
+        node.name = "other_" + node.name
+    batches, reads = counting(calib.batches)
+    runner = SegmentRunner(batches, ["CPUExecutionProvider"], 1 << 30)
+    list(runner.run(model, [names[-1]], keep_before=convs[-1]))
+    list(runner.run(other, [everything(other)[-1]]))
+    assert len(reads) == 2
+
+
+def test_pairs_runs_both_to_the_end_and_checks_the_lengths():
+    done = []
+
+    def gen(n):
+        yield from range(n)
+        done.append(n)
+    assert list(pairs(gen(2), gen(2))) == [(0, 0), (1, 1)] and done == [2, 2]
+    with pytest.raises(AssertionError):
+        list(pairs(gen(2), gen(3)))
+
+
+@pytest.mark.parametrize("method", [Method.REAP, Method.THINET, Method.NU])
+@pytest.mark.parametrize("name", ["basic_block_net", "bottleneck_net", "flatten_gemm_net"])
+def test_pruning_with_the_activation_cache_equals_pruning_without(name, method):
+    model = FACTORIES[name]()
+    config = PruneConfig(method=method, ratio=0.5, round_to=1)
+    cached = prune(model, config, calibration(model))
+    plain = calibration(model)
+    uncached = prune(model, config, Calibration(plain.batches, plain.samples, cache_bytes=0))
+    feeds = random_feeds(model, batch=4, seed=3)
+    np.testing.assert_allclose(run(cached.model, feeds)[0], run(uncached.model, feeds)[0], rtol=1e-5, atol=1e-6)
