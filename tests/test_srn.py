@@ -257,14 +257,19 @@ def test_pruning_a_serialized_model(name, kwargs):
 # -- a trained model on real images ----------------------------------------------------------
 
 
-RESNET20 = MODELS / "resnet20_fmnist.onnx"
+def reference(name, serialized, skipped):
+    path = MODELS / f"{name}_fmnist.onnx"
+    return pytest.param(path, serialized, skipped, id=name,
+                        marks=pytest.mark.skipif(not path.exists(), reason=f"models/{path.name} not trained yet"))
 
 
-@pytest.mark.skipif(not RESNET20.exists(), reason="models/resnet20_fmnist.onnx not built")
-def test_trained_resnet20_serializes_exactly_on_real_images():
-    model = onnx.load(str(RESNET20))
+@pytest.mark.parametrize("path, serialized, skipped", [
+    reference("resnet20", 9, 0), reference("resnet56", 27, 0), reference("mobilenetv2", 0, 7)])
+def test_reference_models_serialize_exactly_on_real_images(path, serialized, skipped):
+    model = onnx.load(str(path))
     images = np.load(MODELS / "fmnist_test.npz")["image"][:64]
     feeds = {model.graph.input[0].name: images}
     srn, report = serialized_exactly(model, feeds)
-    assert report.blocks_serialized == 9 and report.blocks_skipped == ()
+    assert report.blocks_serialized == serialized and len(report.blocks_skipped) == skipped
+    assert all("Clip" in s.reason or "ReLU6" in s.reason for s in report.blocks_skipped)
     assert_same_outputs(model, srn, feeds)
