@@ -118,3 +118,50 @@ def pairs(first: Iterable, second: Iterable) -> Iterator[tuple]:
         if a is end or b is end:
             raise AssertionError("the two runs gave different numbers of batches")
         yield a, b
+
+
+class Cuts:
+    """Activations of a changing model on a fixed set of samples, kept at cuts, so that a
+    variant of the model that differs only from some node on can be run from there.
+
+    ``update(model, changed)`` replaces the model by one whose nodes before position
+    ``changed`` are the same; tensors produced from there on are forgotten. ``at(p)`` gives
+    the live tensors before node ``p``, computed from the latest cut still known. Above the
+    byte budget, only the latest cut asked for is kept.
+    """
+
+    def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str],
+                 budget_bytes: int):
+        self.feeds, self.providers, self.budget = feeds, providers, budget_bytes
+        self.values: dict[str, np.ndarray] = {}
+        self.update(model, 0)
+
+    def update(self, model: onnx.ModelProto, changed: int) -> None:
+        self.model = model
+        self.producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+        self.values = {k: v for k, v in self.values.items() if self.producer.get(k, -1) < changed}
+
+    def at(self, position: int) -> dict[str, np.ndarray]:
+        known = {**self.feeds, **self.values}
+        wanted = live_tensors(self.model, position)
+        missing = [n for n in wanted if n not in known]
+        if missing:
+            start = max((p for p in range(position, 0, -1)
+                         if all(n in known for n in live_tensors(self.model, p))), default=0)
+            if start:
+                inputs = {n: known[n] for n in live_tensors(self.model, start)}
+                model = segment_model(self.model, inputs, missing)
+            else:
+                inputs, model = self.feeds, probe_model(self.model, missing)
+            self.values.update(run_probe(make_session(model, self.providers), inputs))
+            if sum(v.nbytes for v in self.values.values()) > self.budget:
+                self.values = {n: self.values[n] for n in wanted if n in self.values}
+            known = {**self.feeds, **self.values}
+        return {n: known[n] for n in wanted}
+
+    def run(self, variant: onnx.ModelProto, position: int, outputs: list[str]) -> list[np.ndarray]:
+        """``outputs`` of ``variant``, a model equal to the current one before node ``position``."""
+        inputs = self.at(position) if position else self.feeds
+        model = segment_model(variant, inputs, outputs) if position else probe_model(variant, outputs)
+        values = run_probe(make_session(model, self.providers), inputs)
+        return [values[n] for n in outputs]

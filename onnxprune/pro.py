@@ -25,14 +25,14 @@ import numpy as np
 import onnx
 
 from . import linalg
+from .activations import Cuts
 from .calibrate import collect
 from .config import Method
 from .errors import OnnxPruneError
 from .groups import Analysis
 from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, overlay_weights,
-                          no_progress, reconstructable, theta_of)
+                          no_progress, reconstructable, theta_of, touched_nodes)
 from .surgery import prune_channels
-from .validate import session
 
 REFRESH_EVERY = 8  # commits between full re-measurements of every group
 
@@ -62,7 +62,11 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
     """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO."""
     orders, rebuild = _orders(normalized, analysis, method, channels, calib, scores, progress)
     feeds = _first_samples(calib, samples)
-    reference = session(normalized).run(None, feeds)[0].astype(np.float64)
+    providers = list(calib.providers)
+    output = normalized.graph.output[0].name
+    node_at = {n.name: i for i, n in enumerate(normalized.graph.node)}
+    # A group's candidates differ from the current model only from the first node the group touches.
+    cut = {g: min(node_at[name] for name in touched_nodes(analysis, g)) for g in channels}
     ladders = {g: allowed_counts(n, round_to, max(round_to, n // 16)) for g, n in channels.items()}
     position = {g: 0 for g in channels}  # index into the group's ladder
 
@@ -73,10 +77,14 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
     def counts_at(pos: dict[int, int]) -> dict[int, int]:
         return {g: ladders[g][i] for g, i in pos.items()}
 
-    def error(counts: dict[int, int]) -> float:
-        keep = keep_of(counts)
-        pruned = prune_channels(overlay_weights(normalized, rebuild(counts)), analysis, keep)
-        out = session(pruned).run(None, feeds)[0].astype(np.float64)
+    def build(counts: dict[int, int]) -> onnx.ModelProto:
+        return prune_channels(overlay_weights(normalized, rebuild(counts)), analysis, keep_of(counts))
+
+    cuts = Cuts(normalized, feeds, providers, calib.cache_bytes)
+    reference = cuts.run(normalized, 0, [output])[0].astype(np.float64)
+
+    def error(counts: dict[int, int], changed: int) -> float:
+        out = cuts.run(build(counts), cut[changed], [output])[0].astype(np.float64)
         return float(np.mean(np.sum((out - reference) ** 2, axis=tuple(range(1, out.ndim)))))
 
     current_cost = cost(keep_of(counts_at(position)))
@@ -91,7 +99,7 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
             measured.pop(g, None)
             return
         trial = counts_at({**position, g: position[g] + 1})
-        c, e = cost(keep_of(trial)), error(trial)
+        c, e = cost(keep_of(trial)), error(trial, g)
         measured[g] = ((e - current_error) / max(current_cost - c, 1), c, e, commits)
 
     with progress("PRO: choosing per-layer widths", max(1, int(current_cost - budget))) as advance:
@@ -111,6 +119,7 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
             current_cost = new_cost
             position[g] += 1
             commits += 1
+            cuts.update(build(counts_at(position)), cut[g])
             trace.append(ProStep(g, ladders[g][position[g]], current_cost, current_error))
             measure(g)
     # The last step may overshoot: give channels back, latest-cut groups first, while within budget.

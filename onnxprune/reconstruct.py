@@ -199,7 +199,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         ins, outs = [c.input for c in consumers], [c.output for c in consumers]
         following = first_consumer[step]
         if calib.sequential:
-            changed = min(_touched(analysis, gid), key=position.__getitem__)
+            changed = min(touched_nodes(analysis, gid), key=position.__getitem__)
             x_keep = changed if following is None else min(changed, following, key=position.__getitem__)
             runs = pairs(x_runner.run(current, ins, x_keep), y_runner.run(normalized, outs, following))
         else:
@@ -246,7 +246,7 @@ def _choose_and_rebuild(method: Method, stats, consumers: list[Consumer], n: int
     return kept, (thetas, alphas)
 
 
-def _touched(analysis: Analysis, gid: int) -> set[str]:
+def touched_nodes(analysis: Analysis, gid: int) -> set[str]:
     """Nodes that write or read a tensor carrying channels of group ``gid``."""
     tensors = analysis.graph.tensors()
     names: set[str] = set()

@@ -126,3 +126,28 @@ def test_pruning_with_the_activation_cache_equals_pruning_without(name, method):
     uncached = prune(model, config, Calibration(plain.batches, plain.samples, cache_bytes=0))
     feeds = random_feeds(model, batch=4, seed=3)
     np.testing.assert_allclose(run(cached.model, feeds)[0], run(uncached.model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("budget", [0, 1 << 30])
+def test_cuts_run_variants_from_their_cut_and_forget_what_a_change_invalidates(budget):
+    from onnxprune import analyze
+    from onnxprune.activations import Cuts
+    from onnxprune.reconstruct import touched_nodes
+    from onnxprune.surgery import prune_channels
+
+    model, _ = normalize(FACTORIES["basic_block_net"](blocks=2))
+    analysis = analyze(model)
+    feeds = random_feeds(model, batch=5, seed=4)
+    output = model.graph.output[0].name
+    at = {n.name: i for i, n in enumerate(model.graph.node)}
+    groups = [g.id for g in analysis.groups if g.prunable]
+    cuts = Cuts(model, feeds, ["CPUExecutionProvider"], budget)
+    keep: dict = {}
+    for gid in groups:  # prune one group after the other, each variant run from its cut only
+        cut = min(at[n] for n in touched_nodes(analysis, gid))
+        variant = prune_channels(model, analysis, {**keep, gid: np.arange(analysis.groups[gid].channels // 2)})
+        got = cuts.run(variant, cut, [output])[0]
+        np.testing.assert_allclose(got, run(variant, feeds)[0], rtol=1e-5, atol=1e-5)
+        keep[gid] = np.arange(analysis.groups[gid].channels // 2)
+        cuts.update(variant, cut)
+        assert all(cuts.producer.get(n, -1) < cut for n in cuts.values)
