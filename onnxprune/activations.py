@@ -21,7 +21,12 @@ import numpy as np
 import onnx
 
 from .calibrate import Batches, make_session, probe_model, run_probe
-from .graph import to_graph, to_model
+
+
+def cuttable(model: onnx.ModelProto) -> bool:
+    """Whether cuts are safe: no If/Loop/Scan, whose subgraphs read outer tensors unseen here."""
+    return not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                   for n in model.graph.node for a in n.attribute)
 
 
 def live_tensors(model: onnx.ModelProto, position: int) -> list[str]:
@@ -37,27 +42,6 @@ def live_tensors(model: onnx.ModelProto, position: int) -> list[str]:
             if name in before:
                 live[name] = None
     return list(live)
-
-
-def segment_model(model: onnx.ModelProto, inputs: dict[str, np.ndarray], outputs: list[str]) -> onnx.ModelProto:
-    """The part of ``model`` that computes ``outputs`` from the tensors ``inputs`` (examples give dtype and shape)."""
-    graph = to_graph(model)
-    known = graph.tensors()
-    graph_inputs = []
-    for name, example in inputs.items():
-        tensor = known[name]
-        tensor.inputs.clear()  # cut off its producer: the value comes from the cache
-        tensor.dtype, tensor.shape = example.dtype, [None, *example.shape[1:]]
-        graph_inputs.append(tensor)
-    graph.inputs = graph_inputs
-    graph.outputs = []
-    for name in outputs:
-        tensor = known[name]
-        if tensor.dtype is None:
-            tensor.dtype = np.float32
-        graph.outputs.append(tensor)
-    graph.cleanup(remove_unused_graph_inputs=True)
-    return to_model(graph, model)
 
 
 class SegmentRunner:
@@ -82,12 +66,13 @@ class SegmentRunner:
         cached = set(self.cache[0]) if start and self.cache else set()
         if any(name not in cached and producer.get(name, -1) < start for name in wanted):
             start, cached = 0, set()  # a wanted tensor lies before the cut
-        save = position.get(keep_before, 0) if keep_before is not None else 0
+        save = position.get(keep_before, 0) if keep_before is not None and cuttable(model) else 0
         keep = live_tensors(model, save) if save >= max(start, 1) else []
         if start:
-            sources = self.cache
+            sources = _drain(self.cache)  # each kept batch is freed once used: old and new cut never both whole
+            self.cut, self.before = 0, frozenset()
             computed = [n for n in dict.fromkeys(wanted + keep) if n not in cached]
-            segment = segment_model(model, self.cache[0], computed) if computed else None
+            segment = probe_model(model, computed, self.cache[0]) if computed else None
         else:
             sources = self.batches()
             inputs = {i.name for i in model.graph.input}
@@ -108,6 +93,12 @@ class SegmentRunner:
         else:
             self.cut, self.before, self.cache = 0, frozenset(), []
 
+
+
+def _drain(items: list) -> Iterator:
+    items.reverse()
+    while items:
+        yield items.pop()
 
 
 def pairs(first: Iterable, second: Iterable) -> Iterator[tuple]:
@@ -150,7 +141,7 @@ class Cuts:
                          if all(n in known for n in live_tensors(self.model, p))), default=0)
             if start:
                 inputs = {n: known[n] for n in live_tensors(self.model, start)}
-                model = segment_model(self.model, inputs, missing)
+                model = probe_model(self.model, missing, inputs)
             else:
                 inputs, model = self.feeds, probe_model(self.model, missing)
             self.values.update(run_probe(make_session(model, self.providers), inputs))
@@ -161,7 +152,8 @@ class Cuts:
 
     def run(self, variant: onnx.ModelProto, position: int, outputs: list[str]) -> list[np.ndarray]:
         """``outputs`` of ``variant``, a model equal to the current one before node ``position``."""
+        position = position if cuttable(variant) else 0
         inputs = self.at(position) if position else self.feeds
-        model = segment_model(variant, inputs, outputs) if position else probe_model(variant, outputs)
+        model = probe_model(variant, outputs, inputs) if position else probe_model(variant, outputs)
         values = run_probe(make_session(model, self.providers), inputs)
         return [values[n] for n in outputs]

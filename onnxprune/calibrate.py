@@ -271,18 +271,47 @@ class GraphStats:
         return LayerStats(gram, cross, yy, int(rows[0]))
 
 
-def probe_model(model: onnx.ModelProto, tensors: list[str]) -> onnx.ModelProto:
-    """``model`` cut down to what computes ``tensors``, which become its outputs."""
+def probe_model(model: onnx.ModelProto, tensors: list[str],
+                sources: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """``model`` cut down to what computes ``tensors``, which become its outputs; from the
+    graph inputs, or from the tensors ``sources`` (examples give dtype and shape) instead."""
     graph = to_graph(model)
     known = graph.tensors()
-    outputs = []
-    for name in tensors:
-        t = known[name]
-        if t.dtype is None:
-            t.dtype = np.float32
-        outputs.append(t)
-    graph.outputs = outputs
+    untyped = [known[name] for name in tensors if known[name].dtype is None]
+    info = _inferred(model) if untyped or sources else {}
+    for t in untyped:  # e.g. int64 shape arithmetic: its type is in no annotation
+        t.dtype = info.get(t.name, (np.float32, None))[0]
+    if sources is not None:
+        graph.inputs = []
+        for name, example in sources.items():
+            tensor = known[name]
+            tensor.inputs.clear()  # cut off its producer: the value is given
+            dims = info.get(name, (None, None))[1]
+            # dim 0 is the batch unless inference fixes it (shape arithmetic); unknown: rank > 1
+            batch = dims[0] is None if dims else example.ndim > 1
+            shape = [None, *example.shape[1:]] if batch else list(example.shape)
+            tensor.dtype, tensor.shape = example.dtype, shape
+            graph.inputs.append(tensor)
+    graph.outputs = [known[name] for name in tensors]
+    if sources is not None:
+        graph.cleanup(remove_unused_graph_inputs=True)
     return to_model(graph, model)
+
+
+def _inferred(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list]]:
+    """Element type and dims (ints, or names/None where not fixed) of the model's tensors
+    by onnx shape inference; empty where it fails (too large, ops it does not know)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:
+        return {}
+    result = {}
+    for vi in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]:
+        t = vi.type.tensor_type
+        if t.elem_type:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+            result[vi.name] = (helper.tensor_dtype_to_np_dtype(t.elem_type), dims)
+    return result
 
 
 def run_probe(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,7 +7,8 @@ from builders import FACTORIES, random_feeds, run
 from test_reconstruct import calibration
 
 from onnxprune import PruneConfig, normalize, prune
-from onnxprune.activations import SegmentRunner, live_tensors, pairs, segment_model
+from onnxprune.activations import SegmentRunner, live_tensors, pairs
+from onnxprune.calibrate import probe_model
 from onnxprune.config import Method
 from onnxprune.reconstruct import Calibration
 
@@ -38,14 +39,13 @@ def test_a_segment_from_the_live_tensors_at_any_cut_gives_the_same_outputs(name)
     outputs = [o.name for o in model.graph.output]
     for position in range(1, len(model.graph.node)):
         live = live_tensors(model, position)
-        segment = segment_model(model, {n: full[n] for n in live}, outputs)
+        segment = probe_model(model, outputs, {n: full[n] for n in live})
         got = run(segment, {i.name: full[i.name] for i in segment.graph.input})
         for name_, value in zip(outputs, got):
             np.testing.assert_array_equal(value, full[name_])
 
 
 def probe(model, names, feeds):
-    from onnxprune.calibrate import probe_model
     return {**feeds, **dict(zip(names, run(probe_model(model, names), feeds)))}
 
 
@@ -151,3 +151,22 @@ def test_cuts_run_variants_from_their_cut_and_forget_what_a_change_invalidates(b
         keep[gid] = np.arange(analysis.groups[gid].channels // 2)
         cuts.update(variant, cut)
         assert all(cuts.producer.get(n, -1) < cut for n in cuts.values)
+
+
+def test_segments_take_shape_arithmetic_across_the_cut():
+    """RetinaFace computes Resize sizes at run time (Shape -> Concat, int64, no batch dim):
+    a cut across them must feed them with their own type and fixed shape."""
+    from pathlib import Path
+
+    model, _ = normalize(onnx.load(str(Path(__file__).parent / "data" / "real" / "retinaface_mnet025.onnx")))
+    feeds = {model.graph.input[0].name: np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)}
+    full = probe(model, everything(model), feeds)
+    outputs = [o.name for o in model.graph.output]
+    positions = [p for p in range(1, len(model.graph.node))
+                 if any(full[n].dtype != np.float32 for n in live_tensors(model, p))]
+    assert positions, "the model should have int64 tensors live across some cut"
+    for position in positions[::max(1, len(positions) // 4)]:
+        segment = probe_model(model, outputs, {n: full[n] for n in live_tensors(model, position)})
+        got = run(segment, {i.name: full[i.name] for i in segment.graph.input})
+        for name_, value in zip(outputs, got):
+            np.testing.assert_allclose(value, full[name_], rtol=1e-6, atol=1e-6)
