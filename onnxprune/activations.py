@@ -84,11 +84,13 @@ class SegmentRunner:
             values = dict(feeds)
             if session is not None:
                 values.update(run_probe(session, feeds))
-            if keep and size <= self.budget:
+            if keep:
                 kept.append({n: values[n] for n in keep})
                 size += sum(v.nbytes for v in kept[-1].values())
+                if size > self.budget:  # will not fit: free it now, the next run starts from the input
+                    keep, kept = [], []
             yield {n: values[n] for n in wanted}
-        if keep and size <= self.budget and kept:
+        if keep and kept:
             self.cut, self.before, self.cache = save, frozenset(names[:save]), kept
         else:
             self.cut, self.before, self.cache = 0, frozenset(), []

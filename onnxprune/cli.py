@@ -105,7 +105,7 @@ def inspect(model, input_shapes, as_json):
 @click.option("--calib-limit", type=int, help="Use only the first N calibration samples.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Calibration samples per run.")
 @click.option("--cache-mb", type=int, default=256, show_default=True,
-              help="Activations kept between layers (per model, MiB) so each layer's statistics run only the "
+              help="MiB of activations kept between layers, so that each layer's statistics run only the "
                    "graph after the last pruned group; 0 reruns from the input every time.")
 @click.option("--srn", is_flag=True, help="Serialise residual blocks first (SRN) so layers tied by shortcuts "
               "can be pruned; --keep-flops stays relative to the original model.")

@@ -57,7 +57,7 @@ class Calibration:
     mode: StatsMode = StatsMode.HOST
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     sequential: bool = True  # X from the pruned model (True) or from the original (False)
-    cache_bytes: int = 256 << 20  # activations kept between groups, per model (see activations.py)
+    cache_bytes: int = 256 << 20  # activations kept between groups, in all (see activations.py)
 
 
 @dataclass(frozen=True)
@@ -189,8 +189,9 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
     # for the pruned model also before the first node this group's pruning changes.
     first_consumer = [min((c.node for c in plans[g]), key=position.__getitem__) for g in order] + [None]
     providers = list(calib.providers)
-    x_runner = SegmentRunner(calib.batches, providers, calib.cache_bytes)
-    y_runner = SegmentRunner(calib.batches, providers, calib.cache_bytes) if calib.sequential else x_runner
+    budget = calib.cache_bytes // 2 if calib.sequential else calib.cache_bytes  # shared by the two runners
+    x_runner = SegmentRunner(calib.batches, providers, budget)
+    y_runner = SegmentRunner(calib.batches, providers, budget) if calib.sequential else x_runner
     current = normalized
     for step, gid in enumerate(order, 1):
         consumers = list(plans[gid])
