@@ -120,7 +120,8 @@ def inspect(model, input_shapes, as_json):
 @JSON
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_samples, round_to, calib_path,
-              calib_limit, batch_size, cache_mb, srn, independent, stats, device, resize, mean, std, layout, channels, input_shapes, report, as_json, quiet):
+              calib_limit, batch_size, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
+              channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     _refuse_overwriting(model, output)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
