@@ -96,7 +96,6 @@ class SegmentRunner:
             self.cut, self.before, self.cache = 0, frozenset(), []
 
 
-
 def _drain(items: list) -> Iterator:
     items.reverse()
     while items:
@@ -155,7 +154,7 @@ class Cuts:
     def run(self, variant: onnx.ModelProto, position: int, outputs: list[str]) -> list[np.ndarray]:
         """``outputs`` of ``variant``, a model equal to the current one before node ``position``."""
         position = position if cuttable(variant) else 0
-        inputs = self.at(position) if position else self.feeds
-        model = probe_model(variant, outputs, inputs) if position else probe_model(variant, outputs)
-        values = run_probe(make_session(model, self.providers), inputs)
+        inputs = self.at(position) if position else None
+        model = probe_model(variant, outputs, inputs)
+        values = run_probe(make_session(model, self.providers), self.feeds if inputs is None else inputs)
         return [values[n] for n in outputs]
