@@ -39,6 +39,11 @@ def macs_of(model: nn.Module) -> int:
     return int(macs)
 
 
+def classifier(model: nn.Module) -> nn.Module:
+    """The last Linear layer: its outputs are the classes, never pruned."""
+    return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+
+
 def torch_prune(model: nn.Module, keep: float) -> nn.Module:
     """Torch-Pruning, L1 magnitude, uniform ratio bisected so that MACs <= keep * original."""
     example = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
@@ -48,7 +53,7 @@ def torch_prune(model: nn.Module, keep: float) -> nn.Module:
         ratio = (lo + hi) / 2
         trial = copy.deepcopy(model)
         pruner = tp.pruner.MagnitudePruner(trial, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                           pruning_ratio=ratio, ignored_layers=[trial.fc])
+                                           pruning_ratio=ratio, ignored_layers=[classifier(trial)])
         pruner.step()
         if macs_of(trial) <= keep * base:
             hi, best = ratio, trial
