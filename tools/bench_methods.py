@@ -102,9 +102,21 @@ def prune_and_score(path: Path, method: str, keep: float, calib: Path, test: Pat
     return row
 
 
-def run(models, methods, keeps, calib: Path, test: Path, folder: Path, jobs: int = 1) -> list[dict]:
-    """Every (model, method, keep) cell; ``jobs`` prunes at a time (times then include contention)."""
-    rows = []
+def earlier_rows(path: Path | None) -> dict[tuple, dict]:
+    """Cells measured by an earlier run: the JSON lines it printed on stderr, by (model, method, keep)."""
+    if path is None:
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+    return {(r["model"], r["method"], r["keep"]): r for r in rows if "method" in r and "error" not in r}
+
+
+def run(models, methods, keeps, calib: Path, test: Path, folder: Path, jobs: int = 1,
+        done: dict[tuple, dict] | None = None) -> list[dict]:
+    """Every (model, method, keep) cell not in ``done``, and the cells of ``done`` too; ``jobs``
+    prunes at a time (times then include contention)."""
+    rows, done = [], done or {}
+    for r in done.values():  # so that this run's stderr can seed the next one
+        print(json.dumps(r), file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(jobs) as pool:
         for name in models:
             path = folder / f"{name}_fmnist.onnx"
@@ -113,10 +125,12 @@ def run(models, methods, keeps, calib: Path, test: Path, folder: Path, jobs: int
                 continue
             rows.append({"model": name, "method": "original", "keep": 1.0, "accuracy": accuracy(path, test),
                          "macs_kept": 1.0})
-            cells = [pool.submit(prune_and_score, path, m, k, calib, test, Path(tmp))
+            cells = [done.get((name, m, k)) or pool.submit(prune_and_score, path, m, k, calib, test, Path(tmp))
                      for m in methods for k in keeps if k < 1.0]
-            rows += [c.result() for c in cells]
-    return rows
+            rows += [c if isinstance(c, dict) else c.result() for c in cells]
+            rows += [r for (m, method, k), r in done.items() if m == name and (method not in methods or k not in keeps)]
+    order = {m: i for i, m in enumerate(METHODS)}
+    return sorted(rows, key=lambda r: (r["method"] != "original", order.get(r["method"], len(order)), -r["keep"]))
 
 
 def markdown(rows: list[dict], memory: list[dict], command: str, jobs: int = 1) -> str:
@@ -191,8 +205,10 @@ def main() -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the calibration memory measurement")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--jobs", type=int, default=1, help="prunes run at once (their times then include contention)")
+    p.add_argument("--rows", type=Path, help="stderr of an earlier run: its cells join the table, and are not measured again")
     args = p.parse_args()
-    rows = run(args.models, args.methods, args.keep, args.calib, args.test, args.model_dir, args.jobs)
+    rows = run(args.models, args.methods, args.keep, args.calib, args.test, args.model_dir, args.jobs,
+               earlier_rows(args.rows))
     memory = []
     first = next((args.model_dir / f"{m}_fmnist.onnx" for m in args.models
                   if (args.model_dir / f"{m}_fmnist.onnx").exists()), None)
