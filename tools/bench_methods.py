@@ -2,6 +2,8 @@
 
     python tools/bench_methods.py                       # everything: writes docs/RESULTS.md and a plot
     python tools/bench_methods.py --models resnet20 --keep 0.5 0.25 --methods l1 reap
+    python tools/bench_methods.py ... --jobs 2 2> rows.log     # two prunes at a time
+    python tools/bench_methods.py ... --rows rows.log          # resume: reuse the cells measured
 
 Each prune runs in its own process (`onnxprune prune ... --json`), so its wall time
 and peak memory (VmHWM of the child) are its own; accuracy is measured with onnxruntime on
