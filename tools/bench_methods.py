@@ -88,12 +88,11 @@ def calibration_memory(model: Path, samples: int) -> dict:
             "peak_mib": round(report["peak_mib"])}
 
 
-def prune_and_score(path: Path, method: str, keep: float, calib: Path, test: Path, tmp: Path) -> dict:
-    """One table cell: prune ``path`` in a child process, then its test accuracy."""
-    out = tmp / f"{path.stem}_{method}_{keep}.onnx"
+def prune_and_score(name: str, path: Path, method: str, keep: float, calib: Path, test: Path, tmp: Path) -> dict:
+    """One table cell: prune model ``name`` (at ``path``) in a child process, then its test accuracy."""
+    out = tmp / f"{name}_{method}_{keep}.onnx"
     report = prune_once(path, method, keep, calib, out)
-    row = {"model": path.stem.removesuffix("_fmnist"), "method": method, "keep": keep,
-           "seconds": round(report["seconds"], 1)}
+    row = {"model": name, "method": method, "keep": keep, "seconds": round(report["seconds"], 1)}
     if "error" in report:
         row["error"] = report["error"]
     else:
@@ -127,7 +126,7 @@ def run(models, methods, keeps, calib: Path, test: Path, folder: Path, jobs: int
                 continue
             rows.append({"model": name, "method": "original", "keep": 1.0, "accuracy": accuracy(path, test),
                          "macs_kept": 1.0})
-            cells = [done.get((name, m, k)) or pool.submit(prune_and_score, path, m, k, calib, test, Path(tmp))
+            cells = [done.get((name, m, k)) or pool.submit(prune_and_score, name, path, m, k, calib, test, Path(tmp))
                      for m in methods for k in keeps if k < 1.0]
             rows += [c if isinstance(c, dict) else c.result() for c in cells]
             rows += [r for (m, method, k), r in done.items() if m == name and (method not in methods or k not in keeps)]
