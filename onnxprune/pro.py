@@ -11,7 +11,10 @@ statistics of the original model; l1: filter norms). Then, greedily:
 
 until the cost (MACs or parameters) is within the target. Lazy evaluation keeps it
 fast: after a commit only the committed group's next step is re-measured, and every
-group is re-measured every few commits (the others' increases change little).
+group is re-measured every few commits (the others' increases change little). For the
+data methods a candidate is a weight variant of the original-shape model (variants.py:
+zero rows for removed channels), run from its group's first consumer on; for l1, which
+does not reconstruct, it is the pruned model, run from the first node its group touches.
 Channels are then given back, ``round_to`` at a time, while the cost stays within the
 target, and the real method prunes to the chosen counts (sequentially, for data methods).
 """
@@ -30,9 +33,10 @@ from .calibrate import collect
 from .config import Method
 from .errors import OnnxPruneError
 from .groups import Analysis
-from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, overlay_weights,
-                          no_progress, reconstructable, theta_of, touched_nodes)
+from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, no_progress,
+                          reconstructable, theta_of, touched_nodes)
 from .surgery import prune_channels
+from .variants import Variants
 
 REFRESH_EVERY = 8  # commits between full re-measurements of every group
 
@@ -60,13 +64,9 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
                     scores: list[np.ndarray], round_to: int, samples: int, progress: Progress = no_progress,
                     ) -> tuple[dict[int, int], list[ProStep]]:
     """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO."""
-    orders, rebuild = _orders(normalized, analysis, method, channels, calib, scores, progress)
+    orders, weights = _orders(normalized, analysis, method, channels, calib, scores, progress)
     feeds = _first_samples(calib, samples)
-    providers = list(calib.providers)
     output = normalized.graph.output[0].name
-    node_at = {n.name: i for i, n in enumerate(normalized.graph.node)}
-    # A group's candidates differ from the current model only from the first node the group touches.
-    cut = {g: min(node_at[name] for name in touched_nodes(analysis, g)) for g in channels}
     ladders = {g: allowed_counts(n, round_to, max(round_to, n // 16)) for g, n in channels.items()}
     position = {g: 0 for g in channels}  # index into the group's ladder
 
@@ -77,14 +77,14 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
     def counts_at(pos: dict[int, int]) -> dict[int, int]:
         return {g: ladders[g][i] for g, i in pos.items()}
 
-    def build(counts: dict[int, int]) -> onnx.ModelProto:
-        return prune_channels(overlay_weights(normalized, rebuild(counts)), analysis, keep_of(counts))
-
-    cuts = Cuts(normalized, feeds, providers, calib.cache_bytes)
-    reference = cuts.run(normalized, 0, [output])[0].astype(np.float64)
+    if method is Method.L1:
+        evaluate, commit = _pruned_runs(normalized, analysis, channels, keep_of, feeds, output, calib)
+    else:
+        evaluate, commit = _variant_runs(normalized, analysis, channels, weights, feeds, output, calib)
+    reference = evaluate({}, None).astype(np.float64)
 
     def error(counts: dict[int, int], changed: int) -> float:
-        out = cuts.run(build(counts), cut[changed], [output])[0].astype(np.float64)
+        out = evaluate(counts, changed).astype(np.float64)
         return float(np.mean(np.sum((out - reference) ** 2, axis=tuple(range(1, out.ndim)))))
 
     current_cost = cost(keep_of(counts_at(position)))
@@ -119,7 +119,7 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
             current_cost = new_cost
             position[g] += 1
             commits += 1
-            cuts.update(build(counts_at(position)), cut[g])
+            commit(counts_at(position), g)
             trace.append(ProStep(g, ladders[g][position[g]], current_cost, current_error))
             measure(g)
     # The last step may overshoot: give channels back, latest-cut groups first, while within budget.
@@ -136,10 +136,11 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
 
 
 def _orders(normalized, analysis, method, channels, calib, scores, progress):
-    """Each group's full removal order, and a function giving the consumers' weights at given counts."""
+    """Each group's full removal order, and a function giving its consumers' weights at a count:
+    {consumer node: (consumer, theta, output columns)}, reconstructed independently from the
+    original model's statistics (nothing for l1, which does not reconstruct)."""
     if method is Method.L1:
-        orders = {g: np.argsort(scores[g], kind="stable") for g in channels}
-        return orders, lambda counts: {}
+        return {g: np.argsort(scores[g], kind="stable") for g in channels}, lambda g, k: {}
     plans, _ = reconstructable(analysis)
     consumers = [c for g in channels for c in plans[g]]
     with progress("PRO: calibrating", calib.samples) as advance:
@@ -175,14 +176,46 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
             cache[g, k] = result
         return cache[g, k]
 
-    def rebuild(counts: dict[int, int]) -> dict:
-        thetas = {}
-        for g, k in counts.items():
-            if k < channels[g]:
-                thetas.update(weights(g, k))
-        return thetas
+    return orders, weights
 
-    return orders, rebuild
+
+def _variant_runs(normalized, analysis, channels, weights, feeds, output, calib):
+    """Final outputs of candidates as weight variants of the original-shape model (variants.py):
+    a group's reconstructed consumers, zero rows for its removed channels, nothing cut out."""
+    plans, _ = reconstructable(analysis)
+    variants = Variants(normalized, [c for g in channels for c in plans[g]], feeds, [output],
+                        list(calib.providers), calib.cache_bytes)
+
+    def params(counts, g):
+        changed = {}
+        for c, theta, columns in weights(g, counts[g]).values():
+            changed.update(variants.params(c, theta, columns))
+        return changed
+
+    def evaluate(counts, g):
+        return variants.run(params(counts, g) if g is not None else {})[0]
+
+    def commit(counts, g):
+        variants.commit(params(counts, g))
+
+    return evaluate, commit
+
+
+def _pruned_runs(normalized, analysis, channels, keep_of, feeds, output, calib):
+    """Final outputs of candidates as pruned models, each run from the first node its group touches."""
+    node_at = {n.name: i for i, n in enumerate(normalized.graph.node)}
+    cut = {g: min(node_at[name] for name in touched_nodes(analysis, g)) for g in channels}
+    cuts = Cuts(normalized, feeds, list(calib.providers), calib.cache_bytes)
+
+    def evaluate(counts, g):
+        if g is None:
+            return cuts.run(normalized, 0, [output])[0]
+        return cuts.run(prune_channels(normalized, analysis, keep_of(counts)), cut[g], [output])[0]
+
+    def commit(counts, g):
+        cuts.update(prune_channels(normalized, analysis, keep_of(counts)), cut[g])
+
+    return evaluate, commit
 
 
 def _first_samples(calib: Calibration, samples: int) -> dict[str, np.ndarray]:

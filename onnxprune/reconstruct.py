@@ -143,35 +143,43 @@ def theta_of(node: gs.Node, c: Consumer) -> np.ndarray:
     return np.vstack([weights, np.broadcast_to(bias.reshape(-1), (weights.shape[1],))[None, :]])
 
 
-def write_theta(graph: gs.Graph, node: gs.Node, c: Consumer, theta: np.ndarray, outputs: np.ndarray) -> None:
-    """Write ``theta`` (columns: the kept ``outputs``) into the node's original-shape weights."""
-    w = np.array(node.inputs[1].values)
-    dtype = w.dtype
-    body, bias = theta[:-1], theta[-1]
+def param_slots(node: gs.Node, c: Consumer) -> list[tuple[gs.Node, int]]:
+    """Where a consumer's weight and bias live: (node, input index) of each.
+    A MatMul's bias is the constant of the Add after it."""
+    if c.op == "MatMul":
+        add = _bias_add(node)
+        return [(node, 1), (add, next(i for i, t in enumerate(add.inputs) if isinstance(t, gs.Constant)))]
+    return [(node, 1), (node, 2)]
+
+
+def theta_params(c: Consumer, theta: np.ndarray, outputs: np.ndarray, weight: np.ndarray, bias: np.ndarray,
+                 trans_b: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of the consumer's ``weight`` and ``bias`` (original shapes, a Gemm's alpha
+    already applied) with the columns ``outputs`` taken from ``theta`` (rows channel*K + tap,
+    bias last)."""
+    w, b = np.array(weight), np.array(bias)
+    body, last = theta[:-1], theta[-1]
     if c.op == "Conv":
         w[outputs] = body.T.reshape(len(outputs), *w.shape[1:])
-        b = np.array(node.inputs[2].values)
-        b[outputs] = bias
-        set_constant_input(graph, node, 2, b.astype(dtype))
-    elif c.op == "Gemm":
-        w = w * float(node.attrs.get("alpha", 1.0))
-        node.attrs["alpha"] = 1.0
-        if int(node.attrs.get("transB", 0)):
-            w[outputs] = body.T
-        else:
-            w[:, outputs] = body
-        b = np.array(node.inputs[2].values)
-        b[outputs] = bias
-        set_constant_input(graph, node, 2, b.astype(dtype))
+    elif trans_b:
+        w[outputs] = body.T
     else:
         w[:, outputs] = body
-        add = _bias_add(node)
-        index = next(i for i, t in enumerate(add.inputs) if isinstance(t, gs.Constant))
-        b = np.array(add.inputs[index].values)
-        flat = b.reshape(-1)
-        flat[outputs] = bias
-        set_constant_input(graph, add, index, flat.reshape(b.shape).astype(dtype))
-    set_constant_input(graph, node, 1, w.astype(dtype))
+    flat = b.reshape(-1)  # a view: a MatMul's bias may be (1, m)
+    flat[outputs] = last
+    return w, b
+
+
+def write_theta(graph: gs.Graph, node: gs.Node, c: Consumer, theta: np.ndarray, outputs: np.ndarray) -> None:
+    """Write ``theta`` (columns: the kept ``outputs``) into the node's original-shape weights."""
+    (wn, wi), (bn, bi) = param_slots(node, c)
+    weight, bias = np.asarray(wn.inputs[wi].values), np.asarray(bn.inputs[bi].values)
+    if c.op == "Gemm":
+        weight = weight * np.asarray(float(node.attrs.get("alpha", 1.0)), dtype=weight.dtype)
+        node.attrs["alpha"] = 1.0
+    weight, bias = theta_params(c, theta, outputs, weight, bias, bool(node.attrs.get("transB", 0)))
+    set_constant_input(graph, bn, bi, bias)
+    set_constant_input(graph, wn, wi, weight)
 
 
 def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: dict[int, int],
