@@ -302,7 +302,7 @@ def _inferred(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list]]:
     """Element type and dims (ints, or names/None where not fixed) of the model's tensors
     by onnx shape inference; empty where it fails (too large, ops it does not know)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_without_weights(model))
     except Exception:
         return {}
     result = {}
@@ -312,6 +312,28 @@ def _inferred(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list]]:
             dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
             result[vi.name] = (helper.tensor_dtype_to_np_dtype(t.elem_type), dims)
     return result
+
+
+def _without_weights(model: onnx.ModelProto, limit: int = 1024) -> onnx.ModelProto:
+    """A copy of ``model`` whose float initializers of more than ``limit`` elements are typed
+    graph inputs instead: inference needs their shapes, not their values (a Reshape's shape
+    is a small int64 constant and stays), and a model of several GB is not copied whole."""
+    graph = model.graph
+    heavy = {t.name for t in graph.initializer
+             if t.data_type in _FLOAT_TYPES and int(np.prod(t.dims, dtype=np.int64)) > limit}
+    if not heavy:
+        return model
+    inputs = [*(i for i in graph.input if i.name not in heavy),
+              *(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                for t in graph.initializer if t.name in heavy)]
+    light = onnx.GraphProto(name=graph.name, node=graph.node, input=inputs, output=graph.output,
+                            value_info=graph.value_info,
+                            initializer=[t for t in graph.initializer if t.name not in heavy])
+    return onnx.ModelProto(ir_version=model.ir_version, opset_import=model.opset_import,
+                           functions=model.functions, graph=light)
+
+
+_FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 
 
 def run_probe(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,5 +1,7 @@
 """Calibration statistics: im2col matches the layers, any batch split sums to the same, host == graph."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from builders import FACTORIES, NetBuilder, random_feeds
@@ -72,3 +74,24 @@ def test_holdout_takes_every_nth_batch():
     c = consumers[0]
     assert holdout[c.node].rows == whole[c.node].rows // 4
     np.testing.assert_allclose((fit[c.node] + holdout[c.node]).gram, whole[c.node].gram, rtol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["data/real/retinaface_mnet025.onnx", "data/real/ppocrv3_det_db.onnx",
+                                  "../models/mobilenetv2_fmnist.onnx", "../models/vgg16_fmnist.onnx"])
+def test_shape_inference_without_the_weights_infers_what_it_does_with_them(path):
+    """Probes infer shapes on a copy whose large float initializers are typed inputs."""
+    import onnx
+    from onnx import helper
+
+    from onnxprune.calibrate import _inferred, _without_weights
+
+    model, _ = normalize(onnx.load(str(Path(__file__).parent / path)))
+    light = _without_weights(model)
+    assert light.ByteSize() < model.ByteSize() // 4
+    full = onnx.shape_inference.infer_shapes(model)
+    expected = {vi.name: (helper.tensor_dtype_to_np_dtype(t.elem_type),
+                          [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+                          if t.HasField("shape") else None)
+                for vi in [*full.graph.value_info, *full.graph.output] for t in [vi.type.tensor_type]}
+    got = _inferred(model)
+    assert expected and all(got[name] == value for name, value in expected.items())
