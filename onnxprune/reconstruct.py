@@ -170,13 +170,19 @@ def theta_params(c: Consumer, theta: np.ndarray, outputs: np.ndarray, weight: np
     return w, b
 
 
+def fold_alpha(node: gs.Node, weight: np.ndarray) -> np.ndarray:
+    """A Gemm's ``weight`` times its alpha; the node's alpha becomes 1 (theta has no alpha)."""
+    alpha = float(node.attrs.get("alpha", 1.0))
+    node.attrs["alpha"] = 1.0
+    return weight * np.asarray(alpha, dtype=weight.dtype)
+
+
 def write_theta(graph: gs.Graph, node: gs.Node, c: Consumer, theta: np.ndarray, outputs: np.ndarray) -> None:
     """Write ``theta`` (columns: the kept ``outputs``) into the node's original-shape weights."""
     (wn, wi), (bn, bi) = param_slots(node, c)
     weight, bias = np.asarray(wn.inputs[wi].values), np.asarray(bn.inputs[bi].values)
     if c.op == "Gemm":
-        weight = weight * np.asarray(float(node.attrs.get("alpha", 1.0)), dtype=weight.dtype)
-        node.attrs["alpha"] = 1.0
+        weight = fold_alpha(node, weight)
     weight, bias = theta_params(c, theta, outputs, weight, bias, bool(node.attrs.get("transB", 0)))
     set_constant_input(graph, bn, bi, bias)
     set_constant_input(graph, wn, wi, weight)

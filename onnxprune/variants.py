@@ -21,7 +21,7 @@ from onnx import numpy_helper
 from .activations import live_tensors
 from .calibrate import Consumer, make_session, probe_model, run_probe
 from .graph import to_graph, to_model, unique_name
-from .reconstruct import param_slots, theta_params
+from .reconstruct import fold_alpha, param_slots, theta_params
 
 Params = dict[str, np.ndarray]  # graph input name -> value
 
@@ -44,8 +44,7 @@ def weights_as_inputs(model: onnx.ModelProto, consumers: list[Consumer],
         for (holder, index), role in zip(param_slots(node, c), ("weight", "bias")):
             value = np.asarray(holder.inputs[index].values)
             if c.op == "Gemm" and role == "weight":
-                value = value * np.asarray(float(node.attrs.get("alpha", 1.0)), dtype=value.dtype)
-                node.attrs["alpha"] = 1.0
+                value = fold_alpha(node, value)
             name = unique_name(graph, f"{c.node}/{role}")
             holder.inputs[index] = gs.Variable(name, value.dtype, value.shape)  # other readers keep the constant
             graph.inputs.append(holder.inputs[index])
