@@ -33,12 +33,13 @@ from .calibrate import collect
 from .config import Method
 from .errors import OnnxPruneError
 from .groups import Analysis
-from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, no_progress,
-                          reconstructable, theta_of, touched_nodes)
+from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, kept_outputs,
+                          no_progress, overlay_weights, reconstructable, theta_of, touched_nodes)
 from .surgery import prune_channels
 from .variants import Variants
 
 REFRESH_EVERY = 8  # commits between full re-measurements of every group
+REBASE = 0.85  # candidates run on a model pruned to the current widths once they cost 15 % less
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,8 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Met
     if method is Method.L1:
         evaluate, commit = _pruned_runs(normalized, analysis, channels, keep_of, feeds, output, calib)
     else:
-        evaluate, commit = _variant_runs(normalized, analysis, channels, weights, feeds, output, calib)
+        evaluate, commit = _variant_runs(normalized, analysis, channels, weights, keep_of,
+                                         cost, feeds, output, calib)
     reference = evaluate({}, None).astype(np.float64)
 
     def error(counts: dict[int, int], changed: int) -> float:
@@ -179,25 +181,47 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
     return orders, weights
 
 
-def _variant_runs(normalized, analysis, channels, weights, feeds, output, calib):
-    """Final outputs of candidates as weight variants of the original-shape model (variants.py):
-    a group's reconstructed consumers, zero rows for its removed channels, nothing cut out."""
+def _variant_runs(normalized, analysis, channels, weights, keep_of, cost, feeds, output, calib):
+    """Final outputs of candidates as weight variants (variants.py): a group's reconstructed
+    consumers with zero rows for its removed channels, nothing cut out.
+
+    The variants are of a BASE model, pruned to the counts of some earlier commit, so runs
+    take its widths: a candidate's weights are restricted to the base's kept rows and
+    columns. The base is rebuilt once the current cost has fallen below ``REBASE`` of its own.
+    """
     plans, _ = reconstructable(analysis)
-    variants = Variants(normalized, [c for g in channels for c in plans[g]], feeds, [output],
-                        list(calib.providers), calib.cache_bytes)
+    consumers = [c for g in channels for c in plans[g]]
+    base: dict = {}
+
+    def rebase(counts):
+        keep = keep_of(counts)
+        thetas = {}
+        for g, k in counts.items():
+            if k < channels[g]:
+                thetas.update(weights(g, k))
+        model = prune_channels(overlay_weights(normalized, thetas), analysis, keep) if thetas else normalized
+        base.update(keep=keep, removed=analysis.removed_mask(keep), cost=cost(keep),
+                    variants=Variants(model, consumers, feeds, [output], list(calib.providers), calib.cache_bytes))
 
     def params(counts, g):
+        variants, kept = base["variants"], base["keep"][g]
         changed = {}
-        for c, theta, columns in weights(g, counts[g]).values():
-            changed.update(variants.params(c, theta, columns))
+        for c, theta, _ in weights(g, counts[g]).values():
+            rows = np.append((kept[:, None] * c.taps + np.arange(c.taps)).ravel(), theta.shape[0] - 1)
+            columns = kept_outputs(analysis, c, base["removed"])
+            changed.update(variants.params(c, theta[np.ix_(rows, columns)], np.arange(len(columns))))
         return changed
 
     def evaluate(counts, g):
-        return variants.run(params(counts, g) if g is not None else {})[0]
+        return base["variants"].run(params(counts, g) if g is not None else {})[0]
 
     def commit(counts, g):
-        variants.commit(params(counts, g))
+        if cost(keep_of(counts)) < REBASE * base["cost"]:
+            rebase(counts)
+        else:
+            base["variants"].commit(params(counts, g))
 
+    rebase({g: n for g, n in channels.items()})
     return evaluate, commit
 
 

@@ -221,7 +221,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
             runs = ((v, v) for v in x_runner.run(normalized, ins + outs, following))
         with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {counts[gid]} channels", calib.samples) as advance:
             fit, holdout = accumulate(runs, consumers, calib.mode, providers, HOLDOUT_EVERY, advance)
-        outputs = {c.node: _kept_outputs(analysis, c, removed) for c in consumers}
+        outputs = {c.node: kept_outputs(analysis, c, removed) for c in consumers}
         stats = []
         for c in consumers:
             cols = outputs[c.node]
@@ -272,7 +272,7 @@ def touched_nodes(analysis: Analysis, gid: int) -> set[str]:
     return names
 
 
-def _kept_outputs(analysis: Analysis, c: Consumer, removed: np.ndarray) -> np.ndarray:
+def kept_outputs(analysis: Analysis, c: Consumer, removed: np.ndarray) -> np.ndarray:
     positions = analysis.kept_positions(c.output, removed)
     if positions is not None:
         return positions

@@ -95,3 +95,21 @@ def test_pro_needs_calibration(tmp_path):
     result = CliRunner().invoke(main, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-flops", "0.5",
                                        "--pro"])
     assert result.exit_code != 0 and "--pro needs calibration data" in result.output
+
+
+@pytest.mark.parametrize("name", ["basic_block_net", "flatten_gemm_net", "mobilenetv2_block_net", "matmul_head_net"])
+def test_candidates_on_a_pruned_base_measure_what_they_measure_on_the_original_shape(name, monkeypatch):
+    """PRO runs candidates on a model pruned to the widths of an earlier commit (rebased
+    whenever the cost falls below REBASE of the base's); rebasing at every commit or never
+    must give the same choices and errors."""
+    from onnxprune import pro
+
+    model = FACTORIES[name]()
+    config = PruneConfig(method=Method.REAP, keep_flops=0.4, round_to=1, pro=True, pro_samples=32)
+    traces = []
+    for rebase in (0.0, 1.01):
+        monkeypatch.setattr(pro, "REBASE", rebase)
+        traces.append(prune(model, config, calibration(model)).pro)
+    never, always = traces
+    assert len(never) > 2 and [(p.group, p.channels) for p in never] == [(p.group, p.channels) for p in always]
+    np.testing.assert_allclose([p.error for p in always], [p.error for p in never], rtol=1e-4, atol=1e-7)
