@@ -12,8 +12,9 @@ statistics of the original model; l1: filter norms). Then, greedily:
 until the cost (MACs or parameters) is within the target. Lazy evaluation keeps it
 fast: after a commit only the committed group's next step is re-measured, and every
 group is re-measured every few commits (the others' increases change little). For the
-data methods a candidate is a weight variant of the original-shape model (variants.py:
-zero rows for removed channels), run from its group's first consumer on; for l1, which
+data methods a candidate is a weight variant (variants.py: zero rows for removed
+channels) of a model pruned to an earlier commit's widths, run from its group's first
+consumer on; for l1, which
 does not reconstruct, it is the pruned model, run from the first node its group touches.
 Channels are then given back, ``round_to`` at a time, while the cost stays within the
 target, and the real method prunes to the chosen counts (sequentially, for data methods).
