@@ -14,8 +14,8 @@ fast: after a commit only the committed group's next step is re-measured, and ev
 group is re-measured every few commits (the others' increases change little). For the
 data methods a candidate is a weight variant (variants.py: zero rows for removed
 channels) of a model pruned to an earlier commit's widths, run from its group's first
-consumer on; for l1, which
-does not reconstruct, it is the pruned model, run from the first node its group touches.
+consumer on; for l1, which does not reconstruct, it is the pruned model, run from the
+first node its group touches.
 Channels are then given back, ``round_to`` at a time, while the cost stays within the
 target, and the real method prunes to the chosen counts (sequentially, for data methods).
 """
