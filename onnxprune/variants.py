@@ -6,10 +6,10 @@ out for that: the data methods' reconstructed weights keep the original shapes w
 zero rows for removed channels (reconstruct.py), and a consumer whose rows for a
 channel are zero ignores it, so a candidate computes the same function as any model
 that still has those channels (the original, or one pruned to fewer removals) with its
-weights written in. Here every consumer's weight and bias
-become graph inputs: the model of the segment after each cut is cut out once, and a
-candidate only binds its weights into it as initializers (milliseconds; no graph is
-rebuilt). The activations before each cut are kept for the current weights.
+weights written in. Here every consumer's weight and bias become graph inputs: the model
+of the segment after each cut is cut out once, and a candidate only binds its weights
+into it as initializers (milliseconds; no graph is rebuilt). The activations before each
+cut are kept for the current weights.
 """
 
 from __future__ import annotations
