@@ -98,6 +98,9 @@ def inspect(model, input_shapes, as_json):
               "needs --calib and --keep-flops or --keep-params.")
 @click.option("--pro-samples", type=int, default=256, show_default=True,
               help="Calibration samples PRO measures the final-output error on.")
+@click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
+              help="Leave the channels of layers whose node name matches this glob as they are (repeatable); "
+                   "`inspect` lists the names.")
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True,
               help="Kept channel counts are multiples of N (fast onnxruntime CPU kernels want 8 or 16).")
 @click.option("--calib", "calib_path", type=click.Path(path_type=Path),
@@ -119,13 +122,13 @@ def inspect(model, input_shapes, as_json):
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the JSON report to this file.")
 @JSON
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_samples, round_to, calib_path,
+def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_samples, exclude, round_to, calib_path,
               calib_limit, batch_size, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
               channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     _refuse_overwriting(model, output)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
-                         keep_params, pro, pro_samples)
+                         keep_params, pro, pro_samples, exclude)
     uses_data = config.method.needs_data or config.pro
     if calib_path is not None and not uses_data:
         raise OnnxPruneError(f"--calib is for the data methods (reap, thinet, nu) and --pro, not --method {method}")

@@ -40,6 +40,7 @@ class PruneConfig:
     keep_params: float | None = None
     pro: bool = False  # per-group widths from the final-output error (needs calibration data)
     pro_samples: int = 256
+    exclude: tuple[str, ...] = ()  # glob patterns: groups produced by matching nodes are left alone
 
     def __post_init__(self):
         targets = [t for t in (self.ratio, self.keep_flops, self.keep_params) if t is not None]
@@ -57,3 +58,4 @@ class PruneConfig:
         if self.round_to < 1:
             raise OnnxPruneError(f"--round-to {self.round_to}: must be a positive integer")
         object.__setattr__(self, "method", Method(self.method))
+        object.__setattr__(self, "exclude", tuple(self.exclude))

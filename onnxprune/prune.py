@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import numpy as np
 import onnx
@@ -26,10 +27,11 @@ class GroupChange:
     group: ChannelGroup
     channels_after: int
     not_reconstructable: str | None = None  # why a data method left this prunable group alone
+    excluded: str | None = None  # which --exclude pattern left it alone
 
     @property
     def reason(self) -> str | None:
-        return self.group.reason or self.not_reconstructable
+        return self.group.reason or self.excluded or self.not_reconstructable
 
 
 @dataclass(frozen=True)
@@ -88,14 +90,17 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     if not config.srn:
         original = before
     scores = l1_scores(analysis)
-    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    excluded = excluded_groups(analysis, config.exclude)
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable and g.id not in excluded}
     skipped: dict[int, str] = {}
     if config.method.needs_data:
         plans, skipped = reconstructable(analysis)
+        skipped = {g: why for g, why in skipped.items() if g not in excluded}
         channels = {g: n for g, n in channels.items() if g in plans}
     if not channels:
         raise OnnxPruneError("no prunable channel group in this model (see `onnxprune inspect` for the reasons)"
-                             + (f"; not reconstructable: {'; '.join(sorted(set(skipped.values())))}" if skipped else ""))
+                             + (f"; not reconstructable: {'; '.join(sorted(set(skipped.values())))}" if skipped else "")
+                             + (f"; {len(excluded)} excluded by --exclude" if excluded else ""))
 
     def keep_for(counts: dict[int, int]) -> dict[int, np.ndarray]:
         return select(analysis, scores, counts)
@@ -132,11 +137,28 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         pruned = prune_channels(normalized, analysis, keep)
     validate(pruned, config.input_shapes)
     after = cost_of(pruned, config.input_shapes)
-    changes = tuple(GroupChange(g, len(keep.get(g.id, range(g.channels))), skipped.get(g.id))
+    changes = tuple(GroupChange(g, len(keep.get(g.id, range(g.channels))), skipped.get(g.id), excluded.get(g.id))
                     for g in analysis.groups)
     srn = srn_report.to_json(original.macs, before.macs) if srn_report else None
     return PruneResult(pruned, config, original.macs, after.macs, original.params, after.params, changes,
                        tuple(notes), srn, tuple(trace))
+
+
+def excluded_groups(analysis: Analysis, patterns: tuple[str, ...]) -> dict[int, str]:
+    """Prunable groups with a producer whose node name matches one of the glob ``patterns``
+    (case-sensitive, as fnmatch), with the pattern and node. A pattern matching no node is an
+    error: a typo would otherwise prune what the user meant to protect."""
+    names = [n.name for n in analysis.graph.nodes]
+    for pattern in patterns:
+        if not any(fnmatchcase(name, pattern) for name in names):
+            raise OnnxPruneError(f"--exclude '{pattern}' matches no node of the model "
+                                 "(`onnxprune inspect` lists the producers' names)")
+    excluded = {}
+    for g in analysis.groups:
+        hits = [(p, node) for node in g.producers for p in patterns if fnmatchcase(node, p)]
+        if g.prunable and hits:
+            excluded[g.id] = f"excluded by --exclude '{hits[0][0]}' (produced by {hits[0][1]})"
+    return excluded
 
 
 def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:

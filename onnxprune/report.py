@@ -60,12 +60,14 @@ def prune_summary(result: PruneResult, source: str, output: str) -> str:
               if cfg.keep_flops is not None else f"keep-params {cfg.keep_params}") + (", PRO" if cfg.pro else "")
     changed = [c for c in result.groups if c.channels_after < c.group.channels]
     frozen = [c for c in result.groups if not c.group.prunable]
+    excluded = [c for c in result.groups if c.excluded]
     pct = lambda a, b: f"{100 * a / b:.1f}%" if b else "-"  # noqa: E731
     lines = [
         f"pruned {source} -> {output} (method {cfg.method.value}, {target}, round-to {cfg.round_to})",
         f"MACs       {human(result.macs_before)} -> {human(result.macs_after)} ({pct(result.macs_after, result.macs_before)} kept)",
         f"parameters {human(result.params_before)} -> {human(result.params_after)} ({pct(result.params_after, result.params_before)} kept)",
-        f"groups: {len(changed)} pruned, {len(result.groups) - len(changed) - len(frozen)} unchanged, {len(frozen)} frozen",
+        f"groups: {len(changed)} pruned, {len(result.groups) - len(changed) - len(frozen) - len(excluded)} unchanged, "
+        + (f"{len(excluded)} excluded, " if excluded else "") + f"{len(frozen)} frozen",
     ]
     for c in changed:
         lines.append(f"  group {c.group.id}: {c.group.channels} -> {c.channels_after} channels ({_names(c.group.producers)})")
@@ -73,6 +75,10 @@ def prune_summary(result: PruneResult, source: str, output: str) -> str:
         lines.append("frozen (left as they are):")
         for c in frozen:
             lines.append(f"  group {c.group.id} ({c.group.channels} ch): {c.group.reason or 'a single channel'}")
+    if excluded:
+        lines.append("excluded (left as they are):")
+        for c in excluded:
+            lines.append(f"  group {c.group.id} ({c.group.channels} ch): {c.excluded}")
     skipped = [c for c in result.groups if c.not_reconstructable]
     if skipped:
         lines.append(f"not pruned by {cfg.method.value} (no reconstruction possible):")

@@ -135,7 +135,8 @@ def test_bad_models_are_refused_cleanly(model_path, tmp_path, make_input, messag
      (["--ratio", "0.5", "--round-to", "0"], "--round-to"), (["--keep-flops", "0.001"], "unreachable"),
      (["--ratio", "0.5", "--input-shape", "nope=1,2"], "no model input named nope"),
      (["--ratio", "0.5", "--input-shape", "input=1,3"], "rank 2 given"),
-     (["--ratio", "0.5", "--input-shape", "garbage"], "expected NAME=d0,d1")],
+     (["--ratio", "0.5", "--input-shape", "garbage"], "expected NAME=d0,d1"),
+     (["--ratio", "0.5", "--exclude", "no_such_layer*"], "matches no node")],
 )
 def test_impossible_options_are_refused_cleanly(model_path, tmp_path, options, message):
     before = digest(model_path)
@@ -144,6 +145,14 @@ def test_impossible_options_are_refused_cleanly(model_path, tmp_path, options, m
     assert result.exit_code != 0
     assert message in result.output
     assert not out.exists() and digest(model_path) == before
+
+
+def test_exclude_is_reported(model_path, tmp_path):
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--ratio", "0.5", "--exclude", "*conv*")
+    assert result.exit_code != 0 and "excluded by --exclude" in result.output  # every group excluded
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--ratio", "0.5", "--exclude", "conv0")
+    assert result.exit_code == 0, result.output
+    assert "excluded (left as they are)" in result.output and "--exclude 'conv0'" in result.output
 
 
 def test_output_equal_to_input_is_refused(model_path):

@@ -2,15 +2,23 @@
 
 import numpy as np
 import pytest
-from builders import FACTORIES, NetBuilder, cnn_models
+from builders import FACTORIES, NetBuilder, cnn_models, random_feeds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune import OnnxPruneError, PruneConfig, analyze, cost_of, normalize, prune
+from onnxprune.config import Method
 from onnxprune.cost import MacPredictor, model_cost
 from onnxprune.methods.l1 import l1_scores
 from onnxprune.prune import select
 from onnxprune.ratios import fit_budget, kept_count, uniform
+from onnxprune.reconstruct import Calibration
+
+
+def calibration(model, samples=64, batch=16):
+    feeds = random_feeds(model, batch=samples, seed=1)
+    return Calibration(lambda: ({k: v[i:i + batch] for k, v in feeds.items()} for i in range(0, samples, batch)),
+                       samples)
 
 
 @pytest.mark.parametrize(
@@ -100,6 +108,33 @@ def test_l1_keeps_the_filters_with_the_largest_weights():
     analysis = analyze(normalized)
     keep = select(analysis, l1_scores(analysis), {0: 3})
     assert keep[0].tolist() == [1, 4, 6]
+
+
+@pytest.mark.parametrize("method", [Method.L1, Method.REAP])
+def test_exclude_leaves_the_matching_producers_groups_alone(method):
+    model = FACTORIES["basic_block_net"]()
+    analysis = analyze(normalize(model)[0])
+    stream = next(g for g in analysis.groups if g.prunable and len(g.producers) > 1)  # the residual Add's group
+    pattern = stream.producers[-1]
+    calib = calibration(model) if method.needs_data else None
+    result = prune(model, PruneConfig(method=method, ratio=0.5, round_to=1, exclude=(pattern,)), calib)
+    changes = {c.group.id: c for c in result.groups}
+    assert changes[stream.id].channels_after == stream.channels
+    assert changes[stream.id].excluded == f"excluded by --exclude '{pattern}' (produced by {pattern})"
+    assert result.to_json()["groups"][stream.id]["reason"] == changes[stream.id].excluded
+    others = [c for c in result.groups if c.group.prunable and c.group.id != stream.id]
+    assert others and all(c.channels_after < c.group.channels for c in others)
+    assert result.macs_after < result.macs_before
+
+
+def test_exclude_pattern_matching_nothing_is_an_error():
+    with pytest.raises(OnnxPruneError, match="--exclude 'nothing\\*' matches no node"):
+        prune(FACTORIES["conv_chain"](), PruneConfig(ratio=0.5, exclude=("nothing*",)))
+
+
+def test_excluding_every_group_is_a_clear_error():
+    with pytest.raises(OnnxPruneError, match="no prunable channel group.*excluded by --exclude"):
+        prune(FACTORIES["conv_chain"](), PruneConfig(ratio=0.5, exclude=("*",)))
 
 
 def test_no_prunable_group_is_a_clear_error():
