@@ -18,7 +18,9 @@ Pure linear algebra: no ONNX, no graphs. Notation as in the design notes (METHOD
   and C' = C + lam I' theta0, and a removed channel's extra rows only add the constant
   lam ||theta0_c||^2 to J (its weights are 0).
 
-A consumer is given as ``(stats, K, theta0)``; several consumers share the same n channels.
+A consumer is given as ``(stats, K, theta0)``; several consumers share the same n channels,
+which are each consumer's FIRST n channels: a consumer may read more (a Concat of several
+groups), and those channels after the first n are always kept, never candidates.
 Every selection returns the full removal order (down to ``target`` kept channels), so any
 channel count can be read off it.
 """
@@ -51,6 +53,10 @@ class LayerStats:
     def outputs(self, kept: np.ndarray) -> LayerStats:
         """The statistics of some of the outputs (columns of Y) only."""
         return LayerStats(self.gram, self.cross[:, kept], self.yy[kept], self.rows)
+
+    def permuted(self, rows: np.ndarray) -> LayerStats:
+        """The statistics with the columns of Xa reordered: column i of the result is ``rows[i]``."""
+        return LayerStats(self.gram[np.ix_(rows, rows)], self.cross[rows], self.yy, self.rows)
 
     @property
     def energy(self) -> float:
@@ -245,7 +251,8 @@ def reap_order_naive(consumers: Sequence[Consumer], n: int, alpha: float | Seque
     alphas = np.broadcast_to(alpha, len(consumers))
 
     def fits(keep: list[int]) -> list[np.ndarray]:
-        return [ridge_solve(stats, keep, K, theta0, a) for (stats, K, theta0), a in zip(consumers, alphas)]
+        return [ridge_solve(stats, keep + list(range(n, (len(stats.gram) - 1) // K)), K, theta0, a)
+                for (stats, K, theta0), a in zip(consumers, alphas)]
 
     def cost(keep: list[int]) -> float:
         return sum(objective(stats, theta, theta0, a)
@@ -275,7 +282,7 @@ def thinet_order(consumers: Sequence[Consumer], n: int, target: int = 1) -> Elim
         E(R + c) = E(R) + P_cc + 2 sum_{r in R} P_rc
 
     with W = theta0 (no bias). errors: E(R) after each removal. O(n^2 K^2 m) for P, O(n^2) after."""
-    pairs = sum(_pair_products(stats, K, theta0) for stats, K, theta0 in consumers)
+    pairs = sum(_pair_products(stats, K, theta0)[:n, :n] for stats, K, theta0 in consumers)
     with_removed = np.zeros(n)  # sum_{r in R} P_rc
     removed = np.zeros(n, dtype=bool)
     order, errors, total = [], [], 0.0
@@ -301,9 +308,9 @@ def _unify(theta: np.ndarray, K: int, j: int, i: int, alpha: float, beta: float)
 class _Unifier:
     """One consumer in NU: the invariants of its statistics and its current (virtual) weights."""
 
-    def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray):
+    def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray, n: int):
         self.gram, self.K, self.rows = stats.gram, K, stats.rows
-        self.taps = np.arange((len(stats.gram) - 1) // K)[:, None] * K + np.arange(K)  # (n, K)
+        self.taps = np.arange(n)[:, None] * K + np.arange(K)  # (n, K): the candidates' columns
         self.blocks = stats.gram[self.taps[:, :, None], self.taps[:, None, :]]  # G_aa (n, K, K)
         self.sums = stats.gram[self.taps, -1]  # s_a = X_a^T 1 (n, K)
         self.theta = theta0.copy()
@@ -349,7 +356,7 @@ def nu_plan(consumers: Sequence[Consumer], n: int, target: int = 1) -> NUPlan:
     whose added output error, summed over the consumers, is smallest; fold it into the virtual
     weights (_unify) and go on. A stand-in may later be removed too, its weights moving on.
     O(n^2 K^2 (K + m)) to start, O(n K^2 (K + m) + n^2) per step."""
-    unifiers = [_Unifier(stats, K, theta0) for stats, K, theta0 in consumers]
+    unifiers = [_Unifier(stats, K, theta0, n) for stats, K, theta0 in consumers]
     alpha, beta = _nu_fits(unifiers)
     everyone = np.arange(n)
     cost = sum(u.costs(everyone, alpha, beta) for u in unifiers)

@@ -34,8 +34,8 @@ from .calibrate import collect
 from .config import Method
 from .errors import OnnxPruneError
 from .groups import Analysis
-from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, kept_outputs,
-                          no_progress, overlay_weights, reconstructable, theta_of, touched_nodes)
+from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, group_first,
+                          kept_outputs, no_progress, overlay_weights, reconstructable, theta_of, touched_nodes)
 from .surgery import prune_channels
 from .variants import Variants
 
@@ -145,13 +145,22 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
     if method is Method.L1:
         return {g: np.argsort(scores[g], kind="stable") for g in channels}, lambda g, k: {}
     plans, _ = reconstructable(analysis)
-    consumers = [c for g in channels for c in plans[g]]
+    consumers = list({c.node: c for g in channels for c in plans[g]}.values())
     with progress("PRO: calibrating", calib.samples) as advance:
         fit, holdout = collect(normalized, normalized, consumers, calib.batches, calib.mode,
                                list(calib.providers), HOLDOUT_EVERY, advance)
     nodes = {n.name: n for n in analysis.graph.nodes}
-    problems = {g: [(fit[c.node] + holdout[c.node] if c.node in holdout else fit[c.node], c.taps,
-                     theta_of(nodes[c.node], c)) for c in plans[g]] for g in channels}
+    nothing = np.zeros(len(analysis.class_group), dtype=bool)
+    # Each consumer with group g's channels first (group_first): the rows of its statistics,
+    # and of its theta, in that order; other groups' channels it reads stay.
+    layout = {g: [group_first(analysis, c, g, nothing, sequential=False)[1:] for c in plans[g]] for g in channels}
+
+    def part(stats, columns):
+        return None if stats is None else stats.permuted(columns)
+
+    problems = {g: [(part(fit[c.node] + holdout[c.node] if c.node in holdout else fit[c.node], columns),
+                     c.taps, theta_of(nodes[c.node], c)[rows])
+                    for c, (_, columns, rows) in zip(plans[g], layout[g])] for g in channels}
     orders, nu_plans = {}, {}
     for g, n in channels.items():
         if method is Method.REAP:
@@ -168,14 +177,18 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
             n = channels[g]
             kept = np.sort(np.setdiff1d(np.arange(n), orders[g][: n - k]))
             result = {}
-            for c, (total, taps, theta0) in zip(plans[g], problems[g]):
+            for c, (total, taps, theta0), (problem, columns, rows) in zip(plans[g], problems[g], layout[g]):
                 if method is Method.NU:
                     theta = linalg.nu_apply(theta0, nu_plans[g], taps, n - k)
                 else:
-                    h = holdout.get(c.node)
-                    alpha = linalg.choose_alpha(fit[c.node], h, kept, taps, theta0, ALPHA_GRID) if h else SELECTION_ALPHA
-                    theta = linalg.ridge_solve(total, kept, taps, theta0, alpha)
-                result[c.node] = (c, theta, np.arange(theta.shape[1]))
+                    h = part(holdout.get(c.node), columns)
+                    keep = np.concatenate([kept, np.arange(n, problem.channels)])
+                    alpha = (linalg.choose_alpha(part(fit[c.node], columns), h, keep, taps, theta0, ALPHA_GRID)
+                             if h else SELECTION_ALPHA)
+                    theta = linalg.ridge_solve(total, keep, taps, theta0, alpha)
+                full = np.zeros((c.columns, theta.shape[1]))
+                full[rows] = theta
+                result[c.node] = (c, full, np.arange(theta.shape[1]))
             cache[g, k] = result
         return cache[g, k]
 
@@ -191,7 +204,7 @@ def _variant_runs(normalized, analysis, channels, weights, keep_of, cost, feeds,
     columns. The base is rebuilt once the current cost has fallen below ``REBASE`` of its own.
     """
     plans, _ = reconstructable(analysis)
-    consumers = [c for g in channels for c in plans[g]]
+    consumers = list({c.node: c for g in channels for c in plans[g]}.values())
     base: dict = {}
 
     def rebase(counts):
@@ -205,10 +218,11 @@ def _variant_runs(normalized, analysis, channels, weights, keep_of, cost, feeds,
                     variants=Variants(model, consumers, feeds, [output], list(calib.providers), calib.cache_bytes))
 
     def params(counts, g):
-        variants, kept = base["variants"], base["keep"][g]
+        variants = base["variants"]
         changed = {}
         for c, theta, _ in weights(g, counts[g]).values():
-            rows = np.append((kept[:, None] * c.taps + np.arange(c.taps)).ravel(), theta.shape[0] - 1)
+            present = np.flatnonzero(~base["removed"][analysis.atom_class[analysis.layouts[c.input].atoms]])
+            rows = np.append((present[:, None] * c.taps + np.arange(c.taps)).ravel(), theta.shape[0] - 1)
             columns = kept_outputs(analysis, c, base["removed"])
             changed.update(variants.params(c, theta[np.ix_(rows, columns)], np.arange(len(columns))))
         return changed

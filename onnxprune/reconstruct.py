@@ -16,8 +16,9 @@ overlaid on the original model, and the surgery of ``groups``/``surgery`` cuts t
 model from that, so one analysis serves every step.
 
 A group is reconstructable when each of its consumers (Conv with group=1, Gemm, or
-MatMul followed by a bias Add) reads exactly that group's channels; other groups are
-left unpruned by the data methods, and the report says why.
+MatMul followed by a bias Add) reads all of that group's channels, once; it may read other
+groups' channels too (a Concat), which stay while this group is pruned and are refitted
+with it. Other groups are left unpruned by the data methods, and the report says why.
 """
 
 from __future__ import annotations
@@ -79,13 +80,14 @@ def reconstructable(analysis: Analysis) -> tuple[dict[int, tuple[Consumer, ...]]
     reasons: dict[int, str] = {}
     for node_name, tensor in analysis.consumer_inputs.items():
         classes = analysis.atom_class[analysis.layouts[tensor].atoms]
-        gids = set(analysis.class_group[classes].tolist())
-        for gid in gids:
+        owners = analysis.class_group[classes]
+        for gid in set(owners.tolist()):
             if gid < 0:
                 continue
-            group_classes = analysis.group_classes[gid]
-            if len(gids) != 1 or len(classes) != len(group_classes) or not np.array_equal(classes, group_classes):
-                reasons.setdefault(gid, f"consumer '{node_name}' reads channels of several groups or a part of them")
+            # A consumer may read several groups (a Concat): each must be read whole, once.
+            mine, group_classes = classes[owners == gid], analysis.group_classes[gid]
+            if len(np.unique(mine)) != len(mine) or not np.array_equal(np.sort(mine), np.sort(group_classes)):
+                reasons.setdefault(gid, f"consumer '{node_name}' reads only a part of these channels, or some twice")
                 continue
             consumer = _consumer(nodes[node_name], analysis)
             if isinstance(consumer, str):
@@ -208,10 +210,11 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
     y_runner = SegmentRunner(calib.batches, providers, budget) if calib.sequential else x_runner
     current = normalized
     for step, gid in enumerate(order, 1):
-        consumers = list(plans[gid])
         n = analysis.groups[gid].channels
         removed = analysis.removed_mask(keep)
-        ins, outs = [c.input for c in consumers], [c.output for c in consumers]
+        plan = [(c, *group_first(analysis, c, gid, removed, calib.sequential)) for c in plans[gid]]
+        reads = [r for _, r, _, _, _ in plan]
+        ins, outs = [c.input for c in reads], [c.output for c in reads]
         following = first_consumer[step]
         if calib.sequential:
             changed = min(touched_nodes(analysis, gid), key=position.__getitem__)
@@ -220,18 +223,25 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         else:
             runs = ((v, v) for v in x_runner.run(normalized, ins + outs, following))
         with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {counts[gid]} channels", calib.samples) as advance:
-            fit, holdout = accumulate(runs, consumers, calib.mode, providers, HOLDOUT_EVERY, advance)
-        outputs = {c.node: kept_outputs(analysis, c, removed) for c in consumers}
+            fit, holdout = accumulate(runs, reads, calib.mode, providers, HOLDOUT_EVERY, advance)
+        outputs = {c.node: kept_outputs(analysis, c, removed) for c, *_ in plan}
         stats = []
-        for c in consumers:
+        for c, _, _, columns, rows in plan:
             cols = outputs[c.node]
-            stats.append((_restrict(fit[c.node], cols), _restrict(holdout.get(c.node), cols),
-                          theta_of(nodes[c.node], c)[:, cols]))
-        kept, (new_thetas, alphas) = _choose_and_rebuild(method, stats, consumers, n, counts[gid])
-        for c, (f, h, _), theta, alpha in zip(consumers, stats, new_thetas, alphas):
-            thetas[c.node] = (c, theta, outputs[c.node])
+            if c.node in thetas:  # read by an earlier group too: start from those refitted weights
+                before, before_cols = thetas[c.node][1:]
+                theta0 = before[np.ix_(rows, np.searchsorted(before_cols, cols))]
+            else:
+                theta0 = theta_of(nodes[c.node], c)[np.ix_(rows, cols)]
+            stats.append(tuple(None if s is None else s.permuted(columns).outputs(cols)
+                               for s in (fit[c.node], holdout.get(c.node))) + (theta0,))
+        kept, (new_thetas, alphas) = _choose_and_rebuild(method, stats, [p for _, _, p, _, _ in plan], n, counts[gid])
+        for (c, _, _, _, rows), (f, h, _), theta, alpha in zip(plan, stats, new_thetas, alphas):
+            full = np.zeros((c.columns, theta.shape[1]))
+            full[rows] = theta  # back on the original channels, zeros where removed
+            thetas[c.node] = (c, full, outputs[c.node])
             total = f if h is None else f + h
-            notes.append(LayerNote(gid, c.node, total.rows, c.columns, alpha,
+            notes.append(LayerNote(gid, c.node, total.rows, len(rows), alpha,
                                    linalg.error(total, theta) / max(total.energy, 1e-300)))
         keep[gid] = kept
         current = prune_channels(overlay_weights(normalized, thetas), analysis, keep)
@@ -239,7 +249,8 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
 
 
 def _choose_and_rebuild(method: Method, stats, consumers: list[Consumer], n: int, k: int):
-    """Kept channels and each consumer's new weights (and the ridge alpha used)."""
+    """Kept channels and each consumer's new weights (and the ridge alpha used). The group's
+    n channels are each consumer's first; the others it reads (``group_first``) stay."""
     problems = [(f if h is None else f + h, c.taps, theta0) for (f, h, theta0), c in zip(stats, consumers)]
     if method is Method.NU:
         plan = linalg.nu_plan(problems, n, target=k)
@@ -254,11 +265,39 @@ def _choose_and_rebuild(method: Method, stats, consumers: list[Consumer], n: int
     kept = np.setdiff1d(np.arange(n), elimination.order[: n - k])
     thetas, alphas = [], []
     for (f, h, theta0), c in zip(stats, consumers):
-        alpha = linalg.choose_alpha(f, h, kept, c.taps, theta0, ALPHA_GRID) if h is not None else SELECTION_ALPHA
+        columns = np.concatenate([kept, np.arange(n, c.channels)])
+        alpha = linalg.choose_alpha(f, h, columns, c.taps, theta0, ALPHA_GRID) if h is not None else SELECTION_ALPHA
         total = f if h is None else f + h
-        thetas.append(linalg.ridge_solve(total, kept, c.taps, theta0, alpha))
+        thetas.append(linalg.ridge_solve(total, columns, c.taps, theta0, alpha))
         alphas.append(alpha)
     return kept, (thetas, alphas)
+
+
+def group_first(analysis: Analysis, c: Consumer, gid: int, removed: np.ndarray, sequential: bool = True,
+                ) -> tuple[Consumer, Consumer, np.ndarray, np.ndarray]:
+    """How consumer ``c`` takes part in pruning group ``gid`` after the groups in ``removed``
+    (a class mask): the group's channels first, in the group's order, then the other channels
+    it still reads (a Concat of several groups). Returns
+
+    - ``c`` as it reads the model that runs (the pruned one when ``sequential``, else the
+      original), for collecting its statistics;
+    - ``c`` as the problem sees it (its channel count: the group's, then the others);
+    - the rows of the collected statistics (columns of Xa) that make the problem, bias last;
+    - the rows of its ORIGINAL theta (every channel) that those hold.
+
+    For a consumer that reads only the group, everything is the identity."""
+    classes = analysis.atom_class[analysis.layouts[c.input].atoms]
+    kept = ~removed[classes]
+    atom_of = {int(cl): a for a, cl in enumerate(classes)}
+    mine = np.array([atom_of[int(cl)] for cl in analysis.group_classes[gid]], dtype=np.intp)
+    order = np.concatenate([mine, np.setdiff1d(np.flatnonzero(kept), mine)])  # original channels
+    read = np.flatnonzero(kept) if sequential else np.arange(len(classes))  # channels of the tensor run
+    reads, problem = replace(c, channels=len(read)), replace(c, channels=len(order))
+
+    def rows(channels: np.ndarray, columns: int) -> np.ndarray:
+        return np.append((channels[:, None] * c.taps + np.arange(c.taps)).ravel(), columns - 1)
+
+    return reads, problem, rows(np.searchsorted(read, order), reads.columns), rows(order, c.columns)
 
 
 def touched_nodes(analysis: Analysis, gid: int) -> set[str]:
@@ -278,11 +317,6 @@ def kept_outputs(analysis: Analysis, c: Consumer, removed: np.ndarray) -> np.nda
         return positions
     shape = analysis.shapes[c.output]
     return np.arange(shape[1])
-
-
-def _restrict(stats: linalg.LayerStats | None, outputs: np.ndarray) -> linalg.LayerStats | None:
-    """Statistics for the consumer's kept outputs only (earlier groups may have cut some)."""
-    return None if stats is None else stats.outputs(outputs)
 
 
 def overlay_weights(normalized: onnx.ModelProto, thetas: dict[str, tuple[Consumer, np.ndarray, np.ndarray]],

@@ -39,7 +39,7 @@ def weights_as_inputs(model: onnx.ModelProto, consumers: list[Consumer],
     nodes = {n.name: n for n in graph.nodes}
     slots: dict[str, tuple[str, str, bool]] = {}
     values: Params = {}
-    for c in consumers:
+    for c in {c.node: c for c in consumers}.values():  # a Concat's consumer serves several groups
         node = nodes[c.node]
         names = []
         for (holder, index), role in zip(param_slots(node, c), ("weight", "bias")):

@@ -139,6 +139,47 @@ def test_fast_reap_equals_naive_resolving(ks, alpha, seed, n):
     np.testing.assert_array_equal(fast.order, naive.order[:n - n // 2 - 1])
 
 
+def with_other_channels(seed, n, ks, extra):
+    """Consumers reading the n channels first, then ``extra[i]`` channels of other groups (a Concat)."""
+    rng = np.random.default_rng(seed)
+    consumers = []
+    for k, e in zip(ks, extra):
+        x = correlated(rng, 2 * (n + e) * k + 10, (n + e) * k, rank=max(1, (n + e) * k // 2))
+        stats, theta0, _ = consumer(rng, x, 4)
+        consumers.append((stats, k, theta0))
+    return consumers
+
+
+@FEW
+@pytest.mark.parametrize("ks, extra", [((1,), (3,)), ((9,), (2,)), ((9, 1), (0, 4))], ids=["K1", "K9", "K9+K1"])
+@given(seed=seeds, n=st.integers(2, 6))
+def test_fast_reap_keeps_other_groups_channels_and_equals_naive(ks, extra, seed, n):
+    consumers = with_other_channels(seed, n, ks, extra)
+    naive = reap_order_naive(consumers, n, 0.01)
+    steps = list(reap_steps(consumers, n, 0.01))
+    np.testing.assert_array_equal([c for c, _, _ in steps], naive.order)
+    np.testing.assert_allclose([e for _, e, _ in steps], naive.errors, rtol=1e-8)
+    for step, (_, _, thetas) in enumerate(steps, start=1):
+        for (stats, k, theta0), theta, e in zip(consumers, thetas, extra):
+            keep = np.concatenate([np.setdiff1d(np.arange(n), naive.order[:step]), np.arange(n, n + e)])
+            assert relative(theta, ridge_solve(stats, keep, k, theta0, 0.01)) < 1e-8
+
+
+@SMALL
+@given(seed=seeds, n=st.integers(2, 6))
+def test_thinet_and_nu_choose_among_the_first_n_channels_only(seed, n):
+    """Other groups' channels never change ThiNet's or NU's choice: both see the group's channels only."""
+    consumers = with_other_channels(seed, n, (9, 1), (2, 3))
+    alone = []
+    for stats, k, theta0 in consumers:
+        p = np.append(np.arange(n * k), len(stats.gram) - 1)
+        alone.append((LayerStats(stats.gram[np.ix_(p, p)], stats.cross[p], stats.yy, stats.rows), k, theta0[p]))
+    np.testing.assert_array_equal(thinet_order(consumers, n).order, thinet_order(alone, n).order)
+    with_others, by_itself = nu_plan(consumers, n), nu_plan(alone, n)
+    np.testing.assert_array_equal(with_others.order, by_itself.order)
+    np.testing.assert_array_equal(with_others.stand_in, by_itself.stand_in)
+
+
 @pytest.mark.parametrize("k", [1, 9])
 def test_reap_removes_linear_combinations_first(k):
     rng = np.random.default_rng(4)

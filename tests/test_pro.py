@@ -43,6 +43,19 @@ def test_pro_reaches_the_target_within_one_percent(method, target):
     assert result.pro and result.pro[-1].error >= 0
 
 
+@pytest.mark.parametrize("name", ["densenet_like", "inception_like"])
+@pytest.mark.parametrize("method", [Method.REAP, Method.NU])
+def test_pro_prunes_the_groups_of_concatenations(name, method):
+    """Consumers reading a Concat of several groups take part in every group's candidates."""
+    model = FACTORIES[name]()
+    result = prune(model, PruneConfig(method=method, round_to=1, pro=True, pro_samples=16, keep_flops=0.5),
+                   calibration(model))
+    assert 0.4 * result.macs_before <= result.macs_after <= 0.5 * result.macs_before  # groups of 4 channels
+    assert not any(c.not_reconstructable for c in result.groups)
+    errors = [step.error for step in result.pro]
+    assert errors and np.isfinite(errors).all()
+
+
 def test_pro_with_target_one_prunes_nothing():
     model = FACTORIES["basic_block_net"]()
     result = prune(model, PruneConfig(method=Method.L1, keep_flops=1.0, pro=True), calibration(model))
