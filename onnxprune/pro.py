@@ -16,6 +16,10 @@ data methods a candidate is a weight variant (variants.py: zero rows for removed
 channels) of a model pruned to an earlier commit's widths, run from its group's first
 consumer on; for l1, which does not reconstruct, it is the pruned model, run from the
 first node its group touches.
+A consumer that reads several groups (a Concat) takes, in a candidate, the weights fitted
+for the candidate's group with the other groups' channels all present; the rows of channels
+the base has already lost are dropped, so its error is an estimate there (the final,
+sequential pass refits it exactly).
 Channels are then given back, ``round_to`` at a time, while the cost stays within the
 target, and the real method prunes to the chosen counts (sequentially, for data methods).
 """

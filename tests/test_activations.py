@@ -117,7 +117,7 @@ def test_pairs_runs_both_to_the_end_and_checks_the_lengths():
 
 
 @pytest.mark.parametrize("method", [Method.REAP, Method.THINET, Method.NU])
-@pytest.mark.parametrize("name", ["basic_block_net", "bottleneck_net", "flatten_gemm_net"])
+@pytest.mark.parametrize("name", ["basic_block_net", "bottleneck_net", "flatten_gemm_net", "densenet_like"])
 def test_pruning_with_the_activation_cache_equals_pruning_without(name, method):
     model = FACTORIES[name]()
     config = PruneConfig(method=method, ratio=0.5, round_to=1)

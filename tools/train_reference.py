@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DEFAULT_DATA_DIR = "/usr/share/datasets/fashion-mnist"
-MODEL_NAMES = ("resnet20", "resnet56", "vgg16", "mobilenetv2")
+MODEL_NAMES = ("resnet20", "resnet56", "vgg16", "mobilenetv2", "densenet")
 # Fashion-MNIST training-set pixel statistics (on the [0,1] scale).
 FMNIST_MEAN = 0.2860
 FMNIST_STD = 0.3530
@@ -43,7 +43,7 @@ OUTPUT_NAME = "logits"
 OPSET = 17
 # Models exported with BatchNorm folded into the preceding conv; the others
 # keep their BatchNormalization nodes separate in the ONNX graph.
-FUSE_BN_ON_EXPORT = {"resnet20": False, "mobilenetv2": False, "vgg16": True, "resnet56": True}
+FUSE_BN_ON_EXPORT = {"resnet20": False, "mobilenetv2": False, "vgg16": True, "resnet56": True, "densenet": True}
 
 
 # --------------------------------------------------------------------------
@@ -206,6 +206,39 @@ class MobileNetV2(nn.Module):
         return self.fc(torch.flatten(self.pool(self.features(self.normalize(x))), 1))
 
 
+class DenseNet(nn.Module):
+    """A small DenseNet with post-activation layers (conv-bn-relu, as in CSP/C2f necks): each
+    layer reads the Concat of everything before it in its stage; 1x1 transitions halve the
+    channels, then average-pool. Its convolutions read several channel groups at once."""
+
+    def __init__(self, stem: int = 16, growth: int = 16, layers: int = 4, stages: int = 3):
+        super().__init__()
+        self.normalize = Normalize()
+        self.stem = nn.Sequential(*conv_bn(1, stem), nn.ReLU())
+        self.stages, self.transitions = nn.ModuleList(), nn.ModuleList()
+        width = stem
+        for s in range(stages):
+            stage = nn.ModuleList()
+            for _ in range(layers):
+                stage.append(nn.Sequential(*conv_bn(width, growth), nn.ReLU()))
+                width += growth
+            self.stages.append(stage)
+            if s < stages - 1:
+                self.transitions.append(nn.Sequential(*conv_bn(width, width // 2, k=1), nn.ReLU(), nn.AvgPool2d(2)))
+                width //= 2
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, NUM_CLASSES)
+
+    def forward(self, x):
+        x = self.stem(self.normalize(x))
+        for s, stage in enumerate(self.stages):
+            for layer in stage:
+                x = torch.cat([x, layer(x)], 1)
+            if s < len(self.transitions):
+                x = self.transitions[s](x)
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
 def build_model(name: str) -> nn.Module:
     """Build one reference architecture (untrained). Input: pixels [N,1,28,28] in [0,255]."""
     if name == "resnet20":
@@ -216,6 +249,8 @@ def build_model(name: str) -> nn.Module:
         return VGG16()
     if name == "mobilenetv2":
         return MobileNetV2()
+    if name == "densenet":
+        return DenseNet()
     raise ValueError(f"unknown model {name!r}; choose from {MODEL_NAMES}")
 
 
