@@ -82,8 +82,9 @@ def test_keep_flops_with_reap_meets_the_target():
     assert result.macs_after <= 0.5 * result.macs_before
 
 
-def test_graph_statistics_give_the_same_pruning_as_host_statistics():
-    model = FACTORIES["conv_chain"]()
+@pytest.mark.parametrize("name", ["conv_chain", "densenet_like"])
+def test_graph_statistics_give_the_same_pruning_as_host_statistics(name):
+    model = FACTORIES[name]()
     host = prune(model, PruneConfig(method=Method.REAP, ratio=0.5, round_to=1), calibration(model))
     graph = prune(model, PruneConfig(method=Method.REAP, ratio=0.5, round_to=1),
                   calibration(model, mode=StatsMode.GRAPH))
