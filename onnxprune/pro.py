@@ -16,10 +16,8 @@ data methods a candidate is a weight variant (variants.py: zero rows for removed
 channels) of a model pruned to an earlier commit's widths, run from its group's first
 consumer on; for l1, which does not reconstruct, it is the pruned model, run from the
 first node its group touches.
-A consumer that reads several groups (a Concat) takes, in a candidate, the weights fitted
-for the candidate's group with the other groups' channels all present; the rows of channels
-the base has already lost are dropped, so its error is an estimate there (the final,
-sequential pass refits it exactly).
+A consumer that reads several groups (a Concat) is fitted, for a candidate, on the other
+groups' channels that the base still has.
 Channels are then given back, ``round_to`` at a time, while the cost stays within the
 target, and the real method prunes to the chosen counts (sequentially, for data methods).
 """
@@ -147,7 +145,7 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
     {consumer node: (consumer, theta, output columns)}, reconstructed independently from the
     original model's statistics (nothing for l1, which does not reconstruct)."""
     if method is Method.L1:
-        return {g: np.argsort(scores[g], kind="stable") for g in channels}, lambda g, k: {}
+        return {g: np.argsort(scores[g], kind="stable") for g in channels}, lambda g, k, removed=None: {}
     plans, _ = reconstructable(analysis)
     consumers = list({c.node: c for g in channels for c in plans[g]}.values())
     with progress("PRO: calibrating", calib.samples) as advance:
@@ -155,46 +153,53 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
                                list(calib.providers), HOLDOUT_EVERY, advance)
     nodes = {n.name: n for n in analysis.graph.nodes}
     nothing = np.zeros(len(analysis.class_group), dtype=bool)
-    # Each consumer with group g's channels first (group_first): the rows of its statistics,
-    # and of its theta, in that order; other groups' channels it reads stay.
-    layout = {g: [group_first(analysis, c, g, nothing, sequential=False)[1:] for c in plans[g]] for g in channels}
+    totals = {c.node: fit[c.node] + holdout[c.node] if c.node in holdout else fit[c.node] for c in consumers}
 
-    def part(stats, columns):
-        return None if stats is None else stats.permuted(columns)
+    def problem(c, g, removed):
+        """c's ridge problem for group g (its channels first, then the other channels it reads
+        and ``removed`` keeps: group_first), with the rows of the statistics and of theta."""
+        _, shape, columns, rows = group_first(analysis, c, g, removed, sequential=False)
+        return (totals[c.node].permuted(columns), c.taps, theta_of(nodes[c.node], c)[rows]), shape, columns, rows
 
-    problems = {g: [(part(fit[c.node] + holdout[c.node] if c.node in holdout else fit[c.node], columns),
-                     c.taps, theta_of(nodes[c.node], c)[rows])
-                    for c, (_, columns, rows) in zip(plans[g], layout[g])] for g in channels}
     orders, nu_plans = {}, {}
     for g, n in channels.items():
+        problems = [problem(c, g, nothing)[0] for c in plans[g]]
         if method is Method.REAP:
-            orders[g] = linalg.reap_order(problems[g], n, alpha=SELECTION_ALPHA).order
+            orders[g] = linalg.reap_order(problems, n, alpha=SELECTION_ALPHA).order
         elif method is Method.THINET:
-            orders[g] = linalg.thinet_order(problems[g], n).order
+            orders[g] = linalg.thinet_order(problems, n).order
         else:
-            nu_plans[g] = linalg.nu_plan(problems[g], n)
+            nu_plans[g] = linalg.nu_plan(problems, n)
             orders[g] = nu_plans[g].order
-    cache: dict[tuple[int, int], dict] = {}
+    # Classes of other groups that g's consumers read (a Concat): the weights depend on which stay.
+    others = {g: np.setdiff1d(np.concatenate([analysis.atom_class[analysis.layouts[c.input].atoms] for c in plans[g]]),
+                              analysis.group_classes[g]) for g in channels}
+    cache: dict[tuple[int, int, bytes], dict] = {}
 
-    def weights(g: int, k: int) -> dict:
-        if (g, k) not in cache:
+    def weights(g: int, k: int, removed: np.ndarray | None = None) -> dict:
+        """Group g's consumers at k channels, the other groups' channels that ``removed`` (a
+        class mask) drops left out of the fit."""
+        removed = nothing if removed is None else removed
+        key = (g, k, removed[others[g]].tobytes())
+        if key not in cache:
             n = channels[g]
             kept = np.sort(np.setdiff1d(np.arange(n), orders[g][: n - k]))
             result = {}
-            for c, (total, taps, theta0), (problem, columns, rows) in zip(plans[g], problems[g], layout[g]):
+            for c in plans[g]:
+                (total, taps, theta0), shape, columns, rows = problem(c, g, removed)
                 if method is Method.NU:
                     theta = linalg.nu_apply(theta0, nu_plans[g], taps, n - k)
                 else:
-                    h = part(holdout.get(c.node), columns)
-                    keep = np.concatenate([kept, np.arange(n, problem.channels)])
-                    alpha = (linalg.choose_alpha(part(fit[c.node], columns), h, keep, taps, theta0, ALPHA_GRID)
-                             if h else SELECTION_ALPHA)
+                    keep = np.concatenate([kept, np.arange(n, shape.channels)])
+                    alpha = (linalg.choose_alpha(fit[c.node].permuted(columns), holdout[c.node].permuted(columns),
+                                                 keep, taps, theta0, ALPHA_GRID)
+                             if c.node in holdout else SELECTION_ALPHA)
                     theta = linalg.ridge_solve(total, keep, taps, theta0, alpha)
                 full = np.zeros((c.columns, theta.shape[1]))
                 full[rows] = theta
                 result[c.node] = (c, full, np.arange(theta.shape[1]))
-            cache[g, k] = result
-        return cache[g, k]
+            cache[key] = result
+        return cache[key]
 
     return orders, weights
 
@@ -213,18 +218,19 @@ def _variant_runs(normalized, analysis, channels, weights, keep_of, cost, feeds,
 
     def rebase(counts):
         keep = keep_of(counts)
+        removed = analysis.removed_mask(keep)
         thetas = {}
         for g, k in counts.items():
             if k < channels[g]:
-                thetas.update(weights(g, k))
+                thetas.update(weights(g, k, removed))
         model = prune_channels(overlay_weights(normalized, thetas), analysis, keep) if thetas else normalized
-        base.update(keep=keep, removed=analysis.removed_mask(keep), cost=cost(keep),
+        base.update(keep=keep, removed=removed, cost=cost(keep),
                     variants=Variants(model, consumers, feeds, [output], list(calib.providers), calib.cache_bytes))
 
     def params(counts, g):
         variants = base["variants"]
         changed = {}
-        for c, theta, _ in weights(g, counts[g]).values():
+        for c, theta, _ in weights(g, counts[g], base["removed"]).values():
             present = np.flatnonzero(~base["removed"][analysis.atom_class[analysis.layouts[c.input].atoms]])
             rows = np.append((present[:, None] * c.taps + np.arange(c.taps)).ravel(), theta.shape[0] - 1)
             columns = kept_outputs(analysis, c, base["removed"])

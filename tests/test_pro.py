@@ -10,7 +10,9 @@ from onnx import numpy_helper
 from onnxprune import OnnxPruneError, PruneConfig, prune
 from onnxprune.cli import main
 from onnxprune.config import Method
-from onnxprune.pro import allowed_counts
+from onnxprune import analyze, normalize
+from onnxprune.pro import _orders, allowed_counts
+from onnxprune.reconstruct import no_progress, reconstructable
 from onnxprune.reconstruct import Calibration
 
 
@@ -54,6 +56,29 @@ def test_pro_prunes_the_groups_of_concatenations(name, method):
     assert not any(c.not_reconstructable for c in result.groups)
     errors = [step.error for step in result.pro]
     assert errors and np.isfinite(errors).all()
+
+
+def test_candidate_weights_of_a_concat_consumer_leave_out_what_the_base_lost():
+    """A candidate's consumer that also reads group B is fitted on B's channels that the base
+    still has: zero weights on B's removed ones (which the base no longer computes)."""
+    model = FACTORIES["densenet_like"]()
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    plans, _ = reconstructable(analysis)
+    channels = {g: analysis.groups[g].channels for g in plans}
+    orders, weights = _orders(normalized, analysis, Method.REAP, channels, calibration(model), None, no_progress)
+    g, c, b = next((g, c, b) for g in plans for c in plans[g] for b in plans
+                   if b != g and c in plans[b])  # c reads groups g and b
+    gone = orders[b][:channels[b] // 2]
+    removed = analysis.removed_mask({b: np.setdiff1d(np.arange(channels[b]), gone)})
+    classes = analysis.atom_class[analysis.layouts[c.input].atoms]
+    lost = np.flatnonzero(removed[classes])
+    assert len(lost) == len(gone)
+    rows = (lost[:, None] * c.taps + np.arange(c.taps)).ravel()
+    k = channels[g] - 1
+    with_b, without = weights(g, k, removed)[c.node][1], weights(g, k)[c.node][1]
+    assert np.all(with_b[rows] == 0) and np.any(without[rows] != 0)
+    assert weights(g, k, removed) is weights(g, k, removed)  # cached per base
 
 
 def test_pro_with_target_one_prunes_nothing():
