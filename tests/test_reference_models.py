@@ -12,7 +12,7 @@ from onnxprune.evaluate import evaluate
 from onnxprune.reconstruct import Calibration
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
-NAMES = ["resnet20", "resnet56", "vgg16", "mobilenetv2"]
+NAMES = ["resnet20", "resnet56", "vgg16", "mobilenetv2", "densenet"]
 
 
 def recorded_accuracy(name: str) -> float | None:
@@ -56,3 +56,20 @@ def test_sequential_reconstruction_beats_independent(name):
         return evaluate(pruned, test, model).rel_error
 
     assert output_error(True) < output_error(False)
+
+
+@pytest.mark.parametrize("name", [present("densenet")])
+def test_reap_prunes_the_concat_consumers_of_a_trained_densenet(name):
+    """Every conv of a DenseNet stage reads a Concat of several groups: REAP prunes them all
+    and keeps the accuracy, where magnitude pruning without reconstruction collapses."""
+    model = load(MODELS / f"{name}_fmnist.onnx")
+    calib = open_data(MODELS / "fmnist_calib.npz", model, batch_size=64, limit=256)
+    test = open_data(MODELS / "fmnist_test.npz", model, batch_size=1000, limit=2000)
+    cal = Calibration(lambda: (b.feeds for b in calib), len(calib))
+    reap = prune(model, PruneConfig(method=Method.REAP, keep_flops=0.5, round_to=1), cal)
+    assert not any(c.not_reconstructable for c in reap.groups)
+    assert all(c.channels_after < c.group.channels for c in reap.groups if c.group.prunable)
+    l1 = prune(model, PruneConfig(method=Method.L1, keep_flops=0.5, round_to=1)).model
+    original = evaluate(model, test).accuracy
+    assert evaluate(reap.model, test).accuracy > original - 0.02
+    assert evaluate(l1, test).accuracy < original - 0.2
