@@ -232,7 +232,7 @@ def _variant_runs(normalized, analysis, channels, weights, keep_of, cost, feeds,
         changed = {}
         for c, theta, _ in weights(g, counts[g], base["removed"]).values():
             present = np.flatnonzero(~base["removed"][analysis.atom_class[analysis.layouts[c.input].atoms]])
-            rows = np.append((present[:, None] * c.taps + np.arange(c.taps)).ravel(), theta.shape[0] - 1)
+            rows = linalg.columns(present, c.taps)
             columns = kept_outputs(analysis, c, base["removed"])
             changed.update(variants.params(c, theta[np.ix_(rows, columns)], np.arange(len(columns))))
         return changed

@@ -282,7 +282,7 @@ def group_first(analysis: Analysis, c: Consumer, gid: int, removed: np.ndarray, 
     - ``c`` as it reads the model that runs (the pruned one when ``sequential``, else the
       original), for collecting its statistics;
     - ``c`` as the problem sees it (its channel count: the group's, then the others);
-    - the rows of the collected statistics (columns of Xa) that make the problem, bias last;
+    - the rows of the collected statistics (columns of Xa) that make the problem (linalg.columns: bias -1, the last);
     - the rows of its ORIGINAL theta (every channel) that those hold.
 
     For a consumer that reads only the group, everything is the identity."""
@@ -292,12 +292,8 @@ def group_first(analysis: Analysis, c: Consumer, gid: int, removed: np.ndarray, 
     mine = np.array([atom_of[int(cl)] for cl in analysis.group_classes[gid]], dtype=np.intp)
     order = np.concatenate([mine, np.setdiff1d(np.flatnonzero(kept), mine)])  # original channels
     read = np.flatnonzero(kept) if sequential else np.arange(len(classes))  # channels of the tensor run
-    reads, problem = replace(c, channels=len(read)), replace(c, channels=len(order))
-
-    def rows(channels: np.ndarray, columns: int) -> np.ndarray:
-        return np.append((channels[:, None] * c.taps + np.arange(c.taps)).ravel(), columns - 1)
-
-    return reads, problem, rows(np.searchsorted(read, order), reads.columns), rows(order, c.columns)
+    return (replace(c, channels=len(read)), replace(c, channels=len(order)),
+            linalg.columns(np.searchsorted(read, order), c.taps), linalg.columns(order, c.taps))
 
 
 def touched_nodes(analysis: Analysis, gid: int) -> set[str]:
