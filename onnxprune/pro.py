@@ -153,13 +153,13 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
                                list(calib.providers), HOLDOUT_EVERY, advance)
     nodes = {n.name: n for n in analysis.graph.nodes}
     nothing = np.zeros(len(analysis.class_group), dtype=bool)
-    totals = {c.node: fit[c.node] + holdout[c.node] if c.node in holdout else fit[c.node] for c in consumers}
 
     def problem(c, g, removed):
         """c's ridge problem for group g (its channels first, then the other channels it reads
         and ``removed`` keeps: group_first), with the rows of the statistics and of theta."""
         _, shape, columns, rows = group_first(analysis, c, g, removed, sequential=False)
-        return (totals[c.node].permuted(columns), c.taps, theta_of(nodes[c.node], c)[rows]), shape, columns, rows
+        total = fit[c.node] + holdout[c.node] if c.node in holdout else fit[c.node]  # not kept: a Gram's size
+        return (total.permuted(columns), c.taps, theta_of(nodes[c.node], c)[rows]), shape, columns, rows
 
     orders, nu_plans = {}, {}
     for g, n in channels.items():
