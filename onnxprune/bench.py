@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
+from .graph import inference_session
 from .shapes import fixed_input_shapes
 from .validate import random_feeds
 
@@ -40,7 +41,7 @@ def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    return inference_session(model, options, providers)
 
 
 def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarray] | None = None,

@@ -30,7 +30,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import OnnxPruneError
-from .graph import to_graph, to_model
+from .graph import inference_session, to_graph, to_model
 from .groups import Analysis
 from .linalg import LayerStats
 
@@ -349,7 +349,7 @@ def make_session(model: onnx.ModelProto, device_providers: list[str]) -> ort.Inf
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # leave the cores to numpy
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=device_providers)
+    return inference_session(model, options, device_providers)
 
 
 def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consumers: list[Consumer],

@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
+from onnx import numpy_helper
 from onnx_graphsurgeon.logger import G_LOGGER
 from google.protobuf.message import DecodeError
 
@@ -27,6 +28,7 @@ MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()
 # Protobuf cannot serialise a message over 2 GiB: larger weights go to a side file.
 _EXTERNAL_DATA_BYTES = 1_800_000_000
+_OUTSIDE_BYTES = 1 << 20  # in such a model, initializers over this stay outside the serialised proto
 
 
 def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
@@ -93,6 +95,35 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.P
             os.replace(tmp_model, path)
     except OSError as exc:
         raise OnnxPruneError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def inference_session(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str],
+                      ) -> ort.InferenceSession:
+    """An onnxruntime session for a model of any size.
+
+    Protobuf cannot serialise 2 GiB, so a model with more weights than that is passed with
+    its initializers over 1 MiB as OrtValues (SessionOptions.add_external_initializers); the
+    serialised model keeps their entries, marked external. ``model`` is changed only while
+    it is serialised, and given back as it was."""
+    if _weight_bytes(model) <= _EXTERNAL_DATA_BYTES:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    large = [t for t in model.graph.initializer if t.ByteSize() > _OUTSIDE_BYTES]
+    arrays = [numpy_helper.to_array(t) for t in large]
+    try:
+        for t in large:
+            stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
+                                    data_location=onnx.TensorProto.EXTERNAL)
+            stub.external_data.add(key="location", value="onnxprune-in-memory")
+            t.CopyFrom(stub)
+        serialised = model.SerializeToString()
+    finally:
+        for t, array in zip(large, arrays):
+            t.CopyFrom(numpy_helper.from_array(array, t.name))
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    options.add_external_initializers([t.name for t in large], values)
+    session = ort.InferenceSession(serialised, options, providers=providers)
+    session.onnxprune_weights = values  # onnxruntime reads them in place: they live as long as the session
+    return session
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -7,6 +7,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
+from .graph import inference_session
 from .shapes import fixed_input_shapes, graph_inputs
 
 _NUMPY_OF = {
@@ -27,7 +28,7 @@ def session(model: onnx.ModelProto, optimize: bool = False, providers: list[str]
         options.intra_op_num_threads = threads
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model.SerializeToString(), options, providers=providers or ["CPUExecutionProvider"])
+    return inference_session(model, options, providers or ["CPUExecutionProvider"])
 
 
 def random_feeds(model: onnx.ModelProto, input_shapes=None, seed: int = 0) -> dict[str, np.ndarray] | None:

@@ -1,0 +1,66 @@
+"""Models over protobuf's 2 GiB: sessions and the whole CLI, with the limits lowered."""
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from builders import FACTORIES, random_feeds
+from click.testing import CliRunner
+
+from onnxprune import graph
+from onnxprune.cli import main
+
+
+@pytest.fixture
+def tiny_limits(monkeypatch):
+    """Every model counts as over the limit, and every initializer as large."""
+    monkeypatch.setattr(graph, "_EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(graph, "_OUTSIDE_BYTES", 0)
+
+
+def outputs(session, feeds):
+    return session.run(None, feeds)
+
+
+@pytest.mark.parametrize("name", ["basic_block_net", "flatten_gemm_net"])
+def test_a_large_model_session_computes_the_same_and_leaves_the_model_as_it_was(name, tiny_limits):
+    model = FACTORIES[name]()
+    before = model.SerializeToString()
+    plain = ort.InferenceSession(before, providers=["CPUExecutionProvider"])
+    large = graph.inference_session(model, ort.SessionOptions(), ["CPUExecutionProvider"])
+    assert len(large.onnxprune_weights) == len(model.graph.initializer)  # every one went outside
+    assert model.SerializeToString() == before
+    feeds = random_feeds(model)
+    for a, b in zip(outputs(plain, feeds), outputs(large, feeds)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_reap_prunes_a_large_model_from_the_cli(tmp_path, tiny_limits, monkeypatch):
+    """Calibration, validation and saving all take the large-model paths: the output has its
+    weights in OUT.data and computes what the same prune of a small model computes."""
+    model = FACTORIES["basic_block_net"]()
+    source = tmp_path / "m.onnx"
+    onnx.save(model, source)
+    before = source.read_bytes()
+    feeds = random_feeds(model, batch=32)
+    np.savez(tmp_path / "calib.npz", **feeds)
+    args = ["--ratio", "0.5", "--method", "reap", "--calib", str(tmp_path / "calib.npz"), "-q"]
+    weights_given = []  # per session: initializers whose values came inside the serialised model
+    real = ort.InferenceSession
+
+    def spy(serialised, options=None, providers=None, **kw):
+        proto = onnx.load_from_string(serialised)
+        weights_given.append(sum(t.data_location != onnx.TensorProto.EXTERNAL for t in proto.graph.initializer))
+        return real(serialised, options, providers=providers, **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    result = CliRunner().invoke(main, ["prune", str(source), "-o", str(tmp_path / "large.onnx"), *args])
+    assert result.exit_code == 0, result.output
+    assert len(weights_given) >= 3 and not any(weights_given)  # calibration, reconstruction, validation
+    assert (tmp_path / "large.onnx.data").is_file() and source.read_bytes() == before
+    monkeypatch.undo()  # the real limits
+    result = CliRunner().invoke(main, ["prune", str(source), "-o", str(tmp_path / "small.onnx"), *args])
+    assert result.exit_code == 0, result.output
+    large, small = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("large", "small"))
+    run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (large, small)]
+    np.testing.assert_array_equal(*(outputs(s, feeds)[0] for s in run))
