@@ -188,11 +188,15 @@ class _Downdater:
         self.u = np.zeros((p, removals * K))
         self.used = 0
         self.gone = np.zeros(p, dtype=bool)
+        self.step = np.empty_like(self.theta)  # theta's downdate, one buffer for every step
 
     def costs(self, remaining: np.ndarray) -> np.ndarray:
-        """Increase of J when removing each remaining channel c: dE_c = tr(theta_c^T H_cc^-1 theta_c)."""
-        theta_c = self.theta[self.taps[remaining]]
-        return np.sum(theta_c * np.linalg.solve(self.blocks[remaining], theta_c), axis=(1, 2))
+        """Increase of J when removing each remaining channel c:
+        dE_c = tr(theta_c^T H_cc^-1 theta_c) = tr(H_cc^-1 theta_c theta_c^T), K x K per channel
+        (theta_c is K x m: m-wide copies of it cost O(n K m) memory traffic per step)."""
+        body = self.theta[:-1].reshape(len(self.taps), -1, self.theta.shape[1])  # (n, K, m), a view
+        outer = np.matmul(body, body.transpose(0, 2, 1))[remaining]
+        return np.einsum("akk->a", np.linalg.solve(self.blocks[remaining], outer))
 
     def remove(self, c: int) -> None:
         """Downdate theta, U and the diagonal blocks for the removal of channel c."""
@@ -201,7 +205,7 @@ class _Downdater:
         low = np.linalg.cholesky(self.blocks[c])
         z = sla.solve_triangular(low, (self.h0[:, idx] - u @ u[idx].T).T, lower=True).T
         z[self.gone] = 0
-        self.theta -= z @ sla.solve_triangular(low, self.theta[idx], lower=True)
+        self.theta -= np.matmul(z, sla.solve_triangular(low, self.theta[idx], lower=True), out=self.step)
         self.u[:, self.used:self.used + len(idx)] = z
         self.used += len(idx)
         self.blocks -= np.einsum("akj,alj->akl", z[self.taps], z[self.taps])  # exactly symmetric
@@ -212,15 +216,16 @@ class _Downdater:
         """||Y - Xa theta||^2 = yy - tr(theta^T C) + lam tr(theta^T I'(theta0 - theta)), from the
         normal equations G'_SS theta_S = C'_S (O(p m) instead of O(p^2 m))."""
         stats, theta = self.stats, self.theta
-        shrink = np.sum(theta[:-1] * (self.theta0[:-1] - theta[:-1]))
-        return float(stats.energy - np.sum(theta * stats.cross) + self.lam * shrink)
+        shrink = np.vdot(theta[:-1], self.theta0[:-1]) - np.vdot(theta[:-1], theta[:-1])  # no p x m temporaries
+        return float(stats.energy - np.vdot(theta, stats.cross) + self.lam * shrink)
 
 
 def reap_steps(consumers: Sequence[Consumer], n: int, alpha: float | Sequence[float] = 0.0,
                target: int = 1) -> Iterator[tuple[int, float, list[np.ndarray]]]:
     """REAP's greedy backward elimination with inverse-Gram downdates. Each step removes
     argmin_c sum_consumers dE_c (dE_c = tr(theta_c^T H_cc^-1 theta_c): the increase of J after
-    re-fitting without c) and yields (c, sum of ||Y - Xa theta||^2, the consumers' new thetas).
+    re-fitting without c) and yields (c, sum of ||Y - Xa theta||^2, the consumers' new thetas;
+    these are updated in place by the next step: copy them to keep them).
 
     alpha: one value or one per consumer. Per consumer: one O((nK)^3) inversion, then
     O(nK * removed K * K) per step, O((nK)^3 K) for the whole elimination (vs O(n^5 K^3) naive).
@@ -234,7 +239,7 @@ def reap_steps(consumers: Sequence[Consumer], n: int, alpha: float | Sequence[fl
         for s in states:
             s.remove(c)
         remaining = remaining[remaining != c]
-        yield c, sum(s.error() for s in states), [s.theta.copy() for s in states]
+        yield c, sum(s.error() for s in states), [s.theta for s in states]
 
 
 def reap_order(consumers: Sequence[Consumer], n: int, alpha: float | Sequence[float] = 0.0,

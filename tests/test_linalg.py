@@ -128,7 +128,7 @@ def test_choose_alpha_regularises_only_when_rows_are_few():
 def test_fast_reap_equals_naive_resolving(ks, alpha, seed, n):
     consumers, _ = problem(seed, n, ks)
     naive = reap_order_naive(consumers, n, alpha)
-    steps = list(reap_steps(consumers, n, alpha))
+    steps = [(c, e, [theta.copy() for theta in thetas]) for c, e, thetas in reap_steps(consumers, n, alpha)]
     np.testing.assert_array_equal([c for c, _, _ in steps], naive.order)
     np.testing.assert_allclose([e for _, e, _ in steps], naive.errors, rtol=1e-8)
     for step, (_, _, thetas) in enumerate(steps, start=1):
@@ -156,7 +156,7 @@ def with_other_channels(seed, n, ks, extra):
 def test_fast_reap_keeps_other_groups_channels_and_equals_naive(ks, extra, seed, n):
     consumers = with_other_channels(seed, n, ks, extra)
     naive = reap_order_naive(consumers, n, 0.01)
-    steps = list(reap_steps(consumers, n, 0.01))
+    steps = [(c, e, [theta.copy() for theta in thetas]) for c, e, thetas in reap_steps(consumers, n, 0.01)]
     np.testing.assert_array_equal([c for c, _, _ in steps], naive.order)
     np.testing.assert_allclose([e for _, e, _ in steps], naive.errors, rtol=1e-8)
     for step, (_, _, thetas) in enumerate(steps, start=1):
