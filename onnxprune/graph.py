@@ -8,6 +8,7 @@ opsets and metadata, which onnx.helper and graphsurgeon would otherwise replace.
 from __future__ import annotations
 
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.P
             if external:
                 onnx.save_model(model, str(tmp_model), save_as_external_data=True,
                                 all_tensors_to_one_file=True, location=data_name)
+                # onnx creates the side file readable by its owner only; give it the model's mode
+                os.chmod(Path(tmp) / data_name, stat.S_IMODE(tmp_model.stat().st_mode))
                 os.replace(Path(tmp) / data_name, folder / data_name)
             else:
                 onnx.save_model(model, str(tmp_model))

@@ -58,6 +58,7 @@ def test_reap_prunes_a_large_model_from_the_cli(tmp_path, tiny_limits, monkeypat
     assert result.exit_code == 0, result.output
     assert len(weights_given) >= 3 and not any(weights_given)  # calibration, reconstruction, validation
     assert (tmp_path / "large.onnx.data").is_file() and source.read_bytes() == before
+    assert (tmp_path / "large.onnx.data").stat().st_mode == (tmp_path / "large.onnx").stat().st_mode
     monkeypatch.undo()  # the real limits
     result = CliRunner().invoke(main, ["prune", str(source), "-o", str(tmp_path / "small.onnx"), *args])
     assert result.exit_code == 0, result.output
