@@ -181,7 +181,8 @@ class _Downdater:
         factor = _cholesky(stats.gram + np.diag(lam))
         h0 = sla.cho_solve(factor, np.eye(p))
         self.h0 = (h0 + h0.T) / 2
-        self.theta = np.ascontiguousarray(sla.cho_solve(factor, stats.cross + lam[:, None] * theta0))  # C order: views below
+        # C order, so that each channel's rows of theta are a view (costs)
+        self.theta = np.ascontiguousarray(sla.cho_solve(factor, stats.cross + lam[:, None] * theta0))
         self.stats, self.theta0, self.lam = stats, theta0, lam[0]
         self.taps = np.arange((p - 1) // K)[:, None] * K + np.arange(K)  # (n, K): columns of each channel
         self.blocks = self.h0[self.taps[:, :, None], self.taps[:, None, :]]  # H_aa (n, K, K)
@@ -216,9 +217,14 @@ class _Downdater:
         """||Y - Xa theta||^2 = yy - tr(theta^T C) + lam tr(theta^T I'(theta0 - theta)), from the
         normal equations G'_SS theta_S = C'_S (O(p m) instead of O(p^2 m))."""
         stats, theta = self.stats, self.theta
-        dot = lambda a, b: np.einsum("ij,ij->", a, b)  # no p x m temporaries (and no BLAS thread wake-ups)
-        shrink = dot(theta[:-1], self.theta0[:-1]) - dot(theta[:-1], theta[:-1])
-        return float(stats.energy - dot(theta, stats.cross) + self.lam * shrink)
+        shrink = _inner(theta[:-1], self.theta0[:-1]) - _inner(theta[:-1], theta[:-1])
+        return float(stats.energy - _inner(theta, stats.cross) + self.lam * shrink)
+
+
+def _inner(a: np.ndarray, b: np.ndarray) -> float:
+    """tr(a^T b) = sum(a * b) without a temporary the size of a (einsum: np.vdot would wake
+    BLAS threads, slower than the sum itself on small layers)."""
+    return np.einsum("ij,ij->", a, b)
 
 
 def reap_steps(consumers: Sequence[Consumer], n: int, alpha: float | Sequence[float] = 0.0,
