@@ -209,9 +209,13 @@ def set_constant_input(graph: gs.Graph, node: gs.Node, index: int, values: np.nd
 
 
 def _weight_bytes(model: onnx.ModelProto) -> int:
+    """The initializers' data size, from their dims and type: ``len(raw_data)`` would copy the
+    data (every session asks: inference_session). Sub-byte types count a byte per element."""
     total = 0
     for init in model.graph.initializer:
-        total += len(init.raw_data) if init.HasField("raw_data") else int(np.prod(init.dims, dtype=np.int64)) * 4
+        count = int(np.prod(init.dims, dtype=np.int64))
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
+        total += count * itemsize if init.HasField("raw_data") else count * 4
     return total
 
 
