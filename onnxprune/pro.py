@@ -36,8 +36,8 @@ from .calibrate import collect
 from .config import Method
 from .errors import OnnxPruneError
 from .groups import Analysis
-from .reconstruct import (ALPHA_GRID, HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, group_first,
-                          kept_outputs, no_progress, overlay_weights, reconstructable, theta_of, touched_nodes)
+from .reconstruct import (HOLDOUT_EVERY, SELECTION_ALPHA, Calibration, Progress, group_first, kept_outputs,
+                          no_progress, overlay_weights, reconstructable, refit, theta_of, touched_nodes)
 from .surgery import prune_channels
 from .variants import Variants
 
@@ -154,16 +154,16 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
     nodes = {n.name: n for n in analysis.graph.nodes}
     nothing = np.zeros(len(analysis.class_group), dtype=bool)
 
-    def problem(c, g, removed):
-        """c's ridge problem for group g (its channels first, then the other channels it reads
-        and ``removed`` keeps: group_first), with the rows of the statistics and of theta."""
-        _, shape, columns, rows = group_first(analysis, c, g, removed, sequential=False)
+    def problem(c, g):
+        """c's problem for choosing group g's order: its statistics on the original model, the
+        group's channels first, then the other channels it reads (group_first)."""
+        _, _, columns, rows = group_first(analysis, c, g, nothing, sequential=False)
         total = fit[c.node] + holdout[c.node] if c.node in holdout else fit[c.node]  # not kept: a Gram's size
-        return (total.permuted(columns), c.taps, theta_of(nodes[c.node], c)[rows]), shape, columns, rows
+        return total.permuted(columns), c.taps, theta_of(nodes[c.node], c)[rows]
 
     orders, nu_plans = {}, {}
     for g, n in channels.items():
-        problems = [problem(c, g, nothing)[0] for c in plans[g]]
+        problems = [problem(c, g) for c in plans[g]]
         if method is Method.REAP:
             orders[g] = linalg.reap_order(problems, n, alpha=SELECTION_ALPHA).order
         elif method is Method.THINET:
@@ -186,15 +186,14 @@ def _orders(normalized, analysis, method, channels, calib, scores, progress):
             kept = np.sort(np.setdiff1d(np.arange(n), orders[g][: n - k]))
             result = {}
             for c in plans[g]:
-                (total, taps, theta0), shape, columns, rows = problem(c, g, removed)
+                _, shape, columns, rows = group_first(analysis, c, g, removed, sequential=False)
+                theta0 = theta_of(nodes[c.node], c)[rows]
                 if method is Method.NU:
-                    theta = linalg.nu_apply(theta0, nu_plans[g], taps, n - k)
+                    theta = linalg.nu_apply(theta0, nu_plans[g], c.taps, n - k)
                 else:
-                    keep = np.concatenate([kept, np.arange(n, shape.channels)])
-                    alpha = (linalg.choose_alpha(fit[c.node].permuted(columns), holdout[c.node].permuted(columns),
-                                                 keep, taps, theta0, ALPHA_GRID)
-                             if c.node in holdout else SELECTION_ALPHA)
-                    theta = linalg.ridge_solve(total, keep, taps, theta0, alpha)
+                    h = holdout.get(c.node)
+                    theta, _ = refit(fit[c.node].permuted(columns), None if h is None else h.permuted(columns),
+                                     np.concatenate([kept, np.arange(n, shape.channels)]), c.taps, theta0)
                 full = np.zeros((c.columns, theta.shape[1]))
                 full[rows] = theta
                 result[c.node] = (c, full, np.arange(theta.shape[1]))

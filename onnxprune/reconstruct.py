@@ -263,14 +263,19 @@ def _choose_and_rebuild(method: Method, stats, consumers: list[Consumer], n: int
     else:
         elimination = linalg.thinet_order(problems, n, target=k)
     kept = np.setdiff1d(np.arange(n), elimination.order[: n - k])
-    thetas, alphas = [], []
-    for (f, h, theta0), c in zip(stats, consumers):
-        columns = np.concatenate([kept, np.arange(n, c.channels)])
-        alpha = linalg.choose_alpha(f, h, columns, c.taps, theta0, ALPHA_GRID) if h is not None else SELECTION_ALPHA
-        total = f if h is None else f + h
-        thetas.append(linalg.ridge_solve(total, columns, c.taps, theta0, alpha))
-        alphas.append(alpha)
-    return kept, (thetas, alphas)
+    fits = [refit(f, h, np.concatenate([kept, np.arange(n, c.channels)]), c.taps, theta0)
+            for (f, h, theta0), c in zip(stats, consumers)]
+    return kept, ([theta for theta, _ in fits], [alpha for _, alpha in fits])
+
+
+def refit(fit: linalg.LayerStats, holdout: linalg.LayerStats | None, keep: np.ndarray, taps: int,
+          theta0: np.ndarray) -> tuple[np.ndarray, float]:
+    """A consumer's weights on the channels ``keep``: ridge least squares on fit + holdout, the
+    ridge chosen on the holdout (SELECTION_ALPHA without one). Returns them and the alpha."""
+    alpha = linalg.choose_alpha(fit, holdout, keep, taps, theta0, ALPHA_GRID) if holdout is not None \
+        else SELECTION_ALPHA
+    total = fit if holdout is None else fit + holdout
+    return linalg.ridge_solve(total, keep, taps, theta0, alpha), alpha
 
 
 def group_first(analysis: Analysis, c: Consumer, gid: int, removed: np.ndarray, sequential: bool = True,
