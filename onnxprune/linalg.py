@@ -279,11 +279,11 @@ def reap_order_naive(consumers: Sequence[Consumer], n: int, alpha: float | Seque
     return Elimination(np.array(order, dtype=np.intp), np.array(errors))
 
 
-def _pair_products(stats: LayerStats, K: int, theta0: np.ndarray) -> np.ndarray:
-    """P_ab = <G_ab, W_a W_b^T> (n x n; W_a: the K x m rows of channel a in theta0, no bias)."""
-    w = theta0[:-1]
-    n = len(w) // K
-    return ((w @ w.T) * stats.gram[:-1, :-1]).reshape(n, K, n, K).sum(axis=(1, 3))
+def _pair_products(stats: LayerStats, K: int, theta0: np.ndarray, n: int) -> np.ndarray:
+    """P_ab = <G_ab, W_a W_b^T> for the first n channels (n x n; W_a: the K x m rows of
+    channel a in theta0)."""
+    w = theta0[:n * K]
+    return ((w @ w.T) * stats.gram[:n * K, :n * K]).reshape(n, K, n, K).sum(axis=(1, 3))
 
 
 def thinet_order(consumers: Sequence[Consumer], n: int, target: int = 1) -> Elimination:
@@ -294,7 +294,7 @@ def thinet_order(consumers: Sequence[Consumer], n: int, target: int = 1) -> Elim
         E(R + c) = E(R) + P_cc + 2 sum_{r in R} P_rc
 
     with W = theta0 (no bias). errors: E(R) after each removal. O(n^2 K^2 m) for P, O(n^2) after."""
-    pairs = sum(_pair_products(stats, K, theta0)[:n, :n] for stats, K, theta0 in consumers)
+    pairs = sum(_pair_products(stats, K, theta0, n) for stats, K, theta0 in consumers)
     with_removed = np.zeros(n)  # sum_{r in R} P_rc
     removed = np.zeros(n, dtype=bool)
     order, errors, total = [], [], 0.0
