@@ -1,13 +1,13 @@
 """onnxprune: remove channels from ONNX CNNs and keep their accuracy without retraining."""
 
+from .analysis.cost import Cost, cost_of
+from .analysis.groups import Analysis, ChannelGroup, analyze
 from .config import Method, PruneConfig
-from .cost import Cost, cost_of
 from .errors import OnnxPruneError
-from .graph import load, save
-from .groups import Analysis, ChannelGroup, analyze
-from .normalize import normalize
+from .graph.io import load, save
+from .passes.normalize import normalize
+from .passes.surgery import prune_channels
 from .prune import PruneResult, prune
-from .surgery import prune_channels
 
 __all__ = [
     "Analysis", "ChannelGroup", "Cost", "Method", "OnnxPruneError", "PruneConfig", "PruneResult",

@@ -15,9 +15,8 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
-from .graph import inference_session
-from .shapes import fixed_input_shapes
-from .validate import random_feeds
+from .graph.runtime import session
+from .graph.shapes import fixed_input_shapes, random_feeds
 
 
 @dataclass(frozen=True)
@@ -34,14 +33,8 @@ class Latency:
 
 
 def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int = 0) -> ort.InferenceSession:
-    """A session as deployment would use it: all graph optimisations on."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    return inference_session(model, options, providers)
+    """A session as deployment would use it: all graph optimisations on, idle threads spinning."""
+    return session(model, providers, threads=threads, spin=True)
 
 
 def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarray] | None = None,

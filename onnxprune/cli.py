@@ -9,22 +9,24 @@ from pathlib import Path
 
 import click
 
+from . import methods
+from .analysis.cost import cost_of, model_cost
+from .analysis.groups import analyze
 from .bench import benchmark, table
-from .calibrate import Device, StatsMode, providers
-from .config import DEFAULT_ROUND_TO, Method, PruneConfig
-from .cost import cost_of, model_cost
+from .calibration.statistics import Calibration, StatsMode
+from .config import DEFAULT_METHOD, DEFAULT_ROUND_TO, Method, PruneConfig
 from .data import DataSource, open_data, parse_image_options
 from .errors import OnnxPruneError
 from .evaluate import evaluate
-from .graph import load, save
-from .groups import analyze
-from .normalize import normalize
+from .graph.io import load, save
+from .graph.runtime import Device, providers
+from .graph.shapes import parse_input_shapes
+from .graph.validate import validate
+from .passes.normalize import normalize
+from .passes.srn import serialize_residuals
+from .progress import no_progress
 from .prune import prune
-from .reconstruct import Calibration, no_progress
 from .report import inspect_json, inspect_table, prune_summary, srn_summary
-from .srn import serialize_residuals
-from .validate import validate
-from .shapes import parse_input_shapes
 
 MODEL = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 INPUT_SHAPE = click.option(
@@ -89,8 +91,9 @@ def inspect(model, input_shapes, as_json):
 @main.command(name="prune")
 @MODEL
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the pruned model.")
-@click.option("--method", type=click.Choice([m.value for m in Method]), default=Method.L1.value, show_default=True,
-              help="How channels are chosen: l1 (no data), or reap, thinet, nu (calibration data, reconstruction).")
+@click.option("--method", type=click.Choice(methods.names()), default=DEFAULT_METHOD, show_default=True,
+              help="How channels are chosen: " + "; ".join(
+                  f"{m.name}: {m.summary}" + (" (needs --calib)" if m.needs_data else "") for m in methods.all_methods()))
 @click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0 <= R < 1).")
 @click.option("--keep-flops", type=float, help="Fraction of the MACs to keep (0 < F <= 1).")
 @click.option("--keep-params", type=float, help="Fraction of the parameters to keep (0 < P <= 1).")
@@ -104,7 +107,7 @@ def inspect(model, input_shapes, as_json):
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True,
               help="Kept channel counts are multiples of N (fast onnxruntime CPU kernels want 8 or 16).")
 @click.option("--calib", "calib_path", type=click.Path(path_type=Path),
-              help="Calibration data for reap/thinet/nu: .npz, .npy or a folder of images.")
+              help="Calibration data for the data methods and --pro: .npz, .npy or a folder of images.")
 @click.option("--calib-limit", type=int, help="Use only the first N calibration samples.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Calibration samples per run.")
 @click.option("--cache-mb", type=int, default=256, show_default=True,
@@ -129,14 +132,15 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_sa
     _refuse_overwriting(model, output)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
                          keep_params, pro, pro_samples, exclude)
-    uses_data = config.method.needs_data or config.pro
+    uses_data = config.selection.needs_data or config.pro
     if calib_path is not None and not uses_data:
-        raise OnnxPruneError(f"--calib is for the data methods (reap, thinet, nu) and --pro, not --method {method}")
+        data_methods = ", ".join(m.name for m in methods.all_methods() if m.needs_data)
+        raise OnnxPruneError(f"--calib is for the data methods ({data_methods}) and --pro, not --method {method}")
     loaded = load(model)
     calibration = None
     if uses_data:
         if calib_path is None:
-            needs = f"--method {method}" if config.method.needs_data else "--pro"
+            needs = f"--method {method}" if config.selection.needs_data else "--pro"
             raise OnnxPruneError(f"{needs} needs calibration data: give --calib DATA")
         if batch_size < 1:
             raise OnnxPruneError(f"--batch-size {batch_size}: must be a positive integer")

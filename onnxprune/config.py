@@ -5,20 +5,22 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from . import methods
 from .errors import OnnxPruneError
 
 DEFAULT_ROUND_TO = 8
+DEFAULT_METHOD = "l1"
 
-
-class Method(str, enum.Enum):
-    L1 = "l1"
-    THINET = "thinet"
-    NU = "nu"
-    REAP = "reap"
+class _Named(str, enum.Enum):
+    """A registered channel-selection method (onnxprune.methods), by name."""
 
     @property
     def needs_data(self) -> bool:
-        return self is not Method.L1
+        return methods.get(self.value).needs_data
+
+
+# The registered selection methods as an enum (Method.L1, Method.REAP, ...): values are the names.
+Method = _Named("Method", {name.upper(): name for name in methods.names()})
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class PruneConfig:
     (onnxruntime's fast CPU convolutions want multiples of 8 or 16).
     """
 
-    method: Method = Method.L1
+    method: Method = Method(DEFAULT_METHOD)
     ratio: float | None = None
     keep_flops: float | None = None
     round_to: int = DEFAULT_ROUND_TO
@@ -59,3 +61,8 @@ class PruneConfig:
             raise OnnxPruneError(f"--round-to {self.round_to}: must be a positive integer")
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    @property
+    def selection(self) -> methods.SelectionMethod:
+        """The registered method that ``method`` names."""
+        return methods.get(self.method.value)

@@ -22,8 +22,8 @@ import onnx
 from PIL import Image
 
 from .errors import OnnxPruneError
-from .graph import _first_line
-from .shapes import graph_inputs
+from .graph.io import first_line
+from .graph.shapes import graph_inputs
 
 LABELS = "labels"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -194,7 +194,7 @@ def _npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, _Column], np.nda
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise OnnxPruneError(f"{path}: not a readable .npz file ({_first_line(exc)})") from None
+        raise OnnxPruneError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
     labels = arrays.pop(LABELS, None)
     if len(specs) == 1 and len(arrays) == 1:
         (key, array), = arrays.items()
@@ -203,9 +203,9 @@ def _npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, _Column], np.nda
     missing = [n for n in names if n not in arrays]
     unknown = [k for k in arrays if k not in names]
     if missing or unknown:
-        parts = ([f"no array for the model input(s) {_quoted(missing)}"] if missing else []) + \
-                ([f"unknown array(s) {_quoted(unknown)}"] if unknown else [])
-        raise OnnxPruneError(f"{path}: {'; '.join(parts)} (model inputs: {_quoted(names)})")
+        parts = ([f"no array for the model input(s) {quoted(missing)}"] if missing else []) + \
+                ([f"unknown array(s) {quoted(unknown)}"] if unknown else [])
+        raise OnnxPruneError(f"{path}: {'; '.join(parts)} (model inputs: {quoted(names)})")
     columns = {name: _array_column(f"array '{name}'", arrays[name]) for name in names}
     return columns, _checked_labels(path, labels)
 
@@ -213,12 +213,12 @@ def _npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, _Column], np.nda
 def _npy(path: Path, specs: list[InputSpec]) -> dict[str, _Column]:
     if len(specs) != 1:
         raise OnnxPruneError(
-            f"{path}: a .npy file holds one array, the model has inputs {_quoted(s.name for s in specs)}: use a .npz"
+            f"{path}: a .npy file holds one array, the model has inputs {quoted(s.name for s in specs)}: use a .npz"
         )
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise OnnxPruneError(f"{path}: not a readable .npy file ({_first_line(exc)})") from None
+        raise OnnxPruneError(f"{path}: not a readable .npy file ({first_line(exc)})") from None
     return {specs[0].name: _array_column("the array", array)}
 
 
@@ -240,7 +240,7 @@ def _image_folder(folder: Path, specs: list[InputSpec],
                   options: ImageOptions) -> tuple[dict[str, _Column], np.ndarray | None]:
     if len(specs) != 1:
         raise OnnxPruneError(
-            f"{folder}: an image folder feeds one input, the model has inputs {_quoted(s.name for s in specs)}"
+            f"{folder}: an image folder feeds one input, the model has inputs {quoted(s.name for s in specs)}"
         )
     spec = specs[0]
     if options.layout not in LAYOUTS:
@@ -313,7 +313,7 @@ def _read_image(file: Path, channels: int, resize: tuple[int, int] | None) -> np
                 image = image.resize((resize[1], resize[0]), Image.Resampling.BILINEAR)
             pixels = np.asarray(image)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise OnnxPruneError(f"{file}: not a readable image ({_first_line(exc)})") from None
+        raise OnnxPruneError(f"{file}: not a readable image ({first_line(exc)})") from None
     return pixels.reshape(*pixels.shape[:2], channels)
 
 
@@ -424,6 +424,6 @@ def _fmt(dims) -> str:
     return "[" + ", ".join(str(d) for d in dims) + "]"
 
 
-def _quoted(names) -> str:
+def quoted(names) -> str:
     return ", ".join(f"'{n}'" for n in names)
 

@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from .data import Batch, DataSource, InputSpec, _quoted, model_inputs
+from .data import Batch, DataSource, InputSpec, model_inputs, quoted
 from .errors import OnnxPruneError
-from .graph import _first_line
-from .validate import session
+from .graph.io import first_line
+from .graph.runtime import session
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def check_same_inputs(model: onnx.ModelProto, reference: onnx.ModelProto) -> Non
     theirs = {s.name: s for s in model_inputs(reference)}
     if ours.keys() != theirs.keys():
         raise OnnxPruneError(
-            f"the reference model's inputs {_quoted(theirs)} are not the model's {_quoted(ours)}"
+            f"the reference model's inputs {quoted(theirs)} are not the model's {quoted(ours)}"
         )
     for name, spec in ours.items():
         other = theirs[name]
@@ -144,7 +144,7 @@ def _session(model: onnx.ModelProto, what: str) -> ort.InferenceSession:
     try:
         return session(model, optimize=True)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(f"onnxruntime cannot load {what}: {_first_line(exc)}") from None
+        raise OnnxPruneError(f"onnxruntime cannot load {what}: {first_line(exc)}") from None
 
 
 def _run(sess: ort.InferenceSession, batch: Batch, what: str) -> np.ndarray:
@@ -154,7 +154,7 @@ def _run(sess: ort.InferenceSession, batch: Batch, what: str) -> np.ndarray:
     try:
         y = np.asarray(sess.run([sess.get_outputs()[0].name], batch.feeds)[0])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(f"onnxruntime failed on {samples} with {what}: {_first_line(exc)}") from None
+        raise OnnxPruneError(f"onnxruntime failed on {samples} with {what}: {first_line(exc)}") from None
     if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
         raise OnnxPruneError(f"{what} outputs NaN or Inf on {samples}")
     return y

@@ -1,25 +1,27 @@
-"""The pruning pipeline: normalise, analyse, choose channels, cut, validate."""
+"""The pruning pipeline and public entry point: normalise, analyse, fit widths, let the method choose and cut, validate."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import Callable
 
 import numpy as np
 import onnx
 
+from .analysis.cost import MacPredictor, ParamPredictor, cost_of, model_cost
+from .analysis.groups import Analysis, ChannelGroup, analyze
+from .calibration.statistics import Calibration
 from .config import PruneConfig
-from .cost import MacPredictor, ParamPredictor, cost_of, model_cost
 from .errors import OnnxPruneError
-from .groups import Analysis, ChannelGroup, analyze
-from .methods.l1 import l1_scores
-from .normalize import normalize
-from .pro import ProStep, optimize_counts
-from .ratios import fit_budget, uniform
-from .reconstruct import Calibration, LayerNote, Progress, no_progress, prune_sequential, reconstructable
-from .srn import serialize_residuals
-from .surgery import prune_channels
-from .validate import validate
+from .graph.validate import validate
+from .methods.l1 import l1_scores, select
+from .methods.sequential import LayerNote
+from .passes.normalize import normalize
+from .passes.srn import serialize_residuals
+from .progress import Progress, no_progress
+from .widths.budget import Counts, fit_budget, uniform
+from .widths.pro import ProStep, optimize_counts
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,12 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
           progress: Progress = no_progress) -> PruneResult:
     """Prune ``model`` as ``config`` says; the input model is not modified.
 
-    Data methods (reap, thinet, nu) need ``calibration`` and prune only the groups
-    whose consumers they can reconstruct; the others are reported.
+    Methods that need data need ``calibration``; each prunes only the groups it can (the
+    data methods: those whose consumers they can reconstruct), and the others are reported.
     """
-    if config.method.needs_data and calibration is None:
-        raise OnnxPruneError(f"--method {config.method.value} needs calibration data: give --calib DATA")
+    method = config.selection
+    if method.needs_data and calibration is None:
+        raise OnnxPruneError(f"--method {method.name} needs calibration data: give --calib DATA")
     if config.pro and calibration is None:
         raise OnnxPruneError("--pro measures the final-output error on calibration data: give --calib DATA")
     normalized, _ = normalize(model)
@@ -89,21 +92,17 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     before = model_cost(analysis.graph, analysis.shapes)
     if not config.srn:
         original = before
-    scores = l1_scores(analysis)
     excluded = excluded_groups(analysis, config.exclude)
     channels = {g.id: g.channels for g in analysis.groups if g.prunable and g.id not in excluded}
-    skipped: dict[int, str] = {}
-    if config.method.needs_data:
-        plans, skipped = reconstructable(analysis)
-        skipped = {g: why for g, why in skipped.items() if g not in excluded}
-        channels = {g: n for g, n in channels.items() if g in plans}
+    can, skipped = method.prunable(analysis)
+    skipped = {g: why for g, why in skipped.items() if g not in excluded}
+    if can is not None:
+        channels = {g: n for g, n in channels.items() if g in can}
     if not channels:
         raise OnnxPruneError("no prunable channel group in this model (see `onnxprune inspect` for the reasons)"
                              + (f"; not reconstructable: {'; '.join(sorted(set(skipped.values())))}" if skipped else "")
                              + (f"; {len(excluded)} excluded by --exclude" if excluded else ""))
-
-    def keep_for(counts: dict[int, int]) -> dict[int, np.ndarray]:
-        return select(analysis, scores, counts)
+    keep_for = proxy_choice(analysis)
 
     trace: list[ProStep] = []
     if config.ratio is not None:
@@ -116,8 +115,8 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         option = "--keep-params" if by_params else "--keep-flops"
         if config.pro:
             counts, trace = optimize_counts(
-                normalized, analysis, config.method, channels, lambda keep: predict(analysis.removed_mask(keep)),
-                budget, calibration, scores, config.round_to, config.pro_samples, progress)
+                normalized, analysis, method, channels, lambda keep: predict(analysis.removed_mask(keep)),
+                budget, calibration, config.round_to, config.pro_samples, progress)
         else:
             counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget,
                                 config.round_to)
@@ -129,12 +128,8 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
                 f"(--round-to {config.round_to}, frozen groups untouched) keeps {deepest / reference:.3f} of the "
                 f"{'parameters' if by_params else 'MACs'}"
             )
-    notes: list[LayerNote] = []
-    if config.method.needs_data:
-        pruned, keep, notes = prune_sequential(normalized, analysis, counts, config.method, calibration, progress)
-    else:
-        keep = keep_for(counts)
-        pruned = prune_channels(normalized, analysis, keep)
+    done = method.prune(normalized, analysis, counts, calibration, progress)
+    pruned, keep, notes = done.model, done.keep, done.notes
     validate(pruned, config.input_shapes)
     after = cost_of(pruned, config.input_shapes)
     changes = tuple(GroupChange(g, len(keep.get(g.id, range(g.channels))), skipped.get(g.id), excluded.get(g.id))
@@ -142,6 +137,16 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     srn = srn_report.to_json(original.macs, before.macs) if srn_report else None
     return PruneResult(pruned, config, original.macs, after.macs, original.params, after.params, changes,
                        tuple(notes), srn, tuple(trace))
+
+
+def proxy_choice(analysis: Analysis) -> Callable[[Counts], dict[int, np.ndarray]]:
+    """Which channels each group would keep at given counts, for predicting the cost of counts
+    before any method has chosen: the l1 ranking stands in for every method (the data methods
+    choose only while pruning, from statistics of the model pruned so far). The cost depends
+    on WHICH channels go only where a group is read in parts (Split/Slice: each part's share,
+    and a part never left empty); elsewhere the counts alone decide it and the proxy is exact."""
+    scores = l1_scores(analysis)
+    return lambda counts: select(analysis, scores, counts)
 
 
 def excluded_groups(analysis: Analysis, patterns: tuple[str, ...]) -> dict[int, str]:
@@ -160,22 +165,4 @@ def excluded_groups(analysis: Analysis, patterns: tuple[str, ...]) -> dict[int, 
             excluded[g.id] = f"excluded by --exclude '{hits[0][0]}' (produced by {hits[0][1]})"
     return excluded
 
-
-def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int]) -> dict[int, np.ndarray]:
-    """Keep the ``counts[g]`` best-scoring channels of each group, never emptying a tensor."""
-    keep = {}
-    for gid, k in counts.items():
-        order = np.argsort(-scores[gid], kind="stable")
-        keep[gid] = np.sort(order[:k])
-    removed = analysis.removed_mask(keep)
-    for name in analysis.layouts:
-        if analysis.channel_count(name, removed) == 0:
-            # A Split/Slice part whose channels all lost: keep its best channel.
-            classes = analysis.atom_class[analysis.layouts[name].atoms]
-            gid = int(analysis.class_group[classes[0]])
-            idx = analysis.class_index[classes]
-            best = idx[np.argmax(scores[gid][idx])]
-            keep[gid] = np.union1d(keep[gid], [best])
-            removed = analysis.removed_mask(keep)
-    return keep
 

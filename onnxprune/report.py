@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .cost import Cost
-from .groups import Analysis
+from .analysis.cost import Cost
+from .analysis.groups import Analysis
 from .prune import PruneResult
 
 

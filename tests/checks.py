@@ -6,9 +6,9 @@ import onnx_graphsurgeon as gs
 
 from builders import run
 
-from onnxprune.graph import to_graph, to_model
-from onnxprune.groups import Analysis, EditKind
-from onnxprune.prune import select
+from onnxprune.analysis.groups import Analysis, EditKind
+from onnxprune.graph.convert import to_graph, to_model
+from onnxprune.methods.l1 import select
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -7,15 +7,15 @@ import pytest
 from builders import FACTORIES, random_feeds
 from click.testing import CliRunner
 
-from onnxprune import graph
+from onnxprune.graph import io, runtime
 from onnxprune.cli import main
 
 
 @pytest.fixture
 def tiny_limits(monkeypatch):
     """Every model counts as over the limit, and every initializer as large."""
-    monkeypatch.setattr(graph, "_EXTERNAL_DATA_BYTES", 0)
-    monkeypatch.setattr(graph, "_OUTSIDE_BYTES", 0)
+    monkeypatch.setattr(io, "EXTERNAL_DATA_BYTES", 0)
+    monkeypatch.setattr(runtime, "OUTSIDE_BYTES", 0)
 
 
 def outputs(session, feeds):
@@ -27,7 +27,7 @@ def test_a_large_model_session_computes_the_same_and_leaves_the_model_as_it_was(
     model = FACTORIES[name]()
     before = model.SerializeToString()
     plain = ort.InferenceSession(before, providers=["CPUExecutionProvider"])
-    large = graph.inference_session(model, ort.SessionOptions(), ["CPUExecutionProvider"])
+    large = runtime.session(model)
     assert len(large.onnxprune_weights) == len(model.graph.initializer)  # every one went outside
     assert model.SerializeToString() == before
     feeds = random_feeds(model)

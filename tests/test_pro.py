@@ -8,12 +8,14 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from onnxprune import OnnxPruneError, PruneConfig, prune
+from onnxprune import methods
 from onnxprune.cli import main
 from onnxprune.config import Method
 from onnxprune import analyze, normalize
-from onnxprune.pro import _orders, allowed_counts
-from onnxprune.reconstruct import no_progress, reconstructable
-from onnxprune.reconstruct import Calibration
+from onnxprune.analysis.consumers import reconstructable
+from onnxprune.calibration.statistics import Calibration
+from onnxprune.progress import no_progress
+from onnxprune.widths.pro import Reconstructions, allowed_counts
 
 
 def calibration(model, samples=64, batch=16, seed=1):
@@ -66,7 +68,8 @@ def test_candidate_weights_of_a_concat_consumer_leave_out_what_the_base_lost():
     analysis = analyze(normalized)
     plans, _ = reconstructable(analysis)
     channels = {g: analysis.groups[g].channels for g in plans}
-    orders, weights = _orders(normalized, analysis, Method.REAP, channels, calibration(model), None, no_progress)
+    rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress)
+    orders, weights = rebuilt.orders, rebuilt.weights
     g, c, b = next((g, c, b) for g in plans for c in plans[g] for b in plans
                    if b != g and c in plans[b])  # c reads groups g and b
     gone = orders[b][:channels[b] // 2]
@@ -140,7 +143,7 @@ def test_candidates_on_a_pruned_base_measure_what_they_measure_on_the_original_s
     """PRO runs candidates on a model pruned to the widths of an earlier commit (rebased
     whenever the cost falls below REBASE of the base's); rebasing at every commit or never
     must give the same choices and errors."""
-    from onnxprune import pro
+    from onnxprune.widths import pro
 
     model = FACTORIES[name]()
     config = PruneConfig(method=Method.REAP, keep_flops=0.4, round_to=1, pro=True, pro_samples=32)

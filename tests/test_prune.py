@@ -8,11 +8,10 @@ from hypothesis import strategies as st
 
 from onnxprune import OnnxPruneError, PruneConfig, analyze, cost_of, normalize, prune
 from onnxprune.config import Method
-from onnxprune.cost import MacPredictor, model_cost
-from onnxprune.methods.l1 import l1_scores
-from onnxprune.prune import select
-from onnxprune.ratios import fit_budget, kept_count, uniform
-from onnxprune.reconstruct import Calibration
+from onnxprune.analysis.cost import MacPredictor, model_cost
+from onnxprune.calibration.statistics import Calibration
+from onnxprune.methods.l1 import l1_scores, select
+from onnxprune.widths.budget import fit_budget, kept_count, uniform
 
 
 def calibration(model, samples=64, batch=16):
@@ -158,7 +157,7 @@ def test_predictor_matches_recount_at_several_depths():
     analysis = analyze(normalized)
     predictor = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes))
     channels = {g.id: g.channels for g in analysis.groups if g.prunable}
-    from onnxprune.surgery import prune_channels
+    from onnxprune.passes.surgery import prune_channels
 
     for ratio in (0.25, 0.5, 0.75):
         keep = select(analysis, l1_scores(analysis), uniform(channels, ratio))

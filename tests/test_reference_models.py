@@ -9,7 +9,7 @@ from onnxprune import PruneConfig, load, prune
 from onnxprune.config import Method
 from onnxprune.data import open_data
 from onnxprune.evaluate import evaluate
-from onnxprune.reconstruct import Calibration
+from onnxprune.calibration.statistics import Calibration
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
 NAMES = ["resnet20", "resnet56", "vgg16", "mobilenetv2", "densenet"]

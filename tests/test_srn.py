@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from onnxprune import PruneConfig, analyze, cost_of, normalize, prune
-from onnxprune.graph import to_graph, to_model
-from onnxprune.srn import serialize_residuals
+from onnxprune.graph.convert import to_graph, to_model
+from onnxprune.passes.srn import serialize_residuals
 
 LIGHT_RESNET50 = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_resnet50.onnx"
 MODELS = Path(__file__).parent.parent / "models"
@@ -21,7 +21,7 @@ MODELS = Path(__file__).parent.parent / "models"
 
 def serialized_exactly(model, feeds=None, input_shapes=None):
     """The SRN model, after checking that it is valid, exactly equivalent and a fixed point."""
-    srn, report = serialize_residuals(model, input_shapes)
+    srn, report = serialize_residuals(normalize(model)[0], input_shapes)
     onnx.checker.check_model(srn, full_check=True)
     feeds = random_feeds(model) if feeds is None else feeds
     for x, y in zip(run(model, feeds), run(srn, feeds), strict=True):
@@ -200,10 +200,10 @@ def test_silu_residuals_are_skipped():
 
 
 def test_input_model_is_not_modified_and_report_json():
-    model = FACTORIES["bottleneck_net"]()
-    before = model.SerializeToString()
-    srn, report = serialize_residuals(model)
-    assert model.SerializeToString() == before
+    normalized, _ = normalize(FACTORIES["bottleneck_net"]())
+    before = normalized.SerializeToString()
+    srn, report = serialize_residuals(normalized)
+    assert normalized.SerializeToString() == before
     assert report.to_json(1, 2) == {
         "blocks_serialized": 2, "blocks_skipped": [], "macs_before": 1, "macs_after": 2,
     }
@@ -246,7 +246,7 @@ def test_light_resnet50_serializes_exactly():
 @pytest.mark.parametrize("name, kwargs", [("basic_block_net", {}), ("basic_block_net", {"preact": True}),
                                            ("bottleneck_net", {})])
 def test_pruning_a_serialized_model(name, kwargs):
-    srn, _ = serialize_residuals(FACTORIES[name](**kwargs))
+    srn, _ = serialize_residuals(normalize(FACTORIES[name](**kwargs))[0])
     result = prune(srn, PruneConfig(ratio=0.5, round_to=1))
     onnx.checker.check_model(result.model, full_check=True)
     assert result.macs_after < result.macs_before == cost_of(srn).macs

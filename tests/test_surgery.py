@@ -15,9 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune import OnnxPruneError, analyze, cost_of, normalize, prune_channels
-from onnxprune.cost import MacPredictor, model_cost
-from onnxprune.methods.l1 import l1_scores
-from onnxprune.prune import select
+from onnxprune.analysis.cost import MacPredictor, model_cost
+from onnxprune.methods.l1 import l1_scores, select
 
 
 def prepared(model):

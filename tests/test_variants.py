@@ -10,9 +10,10 @@ from builders import FACTORIES, cnn_models, random_feeds, run
 from hypothesis import given, settings
 
 from onnxprune import analyze, normalize
-from onnxprune.reconstruct import overlay_weights, reconstructable, theta_of
-from onnxprune.surgery import prune_channels
-from onnxprune.variants import Variants, bind, weights_as_inputs
+from onnxprune.analysis.consumers import reconstructable
+from onnxprune.methods.weights import overlay_weights, theta_of
+from onnxprune.passes.surgery import prune_channels
+from onnxprune.widths.variants import Variants, bind, weights_as_inputs
 
 MODELS = Path(__file__).parent.parent / "models"
 

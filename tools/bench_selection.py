@@ -37,14 +37,20 @@ if __name__ == "__main__":  # BLAS reads its thread count when numpy loads
     for var in BLAS_THREADS:
         os.environ[var] = str(ARGS.threads)
 
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 
-from onnxprune.linalg import (  # noqa: E402
-    Consumer, LayerStats, objective, reap_order, reap_order_naive, ridge_solve, stats_from_data,
-)
+from onnxprune.calibration.layer_stats import LayerStats, stats_from_data  # noqa: E402
+from onnxprune.methods.least_squares import Problem, objective, ridge_solve  # noqa: E402
+from onnxprune.methods.reap import reap_order  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the brute-force reference
+from oracles import reap_order_naive  # noqa: E402
 
 
-def make_problem(n: int, k: int, seed: int = 0) -> Consumer:
+def make_problem(n: int, k: int, seed: int = 0) -> Problem:
     """One consumer: patches X = Z A + noise (rank nK/2 mixing), Y = [X 1] theta + noise,
     theta0 = theta + perturbation; statistics accumulated chunk by chunk."""
     rng = np.random.default_rng(seed)
@@ -68,7 +74,7 @@ def timed(fn, *args, **kwargs):
     return result, time.perf_counter() - start
 
 
-def naive_estimate(consumer: Consumer, n: int, alpha: float) -> float:
+def naive_estimate(consumer: Problem, n: int, alpha: float) -> float:
     """Seconds the naive removal of n // 2 channels would take: one candidate (ridge_solve and
     objective on n - 1 channels, best of 3) times the candidates of every step, each scaled by
     (kept / (n - 1))^3 for its smaller solve."""

@@ -1,4 +1,4 @@
-"""Tensor shapes from onnx shape inference, with dynamic input dims fixed.
+"""A model's inputs and tensor shapes: shape inference with dynamic input dims fixed, random feeds.
 
 Convention: a dynamic leading (batch) dim is taken as 1, so costs are per
 sample; any other dynamic dim must be given with ``--input-shape NAME=d0,d1,...``
@@ -7,9 +7,11 @@ or it stays unknown (``None``), and whatever needs it says so.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 
-from .errors import OnnxPruneError
+from ..errors import OnnxPruneError
+from .runtime import session
 
 Shape = tuple  # of int | None
 
@@ -21,6 +23,31 @@ def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     """The inputs a user feeds (old IR versions also list initializers as inputs)."""
     inits = {i.name for i in model.graph.initializer}
     return [i for i in model.graph.input if i.name not in inits]
+
+
+NUMPY_OF = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.UINT8: np.uint8,
+    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.INT32: np.int32,
+    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.BOOL: np.bool_,
+}
+
+
+def random_feeds(model: onnx.ModelProto, input_shapes=None, seed: int = 0) -> dict[str, np.ndarray] | None:
+    """Random inputs of the model's input shapes; None if some dim is unknown."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    fixed = fixed_input_shapes(model, input_shapes)
+    for vi in graph_inputs(model):
+        shape = fixed[vi.name]
+        dtype = NUMPY_OF.get(vi.type.tensor_type.elem_type)
+        if dtype is None or any(d is None for d in shape):
+            return None
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        else:
+            feeds[vi.name] = rng.integers(0, 2 if dtype == np.bool_ else 255, size=shape).astype(dtype)
+    return feeds
 
 
 def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
@@ -115,8 +142,6 @@ def infer_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
 def _shapes_from_onnxruntime(model, fixed, names, inferred) -> dict[str, Shape]:
     """Shapes that inference could not work out (sizes computed at run time, e.g.
     Shape -> Gather -> Resize), read from one onnxruntime run on random inputs."""
-    from .validate import random_feeds, session
-
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in [*inferred.graph.value_info, *inferred.graph.output]}
     probe = onnx.ModelProto()
@@ -126,7 +151,7 @@ def _shapes_from_onnxruntime(model, fixed, names, inferred) -> dict[str, Shape]:
     for name in wanted:
         probe.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
     try:
-        run = session(probe)
+        run = session(probe, optimize=False)
         outputs = run.run(None, random_feeds(model, fixed))
     except Exception:  # shapes then stay unknown, and whatever needs them says so
         return {}

@@ -10,10 +10,14 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from onnxprune import OnnxPruneError, PruneConfig, analyze, normalize, prune
-from onnxprune.calibrate import StatsMode, make_session, probe_model, run_probe
+from onnxprune import methods
+from onnxprune.analysis.consumers import reconstructable
+from onnxprune.calibration.statistics import Calibration, StatsMode
 from onnxprune.cli import main
 from onnxprune.config import Method
-from onnxprune.reconstruct import Calibration, prune_sequential, reconstructable
+from onnxprune.graph.probe import probe_model
+from onnxprune.graph.runtime import run_all, session
+from onnxprune.methods.sequential import prune_sequential
 
 DATA_METHODS = [Method.REAP, Method.THINET, Method.NU]
 
@@ -56,7 +60,8 @@ def test_redundant_channels_go_first_with_no_error(method, kind):
     normalized, _ = normalize(model)
     analysis = analyze(normalized)
     removed = 2 if kind == "duplicate" else 1
-    pruned, keep, _ = prune_sequential(normalized, analysis, {0: 8 - removed}, method, calibration(model))
+    pruned, keep, _ = prune_sequential(normalized, analysis, {0: 8 - removed}, methods.get(method.value),
+                                       calibration(model))
     assert len(keep[0]) == 8 - removed
     assert rel_error(model, pruned, random_feeds(model, batch=8, seed=9)) < 1e-4
 
@@ -137,7 +142,7 @@ def test_consumers_of_concatenated_groups_are_reconstructed(name, method, sequen
 def _layer_output(model, node_name, feeds):
     normalized, _ = normalize(model)
     node = next(n for n in normalized.graph.node if n.name == node_name)
-    return run_probe(make_session(probe_model(normalized, [node.output[0]]), ["CPUExecutionProvider"]),
+    return run_all(session(probe_model(normalized, [node.output[0]]), ["CPUExecutionProvider"]),
                      feeds)[node.output[0]]
 
 

@@ -1,9 +1,9 @@
-"""Weight variants of one model, each run from the first node it changes.
+"""Weight variants of one model (PRO's candidates), each run from the first node it changes.
 
 PRO measures the final output of hundreds of candidates that differ from the current
 model only in the weights of one group's consumers. Removed channels need not be cut
 out for that: the data methods' reconstructed weights keep the original shapes with
-zero rows for removed channels (reconstruct.py), and a consumer whose rows for a
+zero rows for removed channels (methods/sequential.py), and a consumer whose rows for a
 channel are zero ignores it, so a candidate computes the same function as any model
 that still has those channels (the original, or one pruned to fewer removals) with its
 weights written in. Here every consumer's weight and bias become graph inputs: the model
@@ -19,10 +19,12 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
-from .activations import live_tensors
-from .calibrate import Consumer, make_session, probe_model, run_probe
-from .graph import to_graph, to_model, unique_name
-from .reconstruct import fold_alpha, param_slots, theta_params
+from ..analysis.consumers import Consumer
+from ..calibration.cache import KeptActivations, live_tensors
+from ..graph.convert import to_graph, to_model, unique_name
+from ..graph.probe import probe_model
+from ..graph.runtime import run_all, session
+from ..methods.weights import fold_alpha, param_slots, theta_params
 
 Params = dict[str, np.ndarray]  # graph input name -> value
 
@@ -68,14 +70,15 @@ class Variants:
                  outputs: list[str], providers: list[str], budget_bytes: int):
         self.model, self.slots, self.current = weights_as_inputs(model, consumers)
         self.original = dict(self.current)
-        self.feeds, self.outputs, self.providers, self.budget = feeds, outputs, providers, budget_bytes
+        self.outputs, self.providers = outputs, providers
         nodes = self.model.graph.node
         self.producer = {o: i for i, n in enumerate(nodes) for o in n.output}
         self.reader = {}  # parameter input -> position of its first reader
         for i, n in reversed(list(enumerate(nodes))):
             self.reader.update({name: i for name in n.input if name in self.current})
-        self.values: dict[str, np.ndarray] = {}  # activations of the current weights
         self._live: dict[int, list[str]] = {}
+        self.kept = KeptActivations(feeds, budget_bytes, self.live,  # activations of the current weights
+                                    lambda start, names, inputs: self._run(start, names, inputs, self.current))
         self._segments: dict[tuple[int, tuple[str, ...]], onnx.ModelProto] = {}  # parameters still inputs
 
     def params(self, c: Consumer, theta: np.ndarray, outputs: np.ndarray) -> Params:
@@ -88,13 +91,13 @@ class Variants:
         """The outputs with ``changed`` parameters, the others as committed (nothing changed:
         the whole model runs)."""
         start = self._cut(changed)
-        values = self._run(start, tuple(self.outputs), self._at(start), {**self.current, **changed})
+        values = self._run(start, tuple(self.outputs), self.kept.at(start), {**self.current, **changed})
         return [values[n] for n in self.outputs]
 
     def commit(self, changed: Params) -> None:
         start = self._cut(changed)
         self.current.update(changed)
-        self.values = {k: v for k, v in self.values.items() if self.producer[k] < start}
+        self.kept.forget(lambda name: self.producer[name] >= start)
 
     def _cut(self, changed: Params) -> int:
         return min((self.reader[name] for name in changed if name in self.reader), default=0)
@@ -105,25 +108,12 @@ class Variants:
             self._live[position] = [n for n in live_tensors(self.model, position) if n not in self.current]
         return self._live[position]
 
-    def _at(self, position: int) -> dict[str, np.ndarray]:
-        """The live activations at ``position`` for the current weights, from the latest cut known."""
-        known = {**self.feeds, **self.values}
-        wanted = self.live(position)
-        missing = tuple(n for n in wanted if n not in known)
-        if missing:
-            start = max((p for p in range(position, 0, -1) if all(n in known for n in self.live(p))), default=0)
-            self.values.update(self._run(start, missing, {n: known[n] for n in self.live(start)}, self.current))
-            if sum(v.nbytes for v in self.values.values()) > self.budget:
-                self.values = {n: self.values[n] for n in wanted if n in self.values}
-            known = {**self.feeds, **self.values}
-        return {n: known[n] for n in wanted}
-
     def _run(self, start: int, outputs: tuple[str, ...], inputs: dict[str, np.ndarray], params: Params,
              ) -> dict[str, np.ndarray]:
         key = (start, outputs)
         if key not in self._segments:
             self._segments[key] = probe_model(self.model, list(outputs), {**inputs, **params})
-        return run_probe(make_session(bind(self._segments[key], params), self.providers), inputs)
+        return run_all(session(bind(self._segments[key], params), self.providers), inputs)
 
 
 def bind(model: onnx.ModelProto, params: Params) -> onnx.ModelProto:

@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import OnnxPruneError
-from .graph import to_graph
+from ..errors import OnnxPruneError
+from ..graph.convert import to_graph
+from ..graph.shapes import infer_shapes
 from .groups import Analysis, EditKind
-from .shapes import infer_shapes
 
 COSTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 

@@ -23,9 +23,9 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph import set_constant_input, to_graph, to_model, unique_name
-from .normalize import fold_batchnorms, normalize
-from .shapes import infer_shapes
+from ..graph.convert import set_constant_input, to_graph, to_model, unique_name
+from ..graph.shapes import infer_shapes
+from .normalize import fold_batchnorms
 
 # Activations that are the identity on v >= 0: they carry a copy of x >= 0 as they are.
 CARRYING = frozenset({"Relu", "LeakyRelu", "PRelu"})
@@ -80,12 +80,13 @@ class _Failure:
 def serialize_residuals(
     model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None
 ) -> tuple[onnx.ModelProto, SrnReport]:
-    """The serialised model (normalised) and what was done; ``model`` is not modified.
+    """The serialised model and what was done; ``model`` is not modified.
 
-    ``input_shapes`` fixes dynamic input dims (spatial sizes decide some Dirac checks)."""
-    normalized, _ = normalize(model)
-    graph = to_graph(normalized)
-    shapes = infer_shapes(normalized, input_shapes)
+    Contract: ``model`` is normalised (passes.normalize: BatchNorm folded, constants as
+    initializers), as the pipeline's models are. ``input_shapes`` fixes dynamic input dims
+    (spatial sizes decide some Dirac checks)."""
+    graph = to_graph(model)
+    shapes = infer_shapes(model, input_shapes)
     serialized, skipped = 0, []
     for node in list(graph.nodes):
         if not _is_residual(node):
@@ -97,7 +98,7 @@ def serialize_residuals(
             _serialize(graph, block)
             serialized += 1
     fold_batchnorms(graph)  # a pre-activation BN whose input now has one reader
-    return to_model(graph, normalized), SrnReport(serialized, tuple(skipped))
+    return to_model(graph, model), SrnReport(serialized, tuple(skipped))
 
 
 # -- matching ------------------------------------------------------------------------

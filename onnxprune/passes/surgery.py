@@ -13,9 +13,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .errors import OnnxPruneError
-from .graph import default_opset, set_constant_input, to_graph, to_model, unique_name
-from .groups import Analysis, Edit, EditKind
+from ..analysis.groups import Analysis, Edit, EditKind
+from ..errors import OnnxPruneError
+from ..graph.convert import set_constant_input, to_graph, to_model, unique_name
+from ..graph.io import default_opset
 
 
 def prune_channels(model: onnx.ModelProto, analysis: Analysis, keep: dict[int, np.ndarray]) -> onnx.ModelProto:

@@ -7,8 +7,12 @@ import pytest
 from builders import FACTORIES, NetBuilder, random_feeds
 
 from onnxprune import analyze, normalize
-from onnxprune.calibrate import StatsMode, collect, patches, probe_model, make_session, run_probe, targets
-from onnxprune.reconstruct import reconstructable, theta_of
+from onnxprune.analysis.consumers import reconstructable
+from onnxprune.calibration.statistics import StatsMode, collect, targets
+from onnxprune.graph.probe import probe_model
+from onnxprune.graph.runtime import run_all, session
+from onnxprune.methods.weights import theta_of
+from oracles import patches
 
 
 def setup(model):
@@ -33,9 +37,8 @@ def test_patches_times_weights_give_the_layer_output(model):
     normalized, analysis, consumers = setup(model)
     assert consumers
     nodes = {n.name: n for n in analysis.graph.nodes}
-    session = make_session(probe_model(normalized, sorted({c.input for c in consumers} | {c.output for c in consumers})),
-                           ["CPUExecutionProvider"])
-    values = run_probe(session, random_feeds(normalized, batch=3))
+    run = session(probe_model(normalized, sorted({c.input for c in consumers} | {c.output for c in consumers})))
+    values = run_all(run, random_feeds(normalized, batch=3))
     for c in consumers:
         theta = theta_of(nodes[c.node], c)
         x, y = patches(values[c.input], c), targets(values[c.output], c)
@@ -83,7 +86,7 @@ def test_shape_inference_without_the_weights_infers_what_it_does_with_them(path)
     import onnx
     from onnx import helper
 
-    from onnxprune.calibrate import _inferred, _without_weights
+    from onnxprune.graph.probe import _inferred, _without_weights
 
     model, _ = normalize(onnx.load(str(Path(__file__).parent / path)))
     light = _without_weights(model)

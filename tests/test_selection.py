@@ -5,10 +5,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxprune.linalg import (
-    LayerStats, choose_alpha, columns, error, nu_apply, nu_plan, reap_order, reap_order_naive, reap_steps,
-    ridge_solve, stats_from_data, thinet_order,
-)
+from onnxprune.calibration.layer_stats import LayerStats, stats_from_data
+from onnxprune.methods.least_squares import choose_alpha, columns, error, ridge_solve
+from onnxprune.methods.nu import nu_apply, nu_plan
+from onnxprune.methods.reap import reap_order, reap_steps
+from onnxprune.methods.thinet import thinet_order
+from oracles import reap_order_naive
 
 SMALL = settings(max_examples=20, deadline=None)
 FEW = settings(max_examples=5, deadline=None)

@@ -28,8 +28,9 @@ import onnx_graphsurgeon as gs
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .graph import default_opset, to_graph
-from .shapes import infer_shapes
+from ..graph.convert import to_graph
+from ..graph.io import default_opset
+from ..graph.shapes import infer_shapes
 
 
 @dataclass

@@ -7,10 +7,10 @@ from builders import FACTORIES, random_feeds, run
 from test_reconstruct import calibration
 
 from onnxprune import PruneConfig, normalize, prune
-from onnxprune.activations import SegmentRunner, live_tensors, pairs
-from onnxprune.calibrate import probe_model
+from onnxprune.calibration.cache import SegmentRunner, live_tensors, pairs
+from onnxprune.calibration.statistics import Calibration
 from onnxprune.config import Method
-from onnxprune.reconstruct import Calibration
+from onnxprune.graph.probe import probe_model
 
 MODELS = ["conv_chain", "basic_block_net", "bottleneck_net", "densenet_like", "c2f_like", "se_net",
           "flatten_gemm_net", "mobilenetv2_block_net"]
@@ -131,9 +131,9 @@ def test_pruning_with_the_activation_cache_equals_pruning_without(name, method):
 @pytest.mark.parametrize("budget", [0, 1 << 30])
 def test_cuts_run_variants_from_their_cut_and_forget_what_a_change_invalidates(budget):
     from onnxprune import analyze
-    from onnxprune.activations import Cuts
-    from onnxprune.reconstruct import touched_nodes
-    from onnxprune.surgery import prune_channels
+    from onnxprune.analysis.consumers import touched_nodes
+    from onnxprune.calibration.cache import Cuts
+    from onnxprune.passes.surgery import prune_channels
 
     model, _ = normalize(FACTORIES["basic_block_net"](blocks=2))
     analysis = analyze(model)
@@ -150,7 +150,7 @@ def test_cuts_run_variants_from_their_cut_and_forget_what_a_change_invalidates(b
         np.testing.assert_allclose(got, run(variant, feeds)[0], rtol=1e-5, atol=1e-5)
         keep[gid] = np.arange(analysis.groups[gid].channels // 2)
         cuts.update(variant, cut)
-        assert all(cuts.producer.get(n, -1) < cut for n in cuts.values)
+        assert all(cuts.producer.get(n, -1) < cut for n in cuts.kept.values)
 
 
 def test_segments_take_shape_arithmetic_across_the_cut():

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .graph import set_constant_input, to_graph, to_model, unique_name
+from ..graph.convert import set_constant_input, to_graph, to_model, unique_name
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,145 @@
+"""Consumers: the layers that read a group's channels into their weights, described in im2col terms, and which groups the data methods can reconstruct."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .groups import Analysis
+
+
+@dataclass(frozen=True)
+class Consumer:
+    """A layer that reads a group's channels into its weights, in im2col terms."""
+
+    node: str
+    op: str  # Conv, Gemm or MatMul
+    input: str
+    output: str
+    channels: int  # n: input channels
+    taps: int  # K
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()  # begin..., end...
+    dilations: tuple[int, ...] = ()
+
+    @property
+    def columns(self) -> int:
+        return self.channels * self.taps + 1
+
+
+def consumer_of(node: gs.Node, analysis: Analysis) -> Consumer | str:
+    """The im2col description of a consumer node, or the reason it cannot be reconstructed."""
+    x, y = node.inputs[0], node.outputs[0]
+    layout = analysis.layouts.get(x.name)
+    in_shape = analysis.shapes.get(x.name)
+    if layout is None or in_shape is None or None in in_shape:
+        return f"{node.op} node '{node.name}': input shape unknown"
+    if node.op == "Conv":
+        if int(node.attrs.get("group", 1)) != 1 or len(in_shape) != 4:
+            return f"Conv node '{node.name}': only 2-D convolutions with group=1 are reconstructed"
+        w = node.inputs[1].values
+        kernel = tuple(int(k) for k in w.shape[2:])
+        strides = tuple(node.attrs.get("strides", (1, 1)))
+        dilations = tuple(node.attrs.get("dilations", (1, 1)))
+        pads = _conv_pads(node, in_shape[2:], kernel, strides, dilations)
+        return Consumer(node.name, "Conv", x.name, y.name, in_shape[1], int(np.prod(kernel)),
+                        kernel, strides, pads, dilations)
+    if node.op in ("Gemm", "MatMul"):
+        if len(in_shape) != 2:
+            return f"{node.op} node '{node.name}': input is not 2-D"
+        return Consumer(node.name, node.op, x.name, y.name, len(layout.atoms), layout.block)
+    return f"{node.op} node '{node.name}': weights of this op are not reconstructed"
+
+
+def _conv_pads(node: gs.Node, spatial, kernel, strides, dilations) -> tuple[int, ...]:
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", ""):
+        return tuple(node.attrs.get("pads", (0,) * 2 * len(kernel)))
+    if auto == "VALID":
+        return (0,) * 2 * len(kernel)
+    begin, end = [], []
+    for size, k, s, d in zip(spatial, kernel, strides, dilations):
+        out = -(-size // s)
+        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
+        small, big = total // 2, total - total // 2
+        begin.append(small if auto == "SAME_UPPER" else big)
+        end.append(big if auto == "SAME_UPPER" else small)
+    return tuple(begin + end)
+
+
+def reconstructable(analysis: Analysis) -> tuple[dict[int, tuple[Consumer, ...]], dict[int, str]]:
+    """Consumers of each group that data methods can prune, and reasons for the others."""
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    by_group: dict[int, list[Consumer]] = {}
+    reasons: dict[int, str] = {}
+    for node_name, tensor in analysis.consumer_inputs.items():
+        classes = analysis.atom_class[analysis.layouts[tensor].atoms]
+        owners = analysis.class_group[classes]
+        for gid in set(owners.tolist()):
+            if gid < 0:
+                continue
+            # A consumer may read several groups (a Concat): each must be read whole, once.
+            mine, group_classes = classes[owners == gid], analysis.group_classes[gid]
+            if len(np.unique(mine)) != len(mine) or not np.array_equal(np.sort(mine), np.sort(group_classes)):
+                reasons.setdefault(gid, f"consumer '{node_name}' reads only a part of these channels, or some twice")
+                continue
+            consumer = _consumer(nodes[node_name], analysis)
+            if isinstance(consumer, str):
+                reasons.setdefault(gid, consumer)
+            else:
+                by_group.setdefault(gid, []).append(consumer)
+    result = {}
+    for g in analysis.groups:
+        if g.prunable and g.id not in reasons:
+            if g.id in by_group:
+                result[g.id] = tuple(by_group[g.id])
+            else:
+                reasons[g.id] = "no consumer reads these channels into weights"
+    return result, {gid: why for gid, why in reasons.items() if analysis.groups[gid].prunable}
+
+
+def _consumer(node: gs.Node, analysis: Analysis) -> Consumer | str:
+    if node.op == "Gemm" and len(node.inputs) < 3:
+        return f"Gemm node '{node.name}' has no bias"
+    consumer = consumer_of(node, analysis)
+    if node.op != "MatMul" or isinstance(consumer, str):
+        return consumer
+    add = bias_add(node)
+    if add is None:
+        return f"MatMul node '{node.name}' has no bias Add after it to take the reconstructed bias"
+    return replace(consumer, output=add.outputs[0].name)  # the target includes the bias
+
+
+def bias_add(node: gs.Node) -> gs.Node | None:
+    """The Add of a constant bias vector right after a MatMul, if it is its only reader."""
+    readers = node.outputs[0].outputs
+    if len(readers) != 1 or readers[0].op != "Add":
+        return None
+    add = readers[0]
+    const = [t for t in add.inputs if isinstance(t, gs.Constant)]
+    if len(const) != 1 or const[0].values.size != node.inputs[1].values.shape[1]:
+        return None
+    return add
+
+
+def touched_nodes(analysis: Analysis, gid: int) -> set[str]:
+    """Nodes that write or read a tensor carrying channels of group ``gid``."""
+    tensors = analysis.graph.tensors()
+    names: set[str] = set()
+    for name, layout in analysis.layouts.items():
+        if name in tensors and np.any(analysis.class_group[analysis.atom_class[layout.atoms]] == gid):
+            names.update(n.name for n in tensors[name].inputs)
+            names.update(n.name for n in tensors[name].outputs)
+    return names
+
+
+def kept_outputs(analysis: Analysis, c: Consumer, removed: np.ndarray) -> np.ndarray:
+    positions = analysis.kept_positions(c.output, removed)
+    if positions is not None:
+        return positions
+    shape = analysis.shapes[c.output]
+    return np.arange(shape[1])

@@ -1,0 +1,216 @@
+"""Calibration statistics, streamed through onnxruntime: im2col second-order statistics per consumer, reduced on the host or in a graph.
+
+For a consumer (a Conv, or a Gemm/MatMul after Flatten) reading n channels with
+K taps each (kh*kw for a Conv, H*W for a flattened map):
+
+    X  = its input patches, one row per sample and output position (im2col),
+         columns c*K + tap (the order of W.reshape(m, n*K)), plus a ones column;
+    Y  = the ORIGINAL model's consumer output (BatchNorm folded, before activation).
+
+Only second-order statistics leave a batch: G = X^T X, C = X^T Y, sum(Y^2) and the
+row count, accumulated in float64 (``layer_stats.LayerStats``), so memory does not grow
+with the number of samples and any split into batches sums to the same result.
+
+Statistics are reduced on the host (numpy) or inside an onnxruntime graph: the
+patches come from a Conv with one-hot (Dirac) kernels, which copies values exactly,
+and G and C from float64 MatMuls, so only small matrices leave the runtime.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from ..analysis.consumers import Consumer
+from ..errors import OnnxPruneError
+from ..graph.probe import probe_model
+from ..graph.runtime import CPU, run_all, session
+from .layer_stats import LayerStats
+
+Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
+HOLDOUT_EVERY = 4  # every 4th calibration batch is held out to choose the ridge
+
+
+class StatsMode(str, enum.Enum):
+    HOST = "host"
+    GRAPH = "graph"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Calibration data and how to run it: ``batches()`` yields feeds; ``sequential``: X from
+    the pruned model (True) or from the original (False); ``cache_bytes``: activations kept
+    between groups, in all (cache.py)."""
+
+    batches: Batches
+    samples: int
+    mode: StatsMode = StatsMode.HOST
+    providers: tuple[str, ...] = CPU
+    sequential: bool = True
+    cache_bytes: int = 256 << 20
+
+
+def augmented(x: np.ndarray, c: Consumer, dtype: np.dtype) -> np.ndarray:
+    """Xa = [im2col(x) 1] of ``dtype``, written in one pass (the cast included): rows (sample,
+    output position), columns channel*K + tap, then the ones column."""
+    n = x.shape[0]
+    if c.op != "Conv":
+        out = np.empty((n, x[0].size + 1), dtype)
+        out[:, :-1] = x.reshape(n, -1)
+        out[:, -1] = 1
+        return out
+    (kh, kw), (sh, sw), (dh, dw) = c.kernel, c.strides, c.dilations
+    pt, pl, pb, pr = c.pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, Ho, Wo, kh, kw]
+    ch, ho, wo = win.shape[1:4]
+    out = np.empty((n * ho * wo, ch * kh * kw + 1), dtype)
+    body = out[:, :-1].view()
+    body.shape = (n, ho, wo, ch, kh, kw)  # a view (setting .shape never copies)
+    body[...] = win.transpose(0, 2, 3, 1, 4, 5)
+    out[:, -1] = 1
+    return out
+
+
+def targets(y: np.ndarray, c: Consumer) -> np.ndarray:
+    """Consumer outputs laid out like the rows of ``augmented``: (sample, position) x outputs."""
+    if y.ndim == 2:
+        return y
+    return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+
+
+def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, chunk_bytes: int = 64 << 20) -> LayerStats:
+    """Statistics of one batch, in float64, on the host: G = Xa^T Xa and C = Xa^T Y by
+    BLAS on chunks of whole samples, so memory stays near ``chunk_bytes`` per consumer."""
+    rows_per_sample = int(np.prod(y.shape[2:], dtype=np.int64))
+    p, m = c.columns, y.shape[1]
+    step = max(1, chunk_bytes // (rows_per_sample * p * 8))
+    gram, cross, yy, rows = np.zeros((p, p)), np.zeros((p, m)), np.zeros(m), 0
+    for start in range(0, x.shape[0], step):
+        xa = augmented(x[start:start + step], c, np.dtype(np.float64))
+        ys = targets(y[start:start + step], c).astype(np.float64)
+        gram += xa.T @ xa  # a plain GEMM: faster here than syrk on half the matrix
+        cross += xa.T @ ys
+        yy += np.einsum("ij,ij->j", ys, ys)
+        rows += xa.shape[0]
+    return LayerStats(gram, cross, yy, rows)
+
+
+def stats_graph(c: Consumer, x_shape: tuple[int, ...], m: int, dtype=np.float32) -> onnx.ModelProto:
+    """A small model computing one batch's statistics from inputs ``x`` and ``y`` in onnxruntime.
+
+    Conv with one-hot kernels E[c*K + t, c, t] = 1 turns x into its patches exactly
+    (a copy: each output sums one value and zeros); G and C are float64 MatMuls.
+    """
+    elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes, inits = [], []
+    if c.op == "Conv":
+        n, k = c.channels, c.taps
+        eye = np.zeros((n * k, n, *c.kernel), dtype=dtype)
+        eye[np.arange(n * k), np.repeat(np.arange(n), k), *np.unravel_index(np.tile(np.arange(k), n), c.kernel)] = 1
+        inits.append(numpy_helper.from_array(eye, "eye"))
+        nodes += [
+            helper.make_node("Conv", ["x", "eye"], ["cols"], strides=list(c.strides), pads=list(c.pads),
+                             dilations=list(c.dilations)),
+            helper.make_node("Transpose", ["cols"], ["cols_t"], perm=[0, 2, 3, 1]),
+            helper.make_node("Reshape", ["cols_t", "shape_x"], ["xr"]),
+            helper.make_node("Transpose", ["y"], ["y_t"], perm=[0, 2, 3, 1]),
+            helper.make_node("Reshape", ["y_t", "shape_y"], ["yr"]),
+        ]
+        inits += [numpy_helper.from_array(np.array([-1, n * k], np.int64), "shape_x"),
+                  numpy_helper.from_array(np.array([-1, m], np.int64), "shape_y")]
+        y_rank = 4
+    else:
+        nodes += [helper.make_node("Identity", ["x"], ["xr"]), helper.make_node("Identity", ["y"], ["yr"])]
+        y_rank = 2
+    nodes += [
+        helper.make_node("Cast", ["xr"], ["xd"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", ["yr"], ["yd"], to=TensorProto.DOUBLE),
+        helper.make_node("Shape", ["xd"], ["xs"], start=0, end=1),
+        helper.make_node("Concat", ["xs", "one"], ["ones_shape"], axis=0),
+        helper.make_node("ConstantOfShape", ["ones_shape"], ["ones"],
+                         value=numpy_helper.from_array(np.ones(1, np.float64))),
+        helper.make_node("Concat", ["xd", "ones"], ["xa"], axis=1),
+        helper.make_node("Transpose", ["xa"], ["xa_t"], perm=[1, 0]),
+        helper.make_node("MatMul", ["xa_t", "xa"], ["gram"]),
+        helper.make_node("MatMul", ["xa_t", "yd"], ["cross"]),
+        helper.make_node("Mul", ["yd", "yd"], ["y2"]),
+        helper.make_node("ReduceSum", ["y2", "axis0"], ["yy"], keepdims=0),
+        helper.make_node("Shape", ["xd"], ["rows"], start=0, end=1),
+    ]
+    inits += [numpy_helper.from_array(np.array([1], np.int64), "one"),
+              numpy_helper.from_array(np.array([0], np.int64), "axis0")]
+    graph = helper.make_graph(
+        nodes, "stats",
+        [helper.make_tensor_value_info("x", elem, [None] * len(x_shape)),
+         helper.make_tensor_value_info("y", elem, [None] * y_rank)],
+        [helper.make_tensor_value_info("gram", TensorProto.DOUBLE, None),
+         helper.make_tensor_value_info("cross", TensorProto.DOUBLE, None),
+         helper.make_tensor_value_info("yy", TensorProto.DOUBLE, None),
+         helper.make_tensor_value_info("rows", TensorProto.INT64, None)],
+        inits,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+class GraphStats:
+    """Computes per-batch statistics in onnxruntime, one small session per consumer."""
+
+    def __init__(self, device_providers: list[str]):
+        self.providers = device_providers
+        self.sessions: dict[tuple, ort.InferenceSession] = {}
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, c: Consumer) -> LayerStats:
+        key = (c, x.dtype.str, y.shape[1])
+        if key not in self.sessions:
+            self.sessions[key] = session(stats_graph(c, x.shape, y.shape[1], x.dtype), self.providers)
+        gram, cross, yy, rows = self.sessions[key].run(None, {"x": x, "y": y})
+        return LayerStats(gram, cross, yy, int(rows[0]))
+
+
+def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consumers: list[Consumer],
+            batches: Batches, mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
+            holdout_every: int = 0, on_batch: Callable[[int], None] | None = None,
+            ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
+    """Statistics of every consumer: X from ``inputs_model``, Y from ``targets_model``.
+
+    Returns (fit, holdout): with ``holdout_every`` = h > 0, every h-th batch goes to
+    the holdout statistics (for choosing the ridge), the rest to fit.
+    """
+    device_providers = device_providers or ["CPUExecutionProvider"]
+    ins, outs = {c.input for c in consumers}, {c.output for c in consumers}
+    if inputs_model is targets_model:  # one run gives both
+        both = session(probe_model(inputs_model, sorted(ins | outs)), device_providers)
+        runs = ((v, v) for v in (run_all(both, feeds) for feeds in batches()))
+    else:
+        x_session = session(probe_model(inputs_model, sorted(ins)), device_providers)
+        y_session = session(probe_model(targets_model, sorted(outs)), device_providers)
+        runs = ((run_all(x_session, feeds), run_all(y_session, feeds)) for feeds in batches())
+    return accumulate(runs, consumers, mode, device_providers, holdout_every, on_batch)
+
+
+def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], consumers: list[Consumer],
+               mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
+               holdout_every: int = 0, on_batch: Callable[[int], None] | None = None,
+               ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
+    """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``."""
+    reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
+    fit: dict[str, LayerStats] = {}
+    holdout: dict[str, LayerStats] = {}
+    for i, (xs, ys) in enumerate(runs):
+        bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
+        for c in consumers:
+            s = reduce(xs[c.input], ys[c.output], c)
+            bucket[c.node] = s if c.node not in bucket else bucket[c.node] + s
+        if on_batch is not None:
+            on_batch(len(xs[consumers[0].input]))
+    if not fit:
+        raise OnnxPruneError("the calibration data has no samples")
+    return fit, holdout

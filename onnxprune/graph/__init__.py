@@ -1,0 +1,1 @@
+"""Stage 1: the model itself: files, graphsurgeon conversion, inputs and shapes, onnxruntime sessions, validation."""

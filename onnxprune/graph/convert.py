@@ -1,0 +1,88 @@
+"""The ModelProto <-> onnx-graphsurgeon boundary: conversions that keep the model's identity, and safe constant writes.
+
+Passes take an ``onnx.ModelProto`` and return a new one; inside they work on a
+graphsurgeon ``Graph``. ``to_graph``/``to_model`` keep the input's ir_version,
+opsets and metadata, which onnx.helper and graphsurgeon would otherwise replace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.logger import G_LOGGER
+
+G_LOGGER.severity = G_LOGGER.CRITICAL  # its warnings are not for our users
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """A graphsurgeon graph of the model (the ModelProto is not modified).
+
+    Unnamed or duplicate node names get deterministic ones (``Op_i``) so that
+    analyses and rewrites can refer to nodes by name.
+    """
+    graph = gs.import_onnx(model)
+    seen: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            node.name = f"{node.op}_{i}"
+            while node.name in seen:
+                node.name += "_"
+        seen.add(node.name)
+    return graph
+
+
+def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """Export ``graph`` with the ir_version, opsets and metadata of ``like``.
+
+    Stale intermediate shape annotations are dropped (channel counts change);
+    IR version 3 models list every initializer as a graph input, as that IR requires.
+    """
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
+            tensor.shape = None
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = like.ir_version
+    del model.opset_import[:]
+    model.opset_import.extend(like.opset_import)
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(like, field))
+    del model.metadata_props[:]
+    model.metadata_props.extend(like.metadata_props)
+    del model.functions[:]
+    model.functions.extend(like.functions)
+    if model.ir_version <= 3:
+        listed = {i.name for i in model.graph.input}
+        for init in model.graph.initializer:
+            if init.name not in listed:
+                model.graph.input.append(
+                    onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
+                )
+    return model
+
+
+def unique_name(graph: gs.Graph, base: str) -> str:
+    """A tensor name not yet used in ``graph``."""
+    taken = graph.tensors().keys()
+    name, i = base, 1
+    while name in taken:
+        name, i = f"{base}_{i}", i + 1
+    return name
+
+
+def set_constant_input(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> None:
+    """Give ``node`` new constant values at input ``index`` without touching other readers.
+
+    graphsurgeon shares one Constant per initializer name, so a constant that
+    other nodes also read is copied under a new name (copy-on-write).
+    """
+    old = node.inputs[index]
+    shared = len({id(n) for n in old.outputs}) > 1 or old in graph.outputs
+    name = unique_name(graph, old.name) if shared else old.name
+    const = gs.Constant(name, np.ascontiguousarray(values))
+    node.inputs[index] = const
+    if not shared:
+        old.outputs.clear()
+
+

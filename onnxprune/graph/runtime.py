@@ -1,0 +1,112 @@
+"""The one place that makes onnxruntime sessions: options, execution providers, models of any size."""
+
+from __future__ import annotations
+
+import enum
+import functools
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from ..errors import OnnxPruneError
+from . import io
+
+ort.set_default_logger_severity(3)  # onnxruntime's optimiser notes (constant folding) are not for our users
+
+CPU = ("CPUExecutionProvider",)
+OUTSIDE_BYTES = 1 << 20  # in a model over 2 GB, initializers over this stay outside the serialised proto
+
+
+class Device(str, enum.Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | None = None, *, optimize: bool = True,
+            threads: int = 0, spin: bool = False, log_level: int = 3) -> ort.InferenceSession:
+    """An onnxruntime session of ``model`` (of any size) on ``providers`` (CPU by default).
+
+    ``optimize``: all graph optimisations (fusions, layouts) or none, which keeps every
+    intermediate exact. ``threads``: intra-op threads (0: onnxruntime's choice), one inter-op.
+    ``spin``: let idle threads spin, as deployment does; off by default, which leaves the
+    cores to numpy between the short runs of calibration."""
+    options = ort.SessionOptions()
+    options.log_severity_level = log_level
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return _any_size(model, options, list(providers or CPU))
+
+
+def _any_size(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    """A session however large the model: protobuf cannot serialise 2 GiB, so a model with
+    more weights than that is passed with its initializers over 1 MiB as OrtValues
+    (SessionOptions.add_external_initializers); the serialised model keeps their entries,
+    marked external. ``model`` is changed only while it is serialised, and given back as it was."""
+    if io.weight_bytes(model) <= io.EXTERNAL_DATA_BYTES:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    large = [t for t in model.graph.initializer if t.ByteSize() > OUTSIDE_BYTES]
+    arrays = [numpy_helper.to_array(t) for t in large]
+    try:
+        for t in large:
+            stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
+                                    data_location=onnx.TensorProto.EXTERNAL)
+            stub.external_data.add(key="location", value="onnxprune-in-memory")
+            t.CopyFrom(stub)
+        serialised = model.SerializeToString()
+    finally:
+        for t, array in zip(large, arrays):
+            t.CopyFrom(numpy_helper.from_array(array, t.name))
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    options.add_external_initializers([t.name for t in large], values)
+    made = ort.InferenceSession(serialised, options, providers=providers)
+    made.onnxprune_weights = values  # onnxruntime reads them in place: they live as long as the session
+    return made
+
+
+
+
+def providers(device: Device) -> list[str]:
+    """onnxruntime execution providers for ``device`` (CUDA where onnxruntime-gpu finds a GPU)."""
+    if device is Device.CPU:
+        return list(CPU)
+    if cuda_works():
+        return ["CUDAExecutionProvider", *CPU]
+    if device is Device.CUDA:
+        raise OnnxPruneError("--device cuda: onnxruntime cannot use CUDA here (it needs onnxruntime-gpu, "
+                             "a GPU and the CUDA libraries)")
+    return list(CPU)
+
+
+@functools.cache
+def cuda_works() -> bool:
+    """Whether a session really gets the CUDA provider: onnxruntime-gpu lists it even
+    where the CUDA libraries or the GPU are missing, then falls back with loud errors."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
+    ort.set_default_logger_severity(4)
+    try:
+        probe = session(model, ("CUDAExecutionProvider", *CPU), log_level=4)
+        return "CUDAExecutionProvider" in probe.get_providers()
+    except Exception:  # any failure to start CUDA means: not here
+        return False
+    finally:
+        ort.set_default_logger_severity(3)
+
+
+def run_all(run: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of a session by name, fed the ``feeds`` that are its inputs (extra ones are ignored)."""
+    names = [o.name for o in run.get_outputs()]
+    inputs = {i.name for i in run.get_inputs()}
+    return dict(zip(names, run.run(names, {k: v for k, v in feeds.items() if k in inputs})))

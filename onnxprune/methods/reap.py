@@ -1,0 +1,123 @@
+"""REAP (Reconstruction Error Aware Pruning, Kamma and Wada): remove, one at a time, the channel whose error AFTER re-fitting the consumers is smallest.
+
+Greedy backward elimination over the group's channels: each step removes
+argmin_c sum_consumers dE_c, where dE_c is the increase of the ridge objective J
+(least_squares) when c is removed and the consumers are re-fitted on the rest. With
+inverse-Gram downdates this costs O((nK)^3 K) per layer instead of O(n^5 K^3) for
+re-solving every candidate at every step. Then the consumers are rebuilt by ridge least
+squares on the kept channels (DataMethod.rebuild), the ridge chosen on held-out batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+from scipy import linalg as sla
+
+from ..calibration.layer_stats import LayerStats
+from .base import DataMethod, register
+from .least_squares import SELECTION_ALPHA, Elimination, Problem, cholesky, removals, ridge_diag, ridge_lambda
+
+
+@register
+class Reap(DataMethod):
+    name = "reap"
+    summary = "greedy removal by the error after least-squares reconstruction (REAP)"
+
+    def plan(self, problems: Sequence[Problem], n: int, target: int = 1) -> Elimination:
+        return reap_order(problems, n, alpha=SELECTION_ALPHA, target=target)
+
+
+class _Downdater:
+    """One consumer in REAP's fast elimination. With G' = G + lam I', C' = C + lam I' theta0 and S
+    the kept columns, H = (G'_SS)^-1 (zero elsewhere) and theta = H C' is the ridge fit on S.
+
+    Removing channel c, with H_cc = L L^T and Z = H_:c L^-T (so Z Z^T = H_:c H_cc^-1 H_c:):
+        theta -= Z L^-1 theta_c,    H -= Z Z^T.
+    H is never rewritten: it stays H0 - U U^T with U = [Z_1 Z_2 ...]. A step needs only the
+    diagonal blocks H_aa (kept up to date in O(n K^3)) and the column block H_:c = H0_:c - U U_c:^T,
+    so it reads O(p * removed K) numbers instead of rewriting p^2; H0 - U U^T is symmetric by
+    construction. Rows of removed channels are exactly zero in Z and theta."""
+
+    def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray, alpha: float, removals: int):
+        p = len(stats.gram)
+        lam = ridge_diag(p, ridge_lambda(stats, alpha))
+        factor = cholesky(stats.gram + np.diag(lam))
+        h0 = sla.cho_solve(factor, np.eye(p))
+        self.h0 = (h0 + h0.T) / 2
+        # C order, so that each channel's rows of theta are a view (costs)
+        self.theta = np.ascontiguousarray(sla.cho_solve(factor, stats.cross + lam[:, None] * theta0))
+        self.stats, self.theta0, self.lam = stats, theta0, lam[0]
+        self.taps = np.arange((p - 1) // K)[:, None] * K + np.arange(K)  # (n, K): columns of each channel
+        self.blocks = self.h0[self.taps[:, :, None], self.taps[:, None, :]]  # H_aa (n, K, K)
+        self.u = np.zeros((p, removals * K))
+        self.used = 0
+        self.gone = np.zeros(p, dtype=bool)
+        self.step = np.empty_like(self.theta)  # theta's downdate, one buffer for every step
+
+    def costs(self, remaining: np.ndarray) -> np.ndarray:
+        """Increase of J when removing each remaining channel c:
+        dE_c = tr(theta_c^T H_cc^-1 theta_c) = tr(H_cc^-1 theta_c theta_c^T), K x K per channel
+        (theta_c is K x m: m-wide copies of it cost O(n K m) memory traffic per step)."""
+        body = self.theta[:-1].reshape(len(self.taps), -1, self.theta.shape[1])  # (n, K, m), a view
+        outer = np.matmul(body, body.transpose(0, 2, 1))[remaining]
+        return np.einsum("akk->a", np.linalg.solve(self.blocks[remaining], outer))
+
+    def remove(self, c: int) -> None:
+        """Downdate theta, U and the diagonal blocks for the removal of channel c."""
+        idx = self.taps[c]
+        u = self.u[:, :self.used]
+        low = np.linalg.cholesky(self.blocks[c])
+        z = sla.solve_triangular(low, (self.h0[:, idx] - u @ u[idx].T).T, lower=True).T
+        z[self.gone] = 0
+        self.theta -= np.matmul(z, sla.solve_triangular(low, self.theta[idx], lower=True), out=self.step)
+        self.u[:, self.used:self.used + len(idx)] = z
+        self.used += len(idx)
+        self.blocks -= np.einsum("akj,alj->akl", z[self.taps], z[self.taps])  # exactly symmetric
+        self.gone[idx] = True
+        self.theta[idx] = 0
+
+    def error(self) -> float:
+        """||Y - Xa theta||^2 = yy - tr(theta^T C) + lam tr(theta^T I'(theta0 - theta)), from the
+        normal equations G'_SS theta_S = C'_S (O(p m) instead of O(p^2 m))."""
+        stats, theta = self.stats, self.theta
+        shrink = _inner(theta[:-1], self.theta0[:-1]) - _inner(theta[:-1], theta[:-1])
+        return float(stats.energy - _inner(theta, stats.cross) + self.lam * shrink)
+
+
+def _inner(a: np.ndarray, b: np.ndarray) -> float:
+    """tr(a^T b) = sum(a * b) without a temporary the size of a (einsum: np.vdot would wake
+    BLAS threads, slower than the sum itself on small layers)."""
+    return np.einsum("ij,ij->", a, b)
+
+
+def reap_steps(consumers: Sequence[Problem], n: int, alpha: float | Sequence[float] = 0.0,
+               target: int = 1) -> Iterator[tuple[int, float, list[np.ndarray]]]:
+    """REAP's greedy backward elimination with inverse-Gram downdates. Each step removes
+    argmin_c sum_consumers dE_c (dE_c = tr(theta_c^T H_cc^-1 theta_c): the increase of J after
+    re-fitting without c) and yields (c, sum of ||Y - Xa theta||^2, the consumers' new thetas;
+    these are updated in place by the next step: copy them to keep them).
+
+    alpha: one value or one per consumer. Per consumer: one O((nK)^3) inversion, then
+    O(nK * removed K * K) per step, O((nK)^3 K) for the whole elimination (vs O(n^5 K^3) naive).
+    The bias is never removed."""
+    alphas = np.broadcast_to(alpha, len(consumers))
+    steps = removals(n, target)
+    states = [_Downdater(stats, K, theta0, a, steps) for (stats, K, theta0), a in zip(consumers, alphas)]
+    remaining = np.arange(n)
+    for _ in range(steps):
+        c = int(remaining[np.argmin(sum(s.costs(remaining) for s in states))])
+        for s in states:
+            s.remove(c)
+        remaining = remaining[remaining != c]
+        yield c, sum(s.error() for s in states), [s.theta for s in states]
+
+
+def reap_order(consumers: Sequence[Problem], n: int, alpha: float | Sequence[float] = 0.0,
+               target: int = 1) -> Elimination:
+    """REAP's removal order and the reconstruction error sum ||Y - Xa theta_S||^2 after each removal."""
+    steps = [(c, e) for c, e, _ in reap_steps(consumers, n, alpha, target)]
+    return Elimination(np.array([c for c, _ in steps], dtype=np.intp), np.array([e for _, e in steps]))
+
+

@@ -1,0 +1,139 @@
+"""Data methods prune group after group, from input to output, each from the model pruned so far.
+
+For each reconstructable group in turn, the statistics take X from the model pruned so
+far and Y from the ORIGINAL model, so each layer also corrects the error left by the
+layers before it (``Calibration.sequential``; otherwise X comes from the original too).
+The method (base.DataMethod) chooses the channels from those statistics and rebuilds the
+consumers. Reconstructed weights are kept in the ORIGINAL shapes (zeros where channels are
+gone), overlaid on the original model, and the surgery cuts the model from that, so one
+analysis serves every step.
+
+A consumer may read other groups' channels too (a Concat): they stay while this group is
+pruned and are refitted with it (``group_first``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from ..analysis.consumers import Consumer, kept_outputs, reconstructable, touched_nodes
+from ..analysis.groups import Analysis
+from ..calibration.cache import SegmentRunner, pairs
+from ..calibration.statistics import HOLDOUT_EVERY, Calibration, accumulate
+from ..passes.surgery import prune_channels
+from ..progress import Progress, no_progress
+from .least_squares import ConsumerFit, columns, error
+from .weights import overlay_weights, theta_of
+
+if TYPE_CHECKING:
+    from .base import DataMethod
+
+@dataclass(frozen=True)
+class LayerNote:
+    """What reconstruction did for one consumer: rows vs columns, ridge, errors."""
+
+    group: int
+    node: str
+    rows: int
+    columns: int
+    alpha: float
+    rel_error: float  # ||Y - X_S Theta||^2 / ||Y||^2 on the calibration data
+
+
+def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: dict[int, int],
+                     method: DataMethod, calib: Calibration, progress: Progress = no_progress,
+                     ) -> tuple[onnx.ModelProto, dict[int, np.ndarray], list[LayerNote]]:
+    """Prune each group in ``counts`` to its count, in order, reconstructing its consumers."""
+    plans, _ = reconstructable(analysis)
+    keep: dict[int, np.ndarray] = {}
+    thetas: dict[str, tuple[Consumer, np.ndarray, np.ndarray]] = {}
+    notes: list[LayerNote] = []
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    position = {n.name: i for i, n in enumerate(normalized.graph.node)}
+    order = [g for g in sorted(counts) if counts[g] < analysis.groups[g].channels]
+    # Where the next run may start: before the next group's first consumer (both models), and
+    # for the pruned model also before the first node this group's pruning changes.
+    first_consumer = [min((c.node for c in plans[g]), key=position.__getitem__) for g in order] + [None]
+    providers = list(calib.providers)
+    budget = calib.cache_bytes // 2 if calib.sequential else calib.cache_bytes  # shared by the two runners
+    x_runner = SegmentRunner(calib.batches, providers, budget)
+    y_runner = SegmentRunner(calib.batches, providers, budget) if calib.sequential else x_runner
+    current = normalized
+    for step, gid in enumerate(order, 1):
+        n = analysis.groups[gid].channels
+        removed = analysis.removed_mask(keep)
+        plan = [(c, *group_first(analysis, c, gid, removed, calib.sequential)) for c in plans[gid]]
+        reads = [r for _, r, _, _, _ in plan]
+        ins, outs = [c.input for c in reads], [c.output for c in reads]
+        following = first_consumer[step]
+        if calib.sequential:
+            changed = min(touched_nodes(analysis, gid), key=position.__getitem__)
+            x_keep = changed if following is None else min(changed, following, key=position.__getitem__)
+            runs = pairs(x_runner.run(current, ins, x_keep), y_runner.run(normalized, outs, following))
+        else:
+            runs = ((v, v) for v in x_runner.run(normalized, ins + outs, following))
+        with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {counts[gid]} channels", calib.samples) as advance:
+            fit, holdout = accumulate(runs, reads, calib.mode, providers, HOLDOUT_EVERY, advance)
+        outputs = {c.node: kept_outputs(analysis, c, removed) for c, *_ in plan}
+        stats = []
+        for c, _, _, read_rows, rows in plan:
+            cols = outputs[c.node]
+            if c.node in thetas:  # read by an earlier group too: start from those refitted weights
+                before, before_cols = thetas[c.node][1:]
+                theta0 = before[np.ix_(rows, np.searchsorted(before_cols, cols))]
+            else:
+                theta0 = theta_of(nodes[c.node], c)[np.ix_(rows, cols)]
+            stats.append(tuple(None if s is None else s.permuted(read_rows).outputs(cols)
+                               for s in (fit[c.node], holdout.get(c.node))) + (theta0,))
+        kept, new_thetas, alphas = choose_and_rebuild(method, stats, [p for _, _, p, _, _ in plan], n, counts[gid])
+        for (c, _, _, _, rows), (f, h, _), theta, alpha in zip(plan, stats, new_thetas, alphas):
+            full = np.zeros((c.columns, theta.shape[1]))
+            full[rows] = theta  # back on the original channels, zeros where removed
+            thetas[c.node] = (c, full, outputs[c.node])
+            total = f if h is None else f + h
+            notes.append(LayerNote(gid, c.node, total.rows, len(rows), alpha,
+                                   error(total, theta) / max(total.energy, 1e-300)))
+        keep[gid] = kept
+        current = prune_channels(overlay_weights(normalized, thetas), analysis, keep)
+    return current, keep, notes
+
+
+def choose_and_rebuild(method: DataMethod, stats, consumers: list[Consumer], n: int, k: int):
+    """Kept channels, each consumer's new weights and the ridge alpha used. ``stats``: per
+    consumer (fit, holdout, theta0) with the group's n channels first (``group_first``); the
+    others it reads stay."""
+    problems = [(f if h is None else f + h, c.taps, theta0) for (f, h, theta0), c in zip(stats, consumers)]
+    plan = method.plan(problems, n, target=k)
+    kept = np.setdiff1d(np.arange(n), plan.order[: n - k])
+    fits = [method.rebuild(plan, ConsumerFit(f, h, c.taps, theta0, c.channels), kept, n)
+            for (f, h, theta0), c in zip(stats, consumers)]
+    return kept, [theta for theta, _ in fits], [alpha for _, alpha in fits]
+
+
+def group_first(analysis: Analysis, c: Consumer, gid: int, removed: np.ndarray, sequential: bool = True,
+                ) -> tuple[Consumer, Consumer, np.ndarray, np.ndarray]:
+    """How consumer ``c`` takes part in pruning group ``gid`` after the groups in ``removed``
+    (a class mask): the group's channels first, in the group's order, then the other channels
+    it still reads (a Concat of several groups). Returns
+
+    - ``c`` as it reads the model that runs (the pruned one when ``sequential``, else the
+      original), for collecting its statistics;
+    - ``c`` as the problem sees it (its channel count: the group's, then the others);
+    - the rows of the collected statistics (columns of Xa) that make the problem (columns: bias -1, the last);
+    - the rows of its ORIGINAL theta (every channel) that those hold.
+
+    For a consumer that reads only the group, everything is the identity."""
+    classes = analysis.atom_class[analysis.layouts[c.input].atoms]
+    kept = ~removed[classes]
+    atom_of = {int(cl): a for a, cl in enumerate(classes)}
+    mine = np.array([atom_of[int(cl)] for cl in analysis.group_classes[gid]], dtype=np.intp)
+    order = np.concatenate([mine, np.setdiff1d(np.flatnonzero(kept), mine)])  # original channels
+    read = np.flatnonzero(kept) if sequential else np.arange(len(classes))  # channels of the tensor run
+    return (replace(c, channels=len(read)), replace(c, channels=len(order)),
+            columns(np.searchsorted(read, order), c.taps), columns(order, c.taps))
+
+

@@ -1,0 +1,1 @@
+"""Stage 3: rewrites of a model, each a function model -> (model, report): normalisation, SRN, channel surgery."""

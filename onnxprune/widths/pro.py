@@ -1,0 +1,294 @@
+"""PRO (Pruning Ratio Optimizer, Kamma and Wada): per-group channel counts chosen by their effect on the network's FINAL output.
+
+Each group's removal order comes from its method (data methods: calibration
+statistics of the original model, ``Reconstructions``; l1: filter norms). Then, greedily:
+
+    for every group g: candidate = one more step of g's order removed (its consumers
+                       reconstructed independently, from the original model's statistics)
+    increase(g) = mean ||f(x) - f_candidate(x)||^2 - mean ||f(x) - f_current(x)||^2
+    commit argmin_g increase(g) / (cost(current) - cost(candidate))
+
+until the cost (MACs or parameters) is within the target. Lazy evaluation keeps it
+fast: after a commit only the committed group's next step is re-measured, and every
+group is re-measured every few commits (the others' increases change little). For a
+method that reconstructs, a candidate is a weight variant (variants.py: zero rows for
+removed channels) of a model pruned to an earlier commit's widths, run from its group's
+first consumer on (``VariantCandidates``); for one that does not (l1), it is the pruned
+model, run from the first node its group touches (``PrunedCandidates``).
+A consumer that reads several groups (a Concat) is fitted, for a candidate, on the other
+groups' channels that the base still has.
+Channels are then given back, ``round_to`` at a time, while the cost stays within the
+target, and the real method prunes to the chosen counts (sequentially, for data methods).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import onnx
+
+from ..analysis.consumers import Consumer, kept_outputs, reconstructable, touched_nodes
+from ..analysis.groups import Analysis
+from ..calibration.cache import Cuts
+from ..calibration.statistics import HOLDOUT_EVERY, Calibration, collect
+from ..errors import OnnxPruneError
+from ..methods.base import DataMethod, SelectionMethod
+from ..methods.least_squares import ConsumerFit, columns
+from ..methods.sequential import group_first
+from ..methods.weights import overlay_weights, theta_of
+from ..passes.surgery import prune_channels
+from ..progress import Progress, no_progress
+from .variants import Variants
+
+REFRESH_EVERY = 8  # commits between full re-measurements of every group
+REBASE = 0.85  # candidates run on a model pruned to the current widths once they cost 15 % less
+
+Counts = dict[int, int]
+Keep = dict[int, np.ndarray]
+Weights = dict[str, tuple[Consumer, np.ndarray, np.ndarray]]  # consumer node -> (consumer, theta, output columns)
+
+
+@dataclass(frozen=True)
+class ProStep:
+    group: int
+    channels: int  # the group's count after this step
+    cost: int
+    error: float  # mean squared final-output error after this step
+
+
+def allowed_counts(n: int, round_to: int, step: int) -> list[int]:
+    """Counts a group may take on its way down: n, then multiples of round_to, ``step`` apart at least."""
+    counts, k = [n], n
+    while True:
+        k = (k - step) // round_to * round_to
+        if k < max(round_to, 1):
+            return counts
+        counts.append(k)
+
+
+class Candidates(Protocol):
+    """The final outputs of candidate widths on PRO's samples."""
+
+    def evaluate(self, counts: Counts, group: int | None) -> np.ndarray:
+        """The output with ``counts``, which differ from the committed ones in ``group`` only
+        (None: nothing changed, the committed model)."""
+
+    def commit(self, counts: Counts, group: int) -> None:
+        """Make ``counts`` (changed in ``group``) the committed widths."""
+
+
+def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
+                    cost: Callable[[Keep], int], budget: float, calib: Calibration, round_to: int, samples: int,
+                    progress: Progress = no_progress) -> tuple[Counts, list[ProStep]]:
+    """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO."""
+    feeds = _first_samples(calib, samples)
+    output = normalized.graph.output[0].name
+    candidates: Candidates
+    if method.reconstructs:
+        rebuilt = Reconstructions(normalized, analysis, method, channels, calib, progress)
+        orders = rebuilt.orders
+    else:
+        orders = method.orders(analysis, channels)
+    ladders = {g: allowed_counts(n, round_to, max(round_to, n // 16)) for g, n in channels.items()}
+    position = {g: 0 for g in channels}  # index into the group's ladder
+
+    def keep_of(counts: Counts) -> Keep:
+        return {g: np.sort(np.setdiff1d(np.arange(channels[g]), orders[g][: channels[g] - k]))
+                for g, k in counts.items()}
+
+    def counts_at(pos: dict[int, int]) -> Counts:
+        return {g: ladders[g][i] for g, i in pos.items()}
+
+    if method.reconstructs:
+        candidates = VariantCandidates(normalized, analysis, channels, rebuilt, keep_of, cost, feeds, output, calib)
+    else:
+        candidates = PrunedCandidates(normalized, analysis, channels, keep_of, feeds, output, calib)
+    reference = candidates.evaluate({}, None).astype(np.float64)
+
+    def error(counts: Counts, changed: int) -> float:
+        out = candidates.evaluate(counts, changed).astype(np.float64)
+        return float(np.mean(np.sum((out - reference) ** 2, axis=tuple(range(1, out.ndim)))))
+
+    current_cost = cost(keep_of(counts_at(position)))
+    current_error = 0.0
+    commits = 0
+    # group -> (increase per cost saved, cost, error, commits when measured)
+    measured: dict[int, tuple[float, int, float, int]] = {}
+    trace: list[ProStep] = []
+
+    def measure(g: int) -> None:
+        if position[g] + 1 >= len(ladders[g]):
+            measured.pop(g, None)
+            return
+        trial = counts_at({**position, g: position[g] + 1})
+        c, e = cost(keep_of(trial)), error(trial, g)
+        measured[g] = ((e - current_error) / max(current_cost - c, 1), c, e, commits)
+
+    with progress("PRO: choosing per-layer widths", max(1, int(current_cost - budget))) as advance:
+        while current_cost > budget:
+            if commits % REFRESH_EVERY == 0:
+                for g in channels:
+                    measure(g)
+            while True:  # lazy greedy: the best candidate is re-measured before it is committed
+                if not measured:
+                    raise OnnxPruneError("PRO cannot reach the target: every group is at its smallest width")
+                g = min(measured, key=lambda k: measured[k][0])
+                if measured[g][3] == commits:
+                    break
+                measure(g)
+            _, new_cost, current_error, _ = measured.pop(g)
+            advance(int(current_cost - new_cost))
+            current_cost = new_cost
+            position[g] += 1
+            commits += 1
+            candidates.commit(counts_at(position), g)
+            trace.append(ProStep(g, ladders[g][position[g]], current_cost, current_error))
+            measure(g)
+    # The last step may overshoot: give channels back, latest-cut groups first, while within budget.
+    counts = counts_at(position)
+    grew = True
+    while grew:
+        grew = False
+        for g in dict.fromkeys(step.group for step in reversed(trace)):
+            if counts[g] < channels[g]:
+                trial = {**counts, g: min(channels[g], counts[g] + round_to)}
+                if cost(keep_of(trial)) <= budget:
+                    counts, grew = trial, True
+    return counts, trace
+
+
+class Reconstructions:
+    """A data method's full removal order of every group, and its consumers' weights at any
+    count, reconstructed independently from the ORIGINAL model's statistics."""
+
+    def __init__(self, normalized: onnx.ModelProto, analysis: Analysis, method: DataMethod, channels: Counts,
+                 calib: Calibration, progress: Progress):
+        self.analysis, self.method, self.channels = analysis, method, channels
+        plans, _ = reconstructable(analysis)
+        self.consumers = {g: plans[g] for g in channels}
+        everyone = list({c.node: c for g in channels for c in plans[g]}.values())
+        with progress("PRO: calibrating", calib.samples) as advance:
+            self.fit, self.holdout = collect(normalized, normalized, everyone, calib.batches, calib.mode,
+                                             list(calib.providers), HOLDOUT_EVERY, advance)
+        self.nodes = {n.name: n for n in analysis.graph.nodes}
+        self.nothing = np.zeros(len(analysis.class_group), dtype=bool)
+        self.plans = {g: method.plan([self._problem(c, g) for c in self.consumers[g]], n) for g, n in channels.items()}
+        self.orders = {g: plan.order for g, plan in self.plans.items()}
+        # Classes of other groups that g's consumers read (a Concat): the weights depend on which stay.
+        self.others = {g: np.setdiff1d(np.concatenate([analysis.atom_class[analysis.layouts[c.input].atoms]
+                                                       for c in self.consumers[g]]), analysis.group_classes[g])
+                       for g in channels}
+        self._cache: dict[tuple[int, int, bytes], Weights] = {}
+
+    def _problem(self, c: Consumer, g: int):
+        """c's problem for choosing group g's order: its statistics on the original model, the
+        group's channels first, then the other channels it reads (group_first)."""
+        _, _, columns_, rows = group_first(self.analysis, c, g, self.nothing, sequential=False)
+        fit, holdout = self.fit[c.node], self.holdout.get(c.node)
+        total = fit + holdout if holdout is not None else fit  # not kept: a Gram's size
+        return total.permuted(columns_), c.taps, theta_of(self.nodes[c.node], c)[rows]
+
+    def weights(self, g: int, k: int, removed: np.ndarray | None = None) -> Weights:
+        """Group g's consumers at k channels, the other groups' channels that ``removed`` (a
+        class mask) drops left out of the fit."""
+        removed = self.nothing if removed is None else removed
+        key = (g, k, removed[self.others[g]].tobytes())
+        if key not in self._cache:
+            n = self.channels[g]
+            kept = np.sort(np.setdiff1d(np.arange(n), self.orders[g][: n - k]))
+            result = {}
+            for c in self.consumers[g]:
+                _, shape, columns_, rows = group_first(self.analysis, c, g, removed, sequential=False)
+                h = self.holdout.get(c.node)
+                problem = ConsumerFit(self.fit[c.node].permuted(columns_), None if h is None else h.permuted(columns_),
+                                      c.taps, theta_of(self.nodes[c.node], c)[rows], shape.channels)
+                theta, _ = self.method.rebuild(self.plans[g], problem, kept, n)
+                full = np.zeros((c.columns, theta.shape[1]))
+                full[rows] = theta
+                result[c.node] = (c, full, np.arange(theta.shape[1]))
+            self._cache[key] = result
+        return self._cache[key]
+
+
+class VariantCandidates:
+    """Candidates as weight variants (variants.py): a group's reconstructed consumers with zero
+    rows for its removed channels, nothing cut out.
+
+    The variants are of a BASE model, pruned to the counts of some earlier commit, so runs
+    take its widths: a candidate's weights are restricted to the base's kept rows and
+    columns. The base is rebuilt once the current cost has fallen below ``REBASE`` of its own.
+    """
+
+    def __init__(self, normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, rebuilt: Reconstructions,
+                 keep_of: Callable[[Counts], Keep], cost: Callable[[Keep], int], feeds: dict[str, np.ndarray],
+                 output: str, calib: Calibration):
+        self.normalized, self.analysis, self.channels, self.rebuilt = normalized, analysis, channels, rebuilt
+        self.keep_of, self.cost, self.feeds, self.output, self.calib = keep_of, cost, feeds, output, calib
+        self.consumers = list({c.node: c for g in channels for c in rebuilt.consumers[g]}.values())
+        self.rebase(dict(channels))
+
+    def rebase(self, counts: Counts) -> None:
+        keep = self.keep_of(counts)
+        removed = self.analysis.removed_mask(keep)
+        thetas: Weights = {}
+        for g, k in counts.items():
+            if k < self.channels[g]:
+                thetas.update(self.rebuilt.weights(g, k, removed))
+        model = (prune_channels(overlay_weights(self.normalized, thetas), self.analysis, keep) if thetas
+                 else self.normalized)
+        self.removed, self.base_cost = removed, self.cost(keep)
+        self.variants = Variants(model, self.consumers, self.feeds, [self.output], list(self.calib.providers),
+                                 self.calib.cache_bytes)
+
+    def params(self, counts: Counts, g: int):
+        changed = {}
+        analysis = self.analysis
+        for c, theta, _ in self.rebuilt.weights(g, counts[g], self.removed).values():
+            present = np.flatnonzero(~self.removed[analysis.atom_class[analysis.layouts[c.input].atoms]])
+            rows = columns(present, c.taps)
+            outputs = kept_outputs(analysis, c, self.removed)
+            changed.update(self.variants.params(c, theta[np.ix_(rows, outputs)], np.arange(len(outputs))))
+        return changed
+
+    def evaluate(self, counts: Counts, group: int | None) -> np.ndarray:
+        return self.variants.run(self.params(counts, group) if group is not None else {})[0]
+
+    def commit(self, counts: Counts, group: int) -> None:
+        if self.cost(self.keep_of(counts)) < REBASE * self.base_cost:
+            self.rebase(counts)
+        else:
+            self.variants.commit(self.params(counts, group))
+
+
+class PrunedCandidates:
+    """Candidates as pruned models, each run from the first node its group touches."""
+
+    def __init__(self, normalized: onnx.ModelProto, analysis: Analysis, channels: Counts,
+                 keep_of: Callable[[Counts], Keep], feeds: dict[str, np.ndarray], output: str, calib: Calibration):
+        self.normalized, self.analysis, self.keep_of, self.output = normalized, analysis, keep_of, output
+        node_at = {n.name: i for i, n in enumerate(normalized.graph.node)}
+        self.cut = {g: min(node_at[name] for name in touched_nodes(analysis, g)) for g in channels}
+        self.cuts = Cuts(normalized, feeds, list(calib.providers), calib.cache_bytes)
+
+    def evaluate(self, counts: Counts, group: int | None) -> np.ndarray:
+        if group is None:
+            return self.cuts.run(self.normalized, 0, [self.output])[0]
+        pruned = prune_channels(self.normalized, self.analysis, self.keep_of(counts))
+        return self.cuts.run(pruned, self.cut[group], [self.output])[0]
+
+    def commit(self, counts: Counts, group: int) -> None:
+        self.cuts.update(prune_channels(self.normalized, self.analysis, self.keep_of(counts)), self.cut[group])
+
+
+def _first_samples(calib: Calibration, samples: int) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
+    have = 0
+    for feeds in calib.batches():
+        for k, v in feeds.items():
+            parts.setdefault(k, []).append(v)
+        have += len(next(iter(feeds.values())))
+        if have >= samples:
+            break
+    return {k: np.concatenate(v)[:samples] for k, v in parts.items()}

@@ -1,0 +1,56 @@
+"""Reference implementations for tests: brute force and plain loops, slow on purpose, to check the fast code against."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from onnxprune.analysis.consumers import Consumer
+from onnxprune.methods.least_squares import Elimination, Problem, error, objective, removals, ridge_solve
+
+
+def patches(x: np.ndarray, c: Consumer) -> np.ndarray:
+    """im2col by loops: rows (sample, output row, output column), columns channel*K + tap, for a
+    Conv consumer; a flattened (sample, features) matrix for a Gemm/MatMul one."""
+    if c.op != "Conv":
+        return x.reshape(len(x), -1)
+    (kh, kw), (sh, sw), (dh, dw) = c.kernel, c.strides, c.dilations
+    pt, pl, pb, pr = c.pads
+    n, ch, h, w = x.shape
+    ho = (h + pt + pb - (kh - 1) * dh - 1) // sh + 1
+    wo = (w + pl + pr - (kw - 1) * dw - 1) // sw + 1
+    rows = np.zeros((n, ho, wo, ch, kh, kw), dtype=x.dtype)
+    for i in range(ho):
+        for j in range(wo):
+            for a in range(kh):
+                for b in range(kw):
+                    r, s = i * sh + a * dh - pt, j * sw + b * dw - pl
+                    if 0 <= r < h and 0 <= s < w:
+                        rows[:, i, j, :, a, b] = x[:, :, r, s]
+    return rows.reshape(n * ho * wo, ch * kh * kw)
+
+
+def reap_order_naive(consumers: Sequence[Problem], n: int, alpha: float | Sequence[float] = 0.0,
+                     target: int = 1) -> Elimination:
+    """REAP by brute force: every step, every candidate c, a fresh ridge_solve on S \\ c;
+    remove argmin_c sum_consumers J(S \\ c). O(n^5 K^3): for tests and benchmarks only."""
+    alphas = np.broadcast_to(alpha, len(consumers))
+
+    def fits(keep: list[int]) -> list[np.ndarray]:
+        return [ridge_solve(stats, keep + list(range(n, (len(stats.gram) - 1) // K)), K, theta0, a)
+                for (stats, K, theta0), a in zip(consumers, alphas)]
+
+    def cost(keep: list[int]) -> float:
+        return sum(objective(stats, theta, theta0, a)
+                   for (stats, _, theta0), a, theta in zip(consumers, alphas, fits(keep)))
+
+    remaining, order, errors = list(range(n)), [], []
+    for _ in range(removals(n, target)):
+        c = min(remaining, key=lambda c: cost([r for r in remaining if r != c]))
+        remaining.remove(c)
+        order.append(c)
+        errors.append(sum(error(stats, theta) for (stats, _, _), theta in zip(consumers, fits(remaining))))
+    return Elimination(np.array(order, dtype=np.intp), np.array(errors))
+
+
