@@ -7,7 +7,6 @@ is what to read, not the absolute times.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,6 +16,7 @@ import onnxruntime as ort
 from .errors import OnnxPruneError
 from .graph.runtime import session
 from .graph.shapes import fixed_input_shapes, random_feeds
+from .graph.timing import interleaved
 
 
 @dataclass(frozen=True)
@@ -38,40 +38,35 @@ def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int
 
 
 def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarray] | None = None,
-                    seed: int = 0) -> dict[str, np.ndarray]:
-    """Inputs of ``batch`` samples: from ``data`` (repeated as needed) or random."""
+                    seed: int = 0, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, np.ndarray]:
+    """Inputs of ``batch`` samples: from ``data`` (repeated as needed) or random, of the model's
+    input shapes with ``input_shapes`` fixing dynamic dims (their batch dim is replaced)."""
     if data is not None:
         return {k: np.resize(v, (batch, *v.shape[1:])) for k, v in data.items()}
-    shapes = {name: (batch, *dims[1:]) for name, dims in fixed_input_shapes(model).items()}
-    feeds = random_feeds(model, shapes, seed)
+    fixed = fixed_input_shapes(model, {k: v for k, v in (input_shapes or {}).items()})
+    feeds = random_feeds(model, {name: (batch, *dims[1:]) for name, dims in fixed.items()}, seed)
     if feeds is None:
-        raise OnnxPruneError("bench: the model has dynamic input dims other than the batch; give --data")
+        raise OnnxPruneError("bench: the model has dynamic input dims other than the batch; give --data or "
+                             "--input-shape")
     return feeds
 
 
 def benchmark(models: dict[str, onnx.ModelProto], batches: tuple[int, ...] = (1, 32), runs: int = 30,
               warmup: int = 5, providers: list[str] | None = None, threads: int = 0,
-              data: dict[str, np.ndarray] | None = None) -> list[Latency]:
+              data: dict[str, np.ndarray] | None = None,
+              input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[Latency]:
     """Median and 90th-percentile latency of each model at each batch size, interleaved."""
     providers = providers or ["CPUExecutionProvider"]
     names = list(models)
-    sessions = {n: optimized_session(m, providers, threads) for n, m in models.items()}
+    sessions = [optimized_session(models[n], providers, threads) for n in names]
     results = []
     for batch in batches:
-        feeds = {n: feeds_for_batch(models[n], batch, data) for n in names}
-        for n in names:
-            for _ in range(warmup):
-                sessions[n].run(None, feeds[n])
-        times: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(runs):
-            for n in names:
-                start = time.perf_counter()
-                sessions[n].run(None, feeds[n])
-                times[n].append(time.perf_counter() - start)
-        base = float(np.median(times[names[0]]))
-        for n in names:
-            median = float(np.median(times[n]))
-            results.append(Latency(n, batch, 1000 * median, 1000 * float(np.percentile(times[n], 90)), base / median))
+        feeds = [feeds_for_batch(models[n], batch, data, input_shapes=input_shapes) for n in names]
+        times = interleaved(sessions, feeds, runs, warmup)
+        base = float(np.median(times[0]))
+        for n, t in zip(names, times):
+            median = float(np.median(t))
+            results.append(Latency(n, batch, 1000 * median, 1000 * float(np.percentile(t, 90)), base / median))
     return results
 
 

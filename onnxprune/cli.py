@@ -25,8 +25,9 @@ from .graph.validate import validate
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import no_progress
-from .prune import prune
-from .report import inspect_json, inspect_table, prune_summary, srn_summary
+from .prune import excluded_groups, prune
+from .report import inspect_json, inspect_table, profile_summary, prune_summary, srn_summary
+from .widths.latency import Target, profile
 
 MODEL = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
 INPUT_SHAPE = click.option(
@@ -97,8 +98,15 @@ def inspect(model, input_shapes, as_json):
 @click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0 <= R < 1).")
 @click.option("--keep-flops", type=float, help="Fraction of the MACs to keep (0 < F <= 1).")
 @click.option("--keep-params", type=float, help="Fraction of the parameters to keep (0 < P <= 1).")
+@click.option("--keep-latency", type=float,
+              help="Fraction of the onnxruntime latency to keep (0 < L <= 1), measured here with --device, "
+                   "--threads and --latency-batch, or predicted from --latency-table.")
+@click.option("--latency-batch", type=int, default=1, show_default=True, help="Batch size latency is measured at.")
+@click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads for latency (0: its default).")
+@click.option("--latency-table", type=click.Path(path_type=Path),
+              help="A table from `onnxprune profile` measured on the target device, instead of measuring here.")
 @click.option("--pro", is_flag=True, help="Choose each layer's width by its effect on the final output (PRO); "
-              "needs --calib and --keep-flops or --keep-params.")
+              "needs --calib and --keep-flops, --keep-params or --keep-latency.")
 @click.option("--pro-samples", type=int, default=256, show_default=True,
               help="Calibration samples PRO measures the final-output error on.")
 @click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
@@ -125,13 +133,15 @@ def inspect(model, input_shapes, as_json):
 @click.option("--report", type=click.Path(path_type=Path), help="Also write the JSON report to this file.")
 @JSON
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_samples, exclude, round_to, calib_path,
+def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latency, latency_batch, threads, latency_table,
+              pro, pro_samples, exclude, round_to, calib_path,
               calib_limit, batch_size, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
               channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     _refuse_overwriting(model, output)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
-                         keep_params, pro, pro_samples, exclude)
+                         keep_params, pro, pro_samples, exclude, keep_latency, latency_batch, threads,
+                         None if latency_table is None else str(latency_table), Device(device))
     uses_data = config.selection.needs_data or config.pro
     if calib_path is not None and not uses_data:
         data_methods = ", ".join(m.name for m in methods.all_methods() if m.needs_data)
@@ -195,6 +205,37 @@ def eval_cmd(model, data_path, reference, batch_size, limit, resize, mean, std, 
     click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.summary())
 
 
+@main.command(name="profile")
+@MODEL
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the table (JSON).")
+@click.option("--batch", type=int, default=1, show_default=True, help="Batch size to measure at.")
+@click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default).")
+@click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True,
+              help="Widths measured: multiples of N (use the prune's --round-to).")
+@click.option("--runs", type=int, default=30, show_default=True, help="Timed runs per width.")
+@click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
+              help="Groups the prune will leave alone (as prune --exclude); they are not measured.")
+@DEVICE
+@INPUT_SHAPE
+@JSON
+def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, input_shapes, as_json):
+    """Measure MODEL's latency table on this machine, for `prune --keep-latency --latency-table`."""
+    _refuse_overwriting(model, output)
+    if batch < 1 or runs < 1 or round_to < 1 or threads < 0:
+        raise OnnxPruneError("--batch, --runs and --round-to must be positive integers, --threads 0 or more")
+    normalized, _ = normalize(load(model))
+    analysis = analyze(normalized, parse_input_shapes(input_shapes))
+    skip = excluded_groups(analysis, tuple(exclude))
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable and g.id not in skip}
+    if not channels:
+        raise OnnxPruneError("no prunable channel group in this model (see `onnxprune inspect` for the reasons)")
+    table = profile(normalized, analysis, channels, Target(tuple(providers(Device(device))), threads, batch),
+                    round_to, runs)
+    data = table.to_json()
+    _write_text(output, json.dumps(data, indent=1) + "\n", forbidden=model)
+    click.echo(json.dumps(data, indent=2) if as_json else profile_summary(table, str(model), str(output)))
+
+
 @main.command(name="bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=Path))
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="Inputs to time on (default: random).")
@@ -203,8 +244,9 @@ def eval_cmd(model, data_path, reference, batch_size, limit, resize, mean, std, 
 @click.option("--runs", type=int, default=30, show_default=True, help="Timed runs per model and batch size.")
 @click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default).")
 @DEVICE
+@INPUT_SHAPE
 @JSON
-def bench_cmd(models, data_path, batches, runs, threads, device, as_json):
+def bench_cmd(models, data_path, batches, runs, threads, device, input_shapes, as_json):
     """onnxruntime latency of MODELS side by side (median, p90) and the speedup over the first."""
     if runs < 1 or any(b < 1 for b in batches):
         raise OnnxPruneError("--runs and --batch must be positive integers")
@@ -215,7 +257,8 @@ def bench_cmd(models, data_path, batches, runs, threads, device, as_json):
     if data_path is not None:
         first = next(iter(loaded.values()))
         sample = next(iter(open_data(data_path, first, batch_size=max(batches)))).feeds
-    results = benchmark(loaded, tuple(batches), runs, providers=providers(Device(device)), threads=threads, data=sample)
+    results = benchmark(loaded, tuple(batches), runs, providers=providers(Device(device)), threads=threads, data=sample,
+                        input_shapes=parse_input_shapes(input_shapes))
     click.echo(json.dumps([r.to_json() for r in results], indent=2) if as_json else table(results))
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from . import methods
 from .errors import OnnxPruneError
+from .graph.runtime import Device
 
 DEFAULT_ROUND_TO = 8
 DEFAULT_METHOD = "l1"
@@ -27,10 +28,13 @@ Method = _Named("Method", {name.upper(): name for name in methods.names()})
 class PruneConfig:
     """What to prune and how far.
 
-    Exactly one of ``ratio`` (fraction of channels removed from every prunable
-    group, 0 <= ratio < 1) and ``keep_flops`` (fraction of the MACs to keep,
-    0 < F <= 1) is set. Kept channel counts are multiples of ``round_to``
-    (onnxruntime's fast CPU convolutions want multiples of 8 or 16).
+    Exactly one target is set: ``ratio`` (fraction of channels removed from every prunable
+    group, 0 <= ratio < 1), or the fraction of the original's MACs (``keep_flops``),
+    parameters (``keep_params``) or measured onnxruntime latency (``keep_latency``) to keep
+    (0 < F <= 1). Kept channel counts are multiples of ``round_to`` (onnxruntime's fast
+    CPU convolutions want multiples of 8 or 16). Latency is measured with ``threads``
+    intra-op threads (0: onnxruntime's choice) at batch ``latency_batch``, or read from a
+    ``latency_table`` made by ``onnxprune profile``.
     """
 
     method: Method = Method(DEFAULT_METHOD)
@@ -43,24 +47,41 @@ class PruneConfig:
     pro: bool = False  # per-group widths from the final-output error (needs calibration data)
     pro_samples: int = 256
     exclude: tuple[str, ...] = ()  # glob patterns: groups produced by matching nodes are left alone
+    keep_latency: float | None = None
+    latency_batch: int = 1
+    threads: int = 0
+    latency_table: str | None = None  # a table made by `onnxprune profile` (elsewhere); None: measure here
+    device: Device = Device.AUTO  # where latency is measured (calibration has its own providers)
 
     def __post_init__(self):
-        targets = [t for t in (self.ratio, self.keep_flops, self.keep_params) if t is not None]
+        targets = [t for t in (self.ratio, self.keep_flops, self.keep_params, self.keep_latency) if t is not None]
         if len(targets) != 1:
-            raise OnnxPruneError("give exactly one of --ratio, --keep-flops and --keep-params")
+            raise OnnxPruneError("give exactly one of --ratio, --keep-flops, --keep-params and --keep-latency")
         if self.ratio is not None and not 0.0 <= self.ratio < 1.0:
             raise OnnxPruneError(f"--ratio {self.ratio}: must be at least 0 and below 1")
-        for name, value in (("--keep-flops", self.keep_flops), ("--keep-params", self.keep_params)):
+        for name, value in (("--keep-flops", self.keep_flops), ("--keep-params", self.keep_params),
+                            ("--keep-latency", self.keep_latency)):
             if value is not None and not 0.0 < value <= 1.0:
                 raise OnnxPruneError(f"{name} {value}: must be above 0 and at most 1")
         if self.pro and self.ratio is not None:
-            raise OnnxPruneError("--pro chooses the ratios itself: give --keep-flops or --keep-params, not --ratio")
+            raise OnnxPruneError("--pro chooses the ratios itself: give --keep-flops, --keep-params or --keep-latency, "
+                                 "not --ratio")
+        if self.keep_latency is None and self.latency_table is not None:
+            raise OnnxPruneError("--latency-table is for --keep-latency")
+        if self.keep_latency is not None and self.srn:
+            raise OnnxPruneError("--keep-latency with --srn is not supported yet: prune the serial model "
+                                 "(`onnxprune srn`) with --keep-latency instead")
+        if self.latency_batch < 1:
+            raise OnnxPruneError(f"--latency-batch {self.latency_batch}: must be a positive integer")
+        if self.threads < 0:
+            raise OnnxPruneError(f"--threads {self.threads}: must be 0 (onnxruntime's choice) or more")
         if self.pro_samples < 1:
             raise OnnxPruneError(f"--pro-samples {self.pro_samples}: must be a positive integer")
         if self.round_to < 1:
             raise OnnxPruneError(f"--round-to {self.round_to}: must be a positive integer")
         object.__setattr__(self, "method", Method(self.method))
         object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "device", Device(self.device))
 
     @property
     def selection(self) -> methods.SelectionMethod:

@@ -21,6 +21,8 @@ from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import Progress, no_progress
 from .widths.budget import Counts, fit_budget, uniform
+from .graph.runtime import providers
+from .widths.latency import LatencyGoal, Target, latency_counts
 from .widths.pro import ProStep, optimize_counts
 
 
@@ -48,6 +50,7 @@ class PruneResult:
     layers: tuple[LayerNote, ...] = ()
     srn: dict | None = None  # what serialising residual blocks did, with --srn
     pro: tuple[ProStep, ...] = ()  # PRO's commits: group, its new width, cost and final-output error
+    latency: dict | None = None  # with --keep-latency: the table, predicted and measured latency (LatencyFit)
 
     def to_json(self) -> dict:
         return {
@@ -62,6 +65,7 @@ class PruneResult:
                 for c in self.groups
             ],
             "srn": self.srn,
+            "latency": self.latency,
             "pro": [{"group": p.group, "channels": p.channels, "cost": p.cost, "error": p.error} for p in self.pro],
             "reconstruction": [
                 {"group": n.group, "node": n.node, "rows": n.rows, "columns": n.columns, "alpha": n.alpha,
@@ -105,8 +109,15 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     keep_for = proxy_choice(analysis)
 
     trace: list[ProStep] = []
+    latency = None
     if config.ratio is not None:
         counts = uniform(channels, config.ratio, config.round_to)
+    elif config.keep_latency is not None:
+        goal = LatencyGoal(config.keep_latency, Target(tuple(providers(config.device)), config.threads,
+                                                       config.latency_batch),
+                           config.round_to, config.latency_table, config.pro, config.pro_samples)
+        counts, trace, latency = latency_counts(normalized, analysis, method, channels, goal, calibration, progress,
+                                                keep_for)
     else:
         by_params = config.keep_params is not None
         predict = ParamPredictor(analysis).params if by_params else MacPredictor(analysis, before).macs
@@ -131,12 +142,14 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     done = method.prune(normalized, analysis, counts, calibration, progress)
     pruned, keep, notes = done.model, done.keep, done.notes
     validate(pruned, config.input_shapes)
+    if latency is not None:
+        latency.measure_result(normalized, pruned)
     after = cost_of(pruned, config.input_shapes)
     changes = tuple(GroupChange(g, len(keep.get(g.id, range(g.channels))), skipped.get(g.id), excluded.get(g.id))
                     for g in analysis.groups)
     srn = srn_report.to_json(original.macs, before.macs) if srn_report else None
     return PruneResult(pruned, config, original.macs, after.macs, original.params, after.params, changes,
-                       tuple(notes), srn, tuple(trace))
+                       tuple(notes), srn, tuple(trace), latency.to_json() if latency else None)
 
 
 def proxy_choice(analysis: Analysis) -> Callable[[Counts], dict[int, np.ndarray]]:

@@ -57,7 +57,8 @@ def inspect_table(analysis: Analysis, cost: Cost) -> str:
 def prune_summary(result: PruneResult, source: str, output: str) -> str:
     cfg = result.config
     target = (f"ratio {cfg.ratio}" if cfg.ratio is not None else f"keep-flops {cfg.keep_flops}"
-              if cfg.keep_flops is not None else f"keep-params {cfg.keep_params}") + (", PRO" if cfg.pro else "")
+              if cfg.keep_flops is not None else f"keep-params {cfg.keep_params}" if cfg.keep_params is not None
+              else f"keep-latency {cfg.keep_latency}") + (", PRO" if cfg.pro else "")
     changed = [c for c in result.groups if c.channels_after < c.group.channels]
     frozen = [c for c in result.groups if not c.group.prunable]
     excluded = [c for c in result.groups if c.excluded]
@@ -88,6 +89,8 @@ def prune_summary(result: PruneResult, source: str, output: str) -> str:
         last = result.pro[-1]
         lines.append(f"PRO: {len(result.pro)} steps; final-output mean squared error on calibration data "
                      f"{last.error:.4g} (estimate with independent reconstruction)")
+    if result.latency is not None:
+        lines += latency_lines(result.latency)
     if result.srn is not None:
         lines.append(f"SRN: {result.srn['blocks_serialized']} residual blocks serialised first, "
                      f"{len(result.srn['blocks_skipped'])} left as they are")
@@ -110,4 +113,34 @@ def srn_summary(data: dict, source: str, output: str) -> str:
     ]
     for skipped in data["blocks_skipped"]:
         lines.append(f"  {skipped['node']}: {skipped['reason']}")
+    return "\n".join(lines)
+
+
+def latency_lines(latency: dict) -> list[str]:
+    """What --keep-latency predicted and measured."""
+    where = (f"batch {latency['batch']}, {latency['threads'] or 'default'} threads, "
+             f"{latency['providers'][0].removesuffix('ExecutionProvider')}")
+    lines = [f"latency ({where}; table {latency['table']}, made in {latency['table_meta'].get('seconds', '?')} s): "
+             f"predicted {latency['original_ms']:.3f} -> {latency['predicted_ms']:.3f} ms "
+             f"({100 * latency['predicted_fraction']:.1f}% kept, target {100 * latency['target']:.0f}%)"]
+    if latency["measured_ms"] is not None:
+        lines.append(f"  measured here {latency['measured_original_ms']:.3f} -> {latency['measured_ms']:.3f} ms "
+                     f"({100 * latency['measured_fraction']:.1f}% kept, {1 / latency['measured_fraction']:.2f}x faster)")
+    else:
+        lines.append("  not measured here: the table was made on the target; time the result there "
+                     "(`onnxprune bench`)")
+    return lines
+
+
+def profile_summary(table, source: str, output: str) -> str:
+    meta = table.meta
+    lines = [f"latency table of {source} -> {output} ({meta['seconds']} s)",
+             f"measured on {meta['cpu']} ({meta['cpu_count']} cores), onnxruntime {meta['onnxruntime']}, "
+             f"{', '.join(meta['providers'])}, {meta['threads'] or 'default'} threads, batch {meta['batch']}",
+             f"whole model {table.full_ms:.3f} ms; {len(table.steps)} groups, "
+             f"{sum(len(s) for s in table.steps.values())} widths (multiples of {meta['round_to']})",
+             f"prediction checked on whole models at uniform widths (savings scaled by {table.scale:.3f}):"]
+    for check in table.checks:
+        lines.append(f"  ratio {check['ratio']}: predicted {check['predicted_ms']:.3f} ms, "
+                     f"measured {check['measured_ms']:.3f} ms")
     return "\n".join(lines)

@@ -1,0 +1,354 @@
+"""A latency table measured in onnxruntime: each group's staircase of segment times against width, and the model's latency predicted from it.
+
+onnxruntime's CPU kernels work on blocks of channels (8 with AVX2, 16 with AVX-512) and
+pad to them, so a layer's time against its width is a staircase, not a line: removing
+channels inside a step costs accuracy and saves nothing. The table is measured, not
+assumed. For each prunable group g and each width k on its ladder (the widths PRO steps
+through, multiples of ``round_to``), the segment of the graph that g's channels cross
+(its producers, the channel-wise ops between, its consumers: ``touched_nodes``) is cut out
+of a model in which only g is pruned to k, and timed in context (its real inputs, all
+graph optimisations, the target's threads and batch), the widths of a group interleaved.
+
+The model's latency at widths w is predicted as
+
+    T(w) = T_full - s * sum_g (T_g(n_g) - T_g(w_g))
+
+with T_g made monotone and flat within noise (``staircase``), so a width inside a step
+predicts the step's time. Segments of neighbouring groups share layers (a conv reads one
+group and writes another), so the savings do not add exactly; the scale s is fitted by
+least squares to whole models measured at a few uniform widths (``checks``), and every
+check is kept in the table with its prediction, so the table says how well it predicts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from ..analysis.consumers import touched_nodes
+from ..analysis.groups import Analysis
+from ..errors import OnnxPruneError
+from ..graph.probe import probe_model
+from ..graph.runtime import CPU, run_all, session
+from ..graph.shapes import fixed_input_shapes, random_feeds
+from ..graph.timing import interleaved, medians_ms
+from ..passes.surgery import prune_channels
+from ..progress import Progress
+from .budget import Counts, fit_budget, uniform
+from .pro import allowed_counts, optimize_counts
+
+FORMAT = "onnxprune-latency-table/1"
+CHECK_RATIOS = (0.25, 0.5, 0.75)  # uniform widths whose whole models are timed to fit and check the scale
+FLAT = 0.03  # differences below this share of a group's full-width segment time are noise: the same step
+FLAT_MS = 0.002  # ... or below 2 microseconds
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where latency is measured: onnxruntime's execution providers, threads and batch size."""
+
+    providers: tuple[str, ...] = CPU
+    threads: int = 0  # intra-op threads, 0: onnxruntime's choice
+    batch: int = 1
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Measured latencies (ms) of one model on one target (``meta`` says which)."""
+
+    meta: dict
+    full_ms: float  # the whole unpruned model
+    steps: dict[int, dict[int, float]]  # group -> width -> its segment's time (a staircase)
+    scale: float = 1.0  # s: measured savings of whole models per predicted saving
+    checks: list[dict] = field(default_factory=list)  # {"ratio", "predicted_ms", "measured_ms"}
+
+    def group_ms(self, group: int, width: int) -> float:
+        """T_g(width): the time of the narrowest measured width at least ``width`` (a width
+        between two measured ones is charged the wider one's time: never optimistic)."""
+        steps = self.steps[group]
+        return steps[min((k for k in steps if k >= width), default=max(steps))]
+
+    def predict(self, counts: Counts) -> float:
+        """T(counts) = T_full - s * sum_g (T_g(n_g) - T_g(counts[g])), in ms."""
+        saved = sum(self.group_ms(g, max(self.steps[g])) - self.group_ms(g, k)
+                    for g, k in counts.items() if g in self.steps)
+        return self.full_ms - self.scale * saved
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "meta": self.meta, "full_ms": self.full_ms, "scale": self.scale,
+                "checks": self.checks,
+                "steps": {str(g): {str(k): ms for k, ms in sorted(s.items())} for g, s in self.steps.items()}}
+
+    @staticmethod
+    def from_json(data: dict, source: str = "the latency table") -> LatencyTable:
+        try:
+            if data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+            steps = {int(g): {int(k): float(ms) for k, ms in s.items()} for g, s in data["steps"].items()}
+            return LatencyTable(dict(data["meta"]), float(data["full_ms"]), steps, float(data["scale"]),
+                                list(data.get("checks", [])))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise OnnxPruneError(f"{source}: not an onnxprune latency table ({exc})") from None
+
+
+def model_hash(model: onnx.ModelProto) -> str:
+    """sha256 of the (normalised) model a table is made for: its graph and weights."""
+    return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
+
+
+def load_table(path: str | os.PathLike) -> LatencyTable:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise OnnxPruneError(f"{path}: cannot read the latency table ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise OnnxPruneError(f"{path}: not a JSON latency table ({exc})") from None
+    return LatencyTable.from_json(data, str(path))
+
+
+def check_table(table: LatencyTable, normalized: onnx.ModelProto, channels: Counts, source: str) -> None:
+    """Refuse a table made for another model, or one that lacks a group to be pruned."""
+    if table.meta.get("model_sha256") != model_hash(normalized):
+        raise OnnxPruneError(f"{source}: made for another model (its model_sha256 {table.meta.get('model_sha256')} "
+                             f"is not this model's {model_hash(normalized)}); run `onnxprune profile` on this model")
+    missing = sorted(g for g in channels if g not in table.steps)
+    if missing:
+        raise OnnxPruneError(f"{source}: has no measurements for groups {missing}; profile with the same "
+                             "options (--exclude, method) as the prune")
+
+
+def staircase(times: dict[int, float]) -> dict[int, float]:
+    """Measured segment times made a staircase: non-decreasing in width (pool-adjacent-violators:
+    a wider segment is never faster; a dip is noise), and widths whose times differ by less than
+    FLAT of the widest's time (or FLAT_MS) share their step's highest time, so a width inside a
+    step is charged what the whole step costs."""
+    widths = sorted(times)
+    blocks: list[list] = []  # [total, count, widths] pooled from narrow to wide
+    for k in widths:
+        blocks.append([times[k], 1, [k]])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count, ks = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+            blocks[-1][2] += ks
+    monotone = {k: total / count for total, count, ks in blocks for k in ks}
+    tolerance = max(FLAT * monotone[widths[-1]], FLAT_MS)
+    result, step = {}, []
+    for k in widths:
+        if step and monotone[k] - monotone[step[0]] >= tolerance:
+            result.update({w: monotone[step[-1]] for w in step})
+            step = []
+        step.append(k)
+    result.update({w: monotone[step[-1]] for w in step})
+    return result
+
+
+def ladder(n: int, round_to: int) -> list[int]:
+    """The widths measured for a group of n channels: n, then multiples of ``round_to`` at
+    least max(round_to, n / 16) apart (as PRO steps), down to ``round_to``."""
+    return allowed_counts(n, round_to, max(round_to, n // 16))
+
+
+def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, target: Target, round_to: int,
+            runs: int = 30, seed: int = 0) -> LatencyTable:
+    """Measure the latency table of ``normalized`` for the groups in ``channels`` on ``target``."""
+    start = time.perf_counter()
+    feeds = _feeds(normalized, target.batch, seed)
+    node_at = {n.name: i for i, n in enumerate(normalized.graph.node)}
+    values = _activations(normalized, feeds, target)
+    steps = {}
+    for g, n in channels.items():
+        nodes = touched_nodes(analysis, g)
+        widths = ladder(n, round_to)
+        segments = [_segment(prune_channels(normalized, analysis, {g: np.arange(k)}) if k < n else normalized,
+                             nodes, node_at, values) for k in widths]
+        runs_ = [session(s, target.providers, threads=target.threads, spin=True) for s, _ in segments]
+        times = medians_ms(interleaved(runs_, [f for _, f in segments], runs))
+        steps[g] = staircase(dict(zip(widths, times)))
+    checks = {r: uniform(channels, r, round_to) for r in CHECK_RATIOS}
+    checks = {r: c for r, c in checks.items() if any(c[g] < n for g, n in channels.items())}
+    models = [prune_channels(normalized, analysis, {g: np.arange(k) for g, k in c.items()}) for c in checks.values()]
+    full_ms, *measured = measure(normalized, models, target, runs, seed)
+    unscaled = LatencyTable({}, 0.0, steps)
+    predicted_saving = np.array([-unscaled.predict(c) for c in checks.values()])
+    measured_saving = full_ms - np.array(measured)
+    scale = float(predicted_saving @ measured_saving / (predicted_saving @ predicted_saving)) \
+        if np.any(predicted_saving > 0) else 1.0
+    scale = min(max(scale, 0.1), 10.0)  # a check drowned in noise must not make the table absurd
+    fitted = LatencyTable({}, full_ms, steps, scale)
+    meta = {"model_sha256": model_hash(normalized), "providers": list(target.providers),
+            "threads": target.threads, "batch": target.batch, "round_to": round_to, "runs": runs,
+            "onnxruntime": ort.__version__, "cpu": _cpu(), "cpu_count": os.cpu_count(),
+            "machine": platform.machine(), "made": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "seconds": round(time.perf_counter() - start, 1)}
+    return LatencyTable(meta, full_ms, steps, scale,
+                        [{"ratio": r, "predicted_ms": fitted.predict(c), "measured_ms": m}
+                         for (r, c), m in zip(checks.items(), measured)])
+
+
+def measure(original: onnx.ModelProto, models: list[onnx.ModelProto], target: Target, runs: int = 30,
+            seed: int = 0) -> list[float]:
+    """Median latency (ms) of ``original`` and then of each of ``models`` (same inputs), interleaved."""
+    feeds = _feeds(original, target.batch, seed)
+    sessions = [session(m, target.providers, threads=target.threads, spin=True) for m in [original, *models]]
+    return medians_ms(interleaved(sessions, [feeds] * len(sessions), runs))
+
+
+def _feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:
+    shapes = {name: (batch, *dims[1:]) for name, dims in fixed_input_shapes(model).items()}
+    feeds = random_feeds(model, shapes, seed)
+    if feeds is None:
+        raise OnnxPruneError("latency: the model has dynamic input dims other than the batch; fix them with "
+                             "--input-shape")
+    return feeds
+
+
+def _activations(model: onnx.ModelProto, feeds: dict[str, np.ndarray], target: Target) -> dict[str, np.ndarray]:
+    """Every tensor of one run of ``model`` (the segments' real inputs)."""
+    names = [o for n in model.graph.node for o in n.output if o]
+    values = run_all(session(probe_model(model, names), target.providers, optimize=False), feeds)
+    return {**feeds, **values}
+
+
+def _segment(model: onnx.ModelProto, nodes: set[str], node_at: dict[str, int], values: dict[str, np.ndarray],
+             ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The sub-model of ``nodes`` (cut out of ``model``) and its inputs: the tensors they read
+    that none of them writes, from the unpruned model's run (their shapes do not depend on
+    the group's width)."""
+    inside = [n for n in model.graph.node if n.name in nodes]
+    made = {o for n in inside for o in n.output}
+    constants = {t.name for t in model.graph.initializer}
+    sources = {name: values[name] for n in inside for name in n.input
+               if name and name not in made and name not in constants}
+    read_outside = {name for n in model.graph.node if n.name not in nodes for name in n.input}
+    graph_outputs = {o.name for o in model.graph.output}
+    outputs = [o for n in inside for o in n.output if o and (o in read_outside or o in graph_outputs)]
+    return probe_model(model, outputs, sources), sources
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@dataclass(frozen=True)
+class LatencyGoal:
+    """--keep-latency: keep at most ``fraction`` of the original's latency on ``target``."""
+
+    fraction: float
+    target: Target
+    round_to: int
+    table: str | None = None  # a table made elsewhere (`onnxprune profile`); None: measure here
+    pro: bool = False
+    pro_samples: int = 256
+
+
+@dataclass
+class LatencyFit:
+    """What --keep-latency did: the table's source and fit, predicted and measured latencies."""
+
+    goal: LatencyGoal
+    table: LatencyTable
+    counts: Counts
+    predicted_ms: float
+    measured_here: bool
+    attempts: list[dict] = field(default_factory=list)  # each fitted budget and what it measured
+    measured_original_ms: float | None = None  # the final model against the original, one interleaved run
+    measured_ms: float | None = None
+
+    def measure_result(self, original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
+        """Time the pruned model against the original, where the table was measured here."""
+        if self.measured_here:
+            self.measured_original_ms, self.measured_ms = measure(original, [pruned], self.goal.target)
+
+    def to_json(self) -> dict:
+        table = self.table
+        return {
+            "target": self.goal.fraction, "batch": self.goal.target.batch, "threads": self.goal.target.threads,
+            "providers": list(self.goal.target.providers),
+            "table": self.goal.table or "measured here", "table_meta": table.meta, "table_scale": table.scale,
+            "table_checks": table.checks,
+            "original_ms": table.full_ms, "predicted_ms": self.predicted_ms,
+            "predicted_fraction": self.predicted_ms / table.full_ms,
+            "measured_original_ms": self.measured_original_ms, "measured_ms": self.measured_ms,
+            "measured_fraction": (self.measured_ms / self.measured_original_ms
+                                  if self.measured_ms is not None and self.measured_original_ms else None),
+            "attempts": self.attempts,
+            "groups": [{"group": g, "channels": k, "ms": table.group_ms(g, k),
+                        "full_ms": table.group_ms(g, max(table.steps[g]))} for g, k in sorted(self.counts.items())],
+        }
+
+
+def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, channels: Counts, goal: LatencyGoal,
+                   calibration, progress: Progress, keep_for: Callable[[Counts], dict[int, np.ndarray]],
+                   ) -> tuple[Counts, list, LatencyFit]:
+    """Counts whose latency is at most ``goal.fraction`` of the original's.
+
+    The table is measured here (``profile``) or read from ``goal.table``. Widths are fitted on
+    the table's prediction (uniform bisection and give-back, or PRO ranking steps by final-output
+    error per microsecond saved). Measured here, the chosen widths are also timed as a whole
+    model; while that misses the target by more than 2 %, the budget is scaled by the miss and the
+    widths fitted again (at most 3 times; PRO once more only if the miss is over 10 %)."""
+    if goal.table is None:
+        with progress(f"latency: timing {len(channels)} groups' widths", len(channels)) as advance:
+            table = profile(normalized, analysis, channels, goal.target, goal.round_to)
+            advance(len(channels))
+    else:
+        table = load_table(goal.table)
+        check_table(table, normalized, channels, goal.table)
+    budget = goal.fraction * table.full_ms
+    deepest = uniform(channels, 1.0, goal.round_to)
+    if table.predict(deepest) > budget:
+        fastest = table.predict(deepest) / table.full_ms
+        if goal.table is None:
+            full_ms, deepest_ms = measure(normalized, [prune_channels(normalized, analysis, keep_for(deepest))],
+                                          goal.target)
+            fastest = deepest_ms / full_ms
+        raise OnnxPruneError(
+            f"--keep-latency {goal.fraction}: unreachable; the fastest pruning allowed (--round-to {goal.round_to}, "
+            f"frozen groups untouched) keeps {fastest:.3f} of the latency "
+            f"({'measured' if goal.table is None else 'predicted'}, batch {goal.target.batch})")
+    trace: list = []
+
+    def fit(budget_ms: float) -> Counts | None:
+        nonlocal trace
+        if not goal.pro:
+            return fit_budget(channels, table.predict, budget_ms, goal.round_to)
+        microseconds = lambda keep: round(1000 * table.predict({g: len(k) for g, k in keep.items()}))  # noqa: E731
+        counts, trace = optimize_counts(normalized, analysis, method, channels, microseconds, 1000 * budget_ms,
+                                        calibration, goal.round_to, goal.pro_samples, progress)
+        return counts
+
+    counts = fit(budget)
+    result = LatencyFit(goal, table, counts, table.predict(counts), goal.table is None)
+    if goal.table is None and any(counts[g] < n for g, n in channels.items()):
+        for attempt in range(3):
+            full_ms, got_ms = measure(normalized, [prune_channels(normalized, analysis, keep_for(counts))],
+                                      goal.target)
+            miss = got_ms / full_ms / goal.fraction
+            result.attempts.append({"budget_ms": budget, "predicted_ms": table.predict(counts),
+                                    "measured_ms": got_ms, "measured_original_ms": full_ms})
+            if miss <= 1.02 or (goal.pro and (miss <= 1.1 or attempt)):
+                break
+            budget /= miss
+            if table.predict(deepest) > budget:
+                break
+            counts = fit(budget)
+        result.counts, result.predicted_ms = counts, table.predict(counts)
+    return counts, trace, result

@@ -1,0 +1,187 @@
+"""Latency-aware pruning: the table's staircases and prediction, fitting to them, profile/--latency-table, the CLI."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+from builders import FACTORIES
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onnxprune import OnnxPruneError, normalize
+from onnxprune.cli import main
+from onnxprune.widths import latency
+from onnxprune.widths.budget import fit_budget
+from onnxprune.widths.latency import LatencyTable, model_hash, staircase
+
+
+def table_of(steps, full=10.0, scale=1.0, meta=None):
+    return LatencyTable(meta or {}, full, steps, scale)
+
+
+def test_prediction_is_the_full_time_less_the_scaled_savings_of_each_group():
+    steps = {0: {8: 1.0, 16: 1.0, 24: 2.5, 32: 3.0}, 1: {4: 0.5, 8: 0.9}, 2: {16: 2.0}}
+    table = table_of(steps, full=20.0, scale=0.8)
+    counts = {0: 16, 1: 4, 2: 16}
+    assert table.predict(counts) == pytest.approx(20.0 - 0.8 * ((3.0 - 1.0) + (0.9 - 0.5) + 0.0))
+    # a width between two measured ones is charged the wider one's time
+    assert table.group_ms(0, 17) == 2.5 and table.group_ms(0, 9) == 1.0 and table.group_ms(1, 3) == 0.5
+    assert table.predict({0: 20, 1: 8}) == pytest.approx(20.0 - 0.8 * (3.0 - 2.5))
+    assert table.predict({0: 32, 1: 8, 2: 16}) == 20.0  # nothing pruned, nothing saved
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(0.001, 5.0), min_size=1, max_size=12))
+def test_staircase_is_monotone_and_flat_within_noise(times):
+    widths = [8 * (i + 1) for i in range(len(times))]
+    stairs = staircase(dict(zip(widths, times)))
+    values = [stairs[k] for k in widths]
+    assert all(a <= b for a, b in zip(values, values[1:]))  # a wider segment is never faster
+    assert min(values) >= min(times) and max(values) <= max(times)
+    # the widest width keeps its pooled time: the group's full-width cost is never inflated by noise
+    assert values[-1] == pytest.approx(max(np.mean(times[i:]) for i in range(len(times))))
+
+
+def test_staircase_keeps_real_steps_and_flattens_noise():
+    measured = {8: 1.00, 16: 1.01, 24: 0.99, 32: 2.00, 40: 2.02, 48: 3.0}
+    assert staircase(measured) == pytest.approx({8: 1.0, 16: 1.0, 24: 1.0, 32: 2.01, 40: 2.01, 48: 3.0}, abs=0.011)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([0.0, 0.0, 1.0, 2.0]), min_size=2, max_size=6), min_size=1, max_size=4),
+       st.floats(0.05, 1.0))
+def test_a_width_inside_a_flat_step_is_never_chosen(increments, fraction):
+    """Removing channels on a flat step saves no time: the fitted width is always the widest of its step."""
+    steps = {}
+    for g, inc in enumerate(increments):
+        widths = [8 * (i + 1) for i in range(len(inc))]
+        steps[g] = dict(zip(widths, np.cumsum([0.5] + inc[1:]).tolist()))
+    table = table_of(steps, full=10.0)
+    channels = {g: max(s) for g, s in steps.items()}
+    deepest = table.predict({g: 8 for g in channels})
+    budget = deepest + fraction * (table.full_ms - deepest)
+    counts = fit_budget(channels, table.predict, budget, 8)
+    assert counts is not None and table.predict(counts) <= budget
+    for g, k in counts.items():
+        same_step = [w for w, ms in steps[g].items() if ms == steps[g][k]]
+        assert k == max(same_step), (g, k, steps[g])
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    path = tmp_path / "net.onnx"
+    onnx.save(FACTORIES["basic_block_net"](channels=16), path)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_profile_writes_a_table_that_says_what_it_was_measured_on(model_path, tmp_path):
+    out = tmp_path / "table.json"
+    result = invoke("profile", model_path, "-o", out, "--runs", "5", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    table = latency.load_table(out)
+    meta = table.meta
+    assert meta["model_sha256"] == model_hash(normalize(onnx.load(str(model_path)))[0])
+    assert meta["providers"] == ["CPUExecutionProvider"] and meta["threads"] == 1 and meta["batch"] == 1
+    assert meta["onnxruntime"] and meta["cpu"] and meta["round_to"] == 8
+    assert table.full_ms > 0 and table.steps and len(table.checks) >= 1
+    for g, steps in table.steps.items():
+        assert max(steps) in steps and all(k % 8 == 0 for k in steps if k != max(steps))
+        values = [steps[k] for k in sorted(steps)]
+        assert all(a <= b for a, b in zip(values, values[1:]))
+
+
+def test_keep_latency_one_prunes_nothing(model_path, tmp_path):
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--keep-latency", "1.0", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert all(g["channels_after"] == g["channels_before"] for g in report["groups"])
+    assert report["macs_after"] == report["macs_before"]
+
+
+def test_an_unreachable_latency_target_says_the_fastest_reachable_fraction(model_path, tmp_path):
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--keep-latency", "0.01")
+    assert result.exit_code == 2
+    assert "--keep-latency 0.01: unreachable" in result.output and "keeps 0." in result.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_table_made_for_another_model_is_refused(model_path, tmp_path):
+    other = tmp_path / "other.onnx"
+    onnx.save(FACTORIES["basic_block_net"](channels=16, seed=1), other)  # same shapes, other weights
+    table = tmp_path / "table.json"
+    assert invoke("profile", other, "-o", table, "--runs", "3").exit_code == 0
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--keep-latency", "0.8", "--latency-table", table)
+    assert result.exit_code == 2 and "made for another model" in result.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_broken_table_is_a_clear_error(model_path, tmp_path):
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"format": "something else"}))
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--keep-latency", "0.8", "--latency-table", table)
+    assert result.exit_code == 2 and "not an onnxprune latency table" in result.output
+
+
+def test_profile_then_latency_table_gives_the_widths_of_measuring_in_place_with_that_table(
+        model_path, tmp_path, monkeypatch):
+    path = tmp_path / "table.json"
+    assert invoke("profile", model_path, "-o", path, "--runs", "5").exit_code == 0
+    table = latency.load_table(path)
+    deepest = table.predict({g: min(s) for g, s in table.steps.items()}) / table.full_ms
+    target = f"{(1 + deepest) / 2:.3f}"
+    args = ["prune", model_path, "--keep-latency", target, "--round-to", "8", "--json", "-q"]
+    remote = invoke(*args, "-o", tmp_path / "a.onnx", "--latency-table", path)
+    assert remote.exit_code == 0, remote.output
+    monkeypatch.setattr(latency, "profile", lambda *a, **k: table)
+    monkeypatch.setattr(latency, "measure", lambda original, models, *a, **k: [1.0] + [0.0] * len(models))
+    here = invoke(*args, "-o", tmp_path / "b.onnx")
+    assert here.exit_code == 0, here.output
+    widths = [[g["channels_after"] for g in json.loads(r.output)["groups"]] for r in (remote, here)]
+    assert widths[0] == widths[1] and widths[0] != [g["channels_before"] for g in json.loads(here.output)["groups"]]
+    report = json.loads(remote.output)["latency"]
+    assert report["table"] == str(path) and report["measured_ms"] is None
+    assert report["predicted_ms"] <= float(target) * report["original_ms"] + 1e-9
+    assert {g["group"] for g in report["groups"]} <= set(table.steps)
+
+
+def test_latency_report_and_target_with_the_table_measured_here(tmp_path):
+    """A model wide enough that pruning saves time: the report gives the table's prediction and
+    the pruned model's measured latency beside the original's."""
+    path = tmp_path / "net.onnx"
+    onnx.save(FACTORIES["conv_chain"](widths=(64, 128, 64), k=3), path)
+    result = invoke("prune", path, "-o", tmp_path / "out.onnx", "--keep-latency", "0.7", "--threads", "1",
+                    "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    lat = report["latency"]
+    assert lat["table"] == "measured here" and lat["batch"] == 1 and lat["threads"] == 1
+    assert lat["measured_ms"] is not None and lat["measured_original_ms"] > 0
+    assert lat["predicted_fraction"] <= 0.7 + 1e-9
+    assert report["macs_after"] < report["macs_before"]
+    assert all(g["ms"] <= g["full_ms"] for g in lat["groups"])
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--keep-latency", "0"], "--keep-latency 0.0: must be above 0"),
+    (["--keep-latency", "0.5", "--keep-flops", "0.5"], "exactly one"),
+    (["--keep-flops", "0.5", "--latency-table", "t.json"], "--latency-table is for --keep-latency"),
+    (["--keep-latency", "0.5", "--srn"], "not supported yet"),
+    (["--keep-latency", "0.5", "--latency-batch", "0"], "--latency-batch 0"),
+])
+def test_latency_options_are_checked(model_path, tmp_path, options, message):
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", *options)
+    assert result.exit_code == 2 and message in result.output
+
+
+def test_tables_round_trip_through_json():
+    table = table_of({3: {8: 0.1, 16: 0.2}}, full=1.5, scale=0.9, meta={"model_sha256": "x"})
+    again = LatencyTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert again == table
+    with pytest.raises(OnnxPruneError, match="not an onnxprune latency table"):
+        LatencyTable.from_json({"format": latency.FORMAT, "meta": {}})

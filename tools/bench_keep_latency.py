@@ -1,0 +1,165 @@
+"""Latency targets against MAC targets: measured speedup and accuracy of --keep-latency and --keep-flops prunes.
+
+    python tools/bench_keep_latency.py --models resnet20 --keep 0.5 0.35
+    python tools/bench_keep_latency.py --models resnet20 resnet56 vgg16 mobilenetv2 densenet --plot docs/accuracy_vs_speedup.png
+
+For each reference model and each latency target F, REAP + PRO prunes to --keep-latency F
+(the latency table measured here at batch 1, --threads); then REAP + PRO prunes by MACs to
+the MAC fraction that latency prune kept, with --round-to 8 and 16, so the MAC-based prunes
+have the same MAC budget. All prunes of one model are timed together in one interleaved
+`onnxprune bench` run at batch 1 and 32, repeated --repeats times (the median of the
+repeats' speedups is reported with their spread), and evaluated on the Fashion-MNIST test
+set. Models under tests/data/real (no labels) and a YOLOv8n-architecture model made by
+tools/make_yolo.py can be added with --extra PATH: they are pruned with random calibration
+data and compared by speed and output agreement with the original. Writes a markdown page.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CALIB = ROOT / "models" / "fmnist_calib.npz"
+TEST = ROOT / "models" / "fmnist_test.npz"
+
+
+def onnxprune(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True, text=True)
+
+
+def random_calib(model: Path, folder: Path, samples: int = 64) -> Path:
+    """Random calibration inputs of the model's input shape (batch dim from the data)."""
+    import onnx
+
+    m = onnx.load(str(model), load_external_data=False)
+    inits = {i.name for i in m.graph.initializer}
+    feeds = {}
+    for vi in m.graph.input:
+        if vi.name in inits:
+            continue
+        dims = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+        feeds[vi.name] = np.random.default_rng(0).standard_normal((samples, *dims[1:])).astype(np.float32)
+    path = folder / f"{model.stem}_calib.npz"
+    np.savez(path, **feeds)
+    return path
+
+
+def prune(model: Path, out: Path, calib: Path, target: list[str], threads: int, round_to: int) -> dict:
+    start = time.perf_counter()
+    done = onnxprune("prune", model, "-o", out, "--method", "reap", "--pro", "--calib", calib, *target,
+                     "--round-to", round_to, "--threads", threads, "--json", "-q")
+    if done.returncode:
+        return {"error": done.stderr.strip().removeprefix("error: ")}
+    report = json.loads(done.stdout)
+    report["seconds"] = time.perf_counter() - start
+    return report
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=["resnet20"])
+    p.add_argument("--extra", nargs="*", type=Path, default=[], help="unlabelled models (random calibration data)")
+    p.add_argument("--keep", nargs="+", type=float, default=[0.5, 0.35])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=ROOT / "docs" / "KEEP_LATENCY.md")
+    p.add_argument("--plot", type=Path)
+    args = p.parse_args()
+    command = "python tools/bench_keep_latency.py " + " ".join(sys.argv[1:])
+    rows, points = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        sources = [(name, ROOT / "models" / f"{name}_fmnist.onnx", CALIB, True) for name in args.models]
+        sources += [(path.stem, path, random_calib(path, tmp), False) for path in args.extra]
+        for name, model, calib, labelled in sources:
+            variants = []
+            for keep in args.keep:
+                out = tmp / f"{name}_lat{keep}.onnx"
+                report = prune(model, out, calib, ["--keep-latency", str(keep)], args.threads, 8)
+                if "error" in report:
+                    rows.append((name, f"latency {keep}", report["error"], *[""] * 7))
+                    continue
+                variants.append((f"latency {keep}", out, report))
+                macs = report["macs_after"] / report["macs_before"]
+                for round_to in (8, 16):
+                    out_m = tmp / f"{name}_mac{keep}_{round_to}.onnx"
+                    mac_report = prune(model, out_m, calib, ["--keep-flops", f"{macs:.4f}"], args.threads, round_to)
+                    if "error" in mac_report:
+                        rows.append((name, f"flops {macs:.3f}, round-to {round_to}", mac_report["error"], *[""] * 7))
+                    else:
+                        variants.append((f"flops {macs:.3f}, round-to {round_to}", out_m, mac_report))
+            if not variants:
+                continue
+            speed: dict[tuple[str, int], list[float]] = {}
+            for _ in range(args.repeats):
+                bench = onnxprune("bench", model, *[v[1] for v in variants], "--runs", args.runs, "--threads",
+                                  args.threads, "--batch", 1, "--batch", 32, "--json")
+                for r in json.loads(bench.stdout):
+                    speed.setdefault((r["model"], r["batch"]), []).append(r["speedup"])
+            original = json.loads(onnxprune("eval", model, "--data", TEST, "--json").stdout) if labelled else None
+            for label, out, report in variants:
+                if labelled:
+                    quality = json.loads(onnxprune("eval", out, "--data", TEST, "--json").stdout)["accuracy"]
+                    quality_text = f"{100 * quality:.2f}% ({100 * (quality - original['accuracy']):+.2f})"
+                else:
+                    ev = json.loads(onnxprune("eval", out, "--data", calib, "--reference", model, "--json").stdout)
+                    quality, quality_text = ev["agreement"], (f"rel. error {ev['rel_error']:.3f}" if ev["agreement"]
+                                                              is None else f"{100 * ev['agreement']:.1f}% agree")
+                b1, b32 = (speed[str(out), b] for b in (1, 32))
+                lat = report.get("latency") or {}
+                predicted = f"{1 / lat['predicted_fraction']:.2f}x" if lat else ""
+                in_prune = f"{1 / lat['measured_fraction']:.2f}x" if lat.get("measured_fraction") else ""
+                rows.append((name, label, f"{100 * report['macs_after'] / report['macs_before']:.1f}%",
+                             predicted, in_prune, f"{np.median(b1):.2f}x ({min(b1):.2f}-{max(b1):.2f})",
+                             f"{np.median(b32):.2f}x ({min(b32):.2f}-{max(b32):.2f})", quality_text,
+                             f"{report['seconds']:.0f} s",
+                             f"{lat['table_meta']['seconds']} s" if lat else ""))
+                if quality is not None:
+                    points.append((name, label.split()[0], float(np.median(b1)), quality))
+    lines = ["# Pruning to a latency target", "",
+             f"Produced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}, on this 2-core machine: onnxruntime "
+             f"CPU provider, all graph optimisations, {args.threads} threads. Every row is REAP + PRO with 1,024 "
+             "calibration images (random inputs for unlabelled models). `latency F` prunes to --keep-latency F "
+             "(table measured here at batch 1); `flops M` prunes to --keep-flops M, the MAC fraction the latency "
+             "prune kept, so the two have the same MAC budget. Speedups are medians of "
+             f"{args.repeats} interleaved `onnxprune bench` runs ({args.runs} runs each) with their range; "
+             "'in prune' is what --keep-latency measured on its own at the end of the prune.", "",
+             "| model | target | MACs kept | predicted | in prune | speedup batch 1 | speedup batch 32 | accuracy "
+             "(vs original) | prune time | table time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.plot and points:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name in dict.fromkeys(n for n, *_ in points):
+            for kind, marker in (("latency", "o"), ("flops", "s")):
+                xs = [s for n, k, s, _ in points if n == name and k == kind]
+                ys = [100 * q for n, k, _, q in points if n == name and k == kind]
+                if xs:
+                    ax.scatter(xs, ys, marker=marker, label=f"{name} ({'--keep-latency' if kind == 'latency' else '--keep-flops'})")
+        ax.set_xlabel("measured speedup at batch 1 (onnxruntime CPU)")
+        ax.set_ylabel("test accuracy (%) / output agreement")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
