@@ -33,8 +33,9 @@ class Latency:
 
 
 def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int = 0) -> ort.InferenceSession:
-    """A session as deployment would use it: all graph optimisations on, idle threads spinning."""
-    return session(model, providers, threads=threads, spin=True)
+    """A session as deployment would use it: all graph optimisations on (idle threads do not
+    spin, so that the interleaved sessions do not take the cores from each other)."""
+    return session(model, providers, threads=threads)
 
 
 def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarray] | None = None,
