@@ -319,7 +319,7 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
         if goal.table is None:
             full_ms, deepest_ms = measure(normalized, [prune_channels(normalized, analysis, keep_for(deepest))],
                                           goal.target)
-            fastest = deepest_ms / full_ms
+            fastest = min(deepest_ms / full_ms, 1.0)  # pruning nothing keeps 1.0: slower widths are noise
         raise OnnxPruneError(
             f"--keep-latency {goal.fraction}: unreachable; the fastest pruning allowed (--round-to {goal.round_to}, "
             f"frozen groups untouched) keeps {fastest:.3f} of the latency "
