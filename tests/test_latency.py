@@ -189,3 +189,20 @@ def test_tables_round_trip_through_json():
     assert again == table
     with pytest.raises(OnnxPruneError, match="not an onnxprune latency table"):
         LatencyTable.from_json({"format": latency.FORMAT, "meta": {}})
+
+
+@pytest.mark.parametrize("pro", [False, True])
+def test_a_data_method_meets_a_latency_target_with_and_without_pro(tmp_path, pro):
+    path, calib = tmp_path / "wide.onnx", tmp_path / "calib.npz"
+    model = FACTORIES["conv_chain"](widths=(64, 128, 64), k=3)
+    onnx.save(model, path)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32))
+    result = invoke("prune", path, "-o", tmp_path / "out.onnx", "--method", "reap", "--calib", calib,
+                    "--keep-latency", "0.7", "--threads", "1", "--pro-samples", "16", *(["--pro"] if pro else []),
+                    "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["latency"]["predicted_fraction"] <= 0.7 + 1e-9 and report["reconstruction"]
+    assert bool(report["pro"]) == pro
+    assert report["macs_after"] < report["macs_before"]

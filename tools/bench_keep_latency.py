@@ -10,8 +10,9 @@ have the same MAC budget. All prunes of one model are timed together in one inte
 `onnxprune bench` run at batch 1 and 32, repeated --repeats times (the median of the
 repeats' speedups is reported with their spread), and evaluated on the Fashion-MNIST test
 set. Models under tests/data/real (no labels) and a YOLOv8n-architecture model made by
-tools/make_yolo.py can be added with --extra PATH: they are pruned with random calibration
-data and compared by speed and output agreement with the original. Writes a markdown page.
+tools/make_yolo.py can be added with --extra PATH[:INPUT=D0,D1,...] (the shape fixes dynamic
+dims, batch first): they are pruned with 64 random calibration inputs and compared by speed
+and output agreement with the original on those inputs. Writes a markdown page.
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ def onnxprune(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True, text=True)
 
 
-def random_calib(model: Path, folder: Path, samples: int = 64) -> Path:
-    """Random calibration inputs of the model's input shape (batch dim from the data)."""
+def random_calib(model: Path, folder: Path, shape: str | None, samples: int = 64) -> Path:
+    """Random calibration inputs of the model's input shape (``shape``: INPUT=D0,D1,... fixes it)."""
     import onnx
 
     m = onnx.load(str(model), load_external_data=False)
@@ -46,16 +47,19 @@ def random_calib(model: Path, folder: Path, samples: int = 64) -> Path:
         if vi.name in inits:
             continue
         dims = [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]
+        if shape and shape.split("=")[0] == vi.name:
+            dims = [int(d) for d in shape.split("=")[1].split(",")]
         feeds[vi.name] = np.random.default_rng(0).standard_normal((samples, *dims[1:])).astype(np.float32)
     path = folder / f"{model.stem}_calib.npz"
     np.savez(path, **feeds)
     return path
 
 
-def prune(model: Path, out: Path, calib: Path, target: list[str], threads: int, round_to: int) -> dict:
+def prune(model: Path, out: Path, calib: Path, target: list[str], threads: int, round_to: int,
+          shape: list[str]) -> dict:
     start = time.perf_counter()
     done = onnxprune("prune", model, "-o", out, "--method", "reap", "--pro", "--calib", calib, *target,
-                     "--round-to", round_to, "--threads", threads, "--json", "-q")
+                     "--round-to", round_to, "--threads", threads, *shape, "--json", "-q")
     if done.returncode:
         return {"error": done.stderr.strip().removeprefix("error: ")}
     report = json.loads(done.stdout)
@@ -66,7 +70,7 @@ def prune(model: Path, out: Path, calib: Path, target: list[str], threads: int, 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", default=["resnet20"])
-    p.add_argument("--extra", nargs="*", type=Path, default=[], help="unlabelled models (random calibration data)")
+    p.add_argument("--extra", nargs="*", default=[], help="unlabelled models PATH[:INPUT=D0,D1,...]")
     p.add_argument("--keep", nargs="+", type=float, default=[0.5, 0.35])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--runs", type=int, default=50)
@@ -78,13 +82,17 @@ def main() -> None:
     rows, points = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        sources = [(name, ROOT / "models" / f"{name}_fmnist.onnx", CALIB, True) for name in args.models]
-        sources += [(path.stem, path, random_calib(path, tmp), False) for path in args.extra]
-        for name, model, calib, labelled in sources:
+        sources = [(name, ROOT / "models" / f"{name}_fmnist.onnx", CALIB, True, None) for name in args.models]
+        for extra in args.extra:
+            path, _, shape = extra.partition(":")
+            path = Path(path)
+            sources.append((path.stem, path, random_calib(path, tmp, shape or None), False, shape or None))
+        for name, model, calib, labelled, shape in sources:
+            shape_args = ["--input-shape", shape] if shape else []
             variants = []
             for keep in args.keep:
                 out = tmp / f"{name}_lat{keep}.onnx"
-                report = prune(model, out, calib, ["--keep-latency", str(keep)], args.threads, 8)
+                report = prune(model, out, calib, ["--keep-latency", str(keep)], args.threads, 8, shape_args)
                 if "error" in report:
                     rows.append((name, f"latency {keep}", report["error"], *[""] * 7))
                     continue
@@ -92,7 +100,8 @@ def main() -> None:
                 macs = report["macs_after"] / report["macs_before"]
                 for round_to in (8, 16):
                     out_m = tmp / f"{name}_mac{keep}_{round_to}.onnx"
-                    mac_report = prune(model, out_m, calib, ["--keep-flops", f"{macs:.4f}"], args.threads, round_to)
+                    mac_report = prune(model, out_m, calib, ["--keep-flops", f"{macs:.4f}"], args.threads, round_to,
+                                       shape_args)
                     if "error" in mac_report:
                         rows.append((name, f"flops {macs:.3f}, round-to {round_to}", mac_report["error"], *[""] * 7))
                     else:
@@ -102,7 +111,7 @@ def main() -> None:
             speed: dict[tuple[str, int], list[float]] = {}
             for _ in range(args.repeats):
                 bench = onnxprune("bench", model, *[v[1] for v in variants], "--runs", args.runs, "--threads",
-                                  args.threads, "--batch", 1, "--batch", 32, "--json")
+                                  args.threads, "--batch", 1, "--batch", 32, *shape_args, "--json")
                 for r in json.loads(bench.stdout):
                     speed.setdefault((r["model"], r["batch"]), []).append(r["speedup"])
             original = json.loads(onnxprune("eval", model, "--data", TEST, "--json").stdout) if labelled else None
