@@ -15,7 +15,8 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
-from .graph.runtime import session
+from .graph.io import first_line
+from .graph.runtime import loaded
 from .graph.shapes import fixed_input_shapes, random_feeds
 
 
@@ -32,9 +33,10 @@ class Latency:
                 "p90_ms": self.p90_ms, "speedup": self.ratio}
 
 
-def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int = 0) -> ort.InferenceSession:
+def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int = 0,
+                      name: str = "the model") -> ort.InferenceSession:
     """A session as deployment would use it: all graph optimisations on, idle threads spinning."""
-    return session(model, providers, threads=threads, spin=True)
+    return loaded(model, name, providers, threads=threads, spin=True)
 
 
 def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarray] | None = None,
@@ -52,15 +54,17 @@ def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarr
 def benchmark(models: dict[str, onnx.ModelProto], batches: tuple[int, ...] = (1, 32), runs: int = 30,
               warmup: int = 5, providers: list[str] | None = None, threads: int = 0,
               data: dict[str, np.ndarray] | None = None) -> list[Latency]:
-    """Median and 90th-percentile latency of each model at each batch size, interleaved."""
+    """Median and 90th-percentile latency of each model at each batch size, interleaved, after
+    ``warmup`` untimed runs (at least one: it checks that the model runs on these inputs)."""
     providers = providers or ["CPUExecutionProvider"]
     names = list(models)
-    sessions = {n: optimized_session(m, providers, threads) for n, m in models.items()}
+    sessions = {n: optimized_session(m, providers, threads, n) for n, m in models.items()}
     results = []
     for batch in batches:
         feeds = {n: feeds_for_batch(models[n], batch, data) for n in names}
         for n in names:
-            for _ in range(warmup):
+            _first_run(sessions[n], feeds[n], n, batch)
+            for _ in range(warmup - 1):
                 sessions[n].run(None, feeds[n])
         times: dict[str, list[float]] = {n: [] for n in names}
         for _ in range(runs):
@@ -73,6 +77,15 @@ def benchmark(models: dict[str, onnx.ModelProto], batches: tuple[int, ...] = (1,
             median = float(np.median(times[n]))
             results.append(Latency(n, batch, 1000 * median, 1000 * float(np.percentile(times[n], 90)), base / median))
     return results
+
+
+def _first_run(run: ort.InferenceSession, feeds: dict[str, np.ndarray], name: str, batch: int) -> None:
+    """One warm-up run, whose failure (a kernel missing for these inputs, data of the wrong
+    shape) is an error naming the model; later runs take the same path."""
+    try:
+        run.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise OnnxPruneError(f"onnxruntime cannot run {name} at batch {batch}: {first_line(exc)}") from None
 
 
 def table(results: list[Latency]) -> str:
