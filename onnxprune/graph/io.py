@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
 from ..errors import OnnxPruneError
+from .files import Protected, Staging, check_output, same_file
 
 MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -165,34 +164,43 @@ def _describe(node: onnx.NodeProto) -> str:
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.PathLike | None = None) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename.
+    """Write atomically: a temporary file in the same folder, then a rename (see ``files``).
 
     On failure no output file is left. Refuses to overwrite ``input_path``.
     """
     path = Path(path)
-    if input_path is not None and _same_file(path, Path(input_path)):
-        raise OnnxPruneError(f"{path}: the output path is the input model; choose another")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OnnxPruneError(f"{path}: output folder {folder} does not exist")
-    if path.is_dir():
-        raise OnnxPruneError(f"{path}: is a folder, not a file path")
-    external = weight_bytes(model) > EXTERNAL_DATA_BYTES
+    protected = [] if input_path is None else [("the input model", Path(input_path))]
+    check_output(path, "output", protected)
+    with Staging() as staging:
+        stage(model, path, staging, protected)
+        staging.commit()
+
+
+def stage(model: onnx.ModelProto, path: Path, staging: Staging, protected: Protected = ()) -> None:
+    """Write ``model`` for ``path`` into ``staging``; over 2 GB with its weights in ``path.data``,
+    which must not be one of the ``protected`` files either. ``model`` is left with its
+    weights external (onnx moves them), as onnx.save_model leaves it."""
+    if weight_bytes(model) <= EXTERNAL_DATA_BYTES:
+        staging.write(path, model.SerializeToString())
+        return
+    data = path.with_name(path.name + ".data")
+    for description, other in protected:
+        if other is not None and same_file(data, other):
+            raise OnnxPruneError(f"{path}: its weights file {data} would be {description}; choose another output path")
+    temporary_data = staging.path_for(data)  # renamed before the model that points to it
+    temporary_model = staging.path_for(path)
     try:
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxprune-") as tmp:
-            tmp_model = Path(tmp) / path.name
-            data_name = path.name + ".data"
-            if external:
-                onnx.save_model(model, str(tmp_model), save_as_external_data=True,
-                                all_tensors_to_one_file=True, location=data_name)
-                # onnx creates the side file readable by its owner only; give it the model's mode
-                os.chmod(Path(tmp) / data_name, stat.S_IMODE(tmp_model.stat().st_mode))
-                os.replace(Path(tmp) / data_name, folder / data_name)
-            else:
-                onnx.save_model(model, str(tmp_model))
-            os.replace(tmp_model, path)
+        onnx.save_model(model, str(temporary_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=temporary_data.name)
+        for tensor in _tensors(model.graph):  # point at the name the data will have once renamed
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data.name
+        temporary_model.write_bytes(model.SerializeToString())
     except OSError as exc:
         raise OnnxPruneError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except (onnx.checker.ValidationError, ValueError) as exc:  # onnx's own checks of what it writes
+        raise OnnxPruneError(f"{path}: cannot write ({one_line(exc)})") from None
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -212,13 +220,6 @@ def weight_bytes(model: onnx.ModelProto) -> int:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(init.data_type)).itemsize
         total += count * itemsize if init.HasField("raw_data") else count * 4
     return total
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
 
 
 def first_line(exc: BaseException) -> str:
