@@ -63,8 +63,16 @@ def _open(path, model, batch_size, limit, resize, mean, std, layout, channels) -
 
 
 class _Group(click.Group):
-    """An OnnxPruneError is one `error: ...` line on stderr and exit status 2; SIGTERM unwinds
-    like Ctrl-C, so no temporary file is left behind."""
+    """Every error is one `error: ...` line on stderr and exit status 2, click's usage errors
+    included; SIGTERM unwinds like Ctrl-C, so no temporary file is left behind."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except _HELP:  # no arguments at all: click shows the help (exit status 2)
+            raise
+        except click.UsageError as exc:
+            _fail(_usage(exc))
 
     def invoke(self, ctx):
         restore = _terminate_on_sigterm()
@@ -72,13 +80,25 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except OnnxPruneError as exc:
             _fail(str(exc))
+        except click.UsageError as exc:
+            _fail(_usage(exc))
         finally:
             restore()
+
+
+# click 8.2+ shows the help for a bare command through a usage error of its own
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _fail(message: str) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
+
+
+def _usage(exc: click.UsageError) -> str:
+    """click's usage error on one line, with where to find help."""
+    message = " ".join(exc.format_message().split())
+    return f"{message} (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else message
 
 
 def _terminate_on_sigterm() -> Callable[[], None]:
@@ -169,6 +189,8 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_sa
             raise OnnxPruneError(f"{needs} needs calibration data: give --calib DATA")
         if batch_size < 1:
             raise OnnxPruneError(f"--batch-size {batch_size}: must be a positive integer")
+        if calib_limit is not None and calib_limit < 1:
+            raise OnnxPruneError(f"--calib-limit {calib_limit}: must be a positive integer")
         if cache_mb < 0:
             raise OnnxPruneError(f"--cache-mb {cache_mb}: must be 0 (no cache) or more")
     loaded, inputs = read(model)
