@@ -25,7 +25,7 @@ from .graph.files import Staging, check_output
 from .graph.io import load, read, stage
 from .graph.runtime import Device, providers
 from .graph.shapes import parse_input_shapes
-from .graph.validate import validate
+from .graph.validate import check_runs, validate
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import no_progress
@@ -129,7 +129,7 @@ def inspect(model, input_shapes, as_json):
     """Show the channel groups of MODEL, which are prunable, and its cost."""
     normalized, _ = normalize(load(model))
     analysis = analyze(normalized, parse_input_shapes(input_shapes))
-    cost = model_cost(analysis.graph, analysis.shapes)
+    cost = model_cost(analysis.graph, analysis.shapes, analysis.unknown_after, partial=True)
     if as_json:
         click.echo(json.dumps(inspect_json(analysis, cost), indent=2))
     else:
@@ -222,6 +222,7 @@ def srn_cmd(model, output, input_shapes, as_json):
     loaded, inputs = read(model)
     protected = _check_outputs(inputs, [], output=output)
     normalized, _ = normalize(loaded)
+    check_runs(normalized)
     serial, report = serialize_residuals(normalized, shapes)
     validate(serial, shapes)
     data = report.to_json(cost_of(normalized, shapes).macs, cost_of(serial, shapes).macs)
