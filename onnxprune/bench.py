@@ -14,7 +14,8 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
-from .graph.runtime import session
+from .graph.io import first_line
+from .graph.runtime import loaded
 from .graph.shapes import fixed_input_shapes, random_feeds
 from .graph.timing import interleaved
 
@@ -32,10 +33,11 @@ class Latency:
                 "p90_ms": self.p90_ms, "speedup": self.ratio}
 
 
-def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int = 0) -> ort.InferenceSession:
+def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int = 0,
+                      name: str = "the model") -> ort.InferenceSession:
     """A session as deployment would use it: all graph optimisations on (idle threads do not
     spin, so that the interleaved sessions do not take the cores from each other)."""
-    return session(model, providers, threads=threads)
+    return loaded(model, name, providers, threads=threads)
 
 
 def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarray] | None = None,
@@ -56,19 +58,31 @@ def benchmark(models: dict[str, onnx.ModelProto], batches: tuple[int, ...] = (1,
               warmup: int = 5, providers: list[str] | None = None, threads: int = 0,
               data: dict[str, np.ndarray] | None = None,
               input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[Latency]:
-    """Median and 90th-percentile latency of each model at each batch size, interleaved."""
+    """Median and 90th-percentile latency of each model at each batch size, interleaved, after
+    ``warmup`` untimed runs (at least one: it checks that the model runs on these inputs)."""
     providers = providers or ["CPUExecutionProvider"]
     names = list(models)
-    sessions = [optimized_session(models[n], providers, threads) for n in names]
+    sessions = [optimized_session(models[n], providers, threads, n) for n in names]
     results = []
     for batch in batches:
         feeds = [feeds_for_batch(models[n], batch, data, input_shapes=input_shapes) for n in names]
-        times = interleaved(sessions, feeds, runs, warmup)
+        for n, run, feed in zip(names, sessions, feeds):
+            _first_run(run, feed, n, batch)
+        times = interleaved(sessions, feeds, runs, max(warmup - 1, 0))
         base = float(np.median(times[0]))
         for n, t in zip(names, times):
             median = float(np.median(t))
             results.append(Latency(n, batch, 1000 * median, 1000 * float(np.percentile(t, 90)), base / median))
     return results
+
+
+def _first_run(run: ort.InferenceSession, feeds: dict[str, np.ndarray], name: str, batch: int) -> None:
+    """One warm-up run, whose failure (a kernel missing for these inputs, data of the wrong
+    shape) is an error naming the model; later runs take the same path."""
+    try:
+        run.run(None, feeds)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise OnnxPruneError(f"onnxruntime cannot run {name} at batch {batch}: {first_line(exc)}") from None
 
 
 def table(results: list[Latency]) -> str:

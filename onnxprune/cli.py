@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, NoReturn
 
 import click
 
@@ -18,10 +21,11 @@ from .config import DEFAULT_METHOD, DEFAULT_ROUND_TO, Method, PruneConfig
 from .data import DataSource, open_data, parse_image_options
 from .errors import OnnxPruneError
 from .evaluate import evaluate
-from .graph.io import load, save
+from .graph.files import Staging, check_output
+from .graph.io import load, read, stage
 from .graph.runtime import Device, providers
 from .graph.shapes import parse_input_shapes
-from .graph.validate import validate
+from .graph.validate import check_runs, validate
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import no_progress
@@ -60,12 +64,56 @@ def _open(path, model, batch_size, limit, resize, mean, std, layout, channels) -
 
 
 class _Group(click.Group):
+    """Every error is one `error: ...` line on stderr and exit status 2, click's usage errors
+    included; SIGTERM unwinds like Ctrl-C, so no temporary file is left behind."""
+
+    def make_context(self, *args, **kwargs):
+        try:
+            return super().make_context(*args, **kwargs)
+        except _HELP:  # no arguments at all: click shows the help (exit status 2)
+            raise
+        except click.UsageError as exc:
+            _fail(_usage(exc))
+
     def invoke(self, ctx):
+        restore = _terminate_on_sigterm()
         try:
             return super().invoke(ctx)
         except OnnxPruneError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            _fail(str(exc))
+        except click.UsageError as exc:
+            _fail(_usage(exc))
+        finally:
+            restore()
+
+
+# click 8.2+ shows the help for a bare command through a usage error of its own
+_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+def _usage(exc: click.UsageError) -> str:
+    """click's usage error on one line, with where to find help."""
+    message = " ".join(exc.format_message().split())
+    return f"{message} (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else message
+
+
+def _terminate_on_sigterm() -> Callable[[], None]:
+    """Make SIGTERM raise SystemExit (status 143, as when killed) so that cleanups run; returns
+    what puts the previous handler back. Only the main thread may set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, terminate)
+    return lambda: signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @click.group(cls=_Group)
@@ -82,7 +130,7 @@ def inspect(model, input_shapes, as_json):
     """Show the channel groups of MODEL, which are prunable, and its cost."""
     normalized, _ = normalize(load(model))
     analysis = analyze(normalized, parse_input_shapes(input_shapes))
-    cost = model_cost(analysis.graph, analysis.shapes)
+    cost = model_cost(analysis.graph, analysis.shapes, analysis.unknown_after, partial=True)
     if as_json:
         click.echo(json.dumps(inspect_json(analysis, cost), indent=2))
     else:
@@ -138,7 +186,6 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
               calib_limit, batch_size, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
               channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
-    _refuse_overwriting(model, output)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
                          keep_params, pro, pro_samples, exclude, keep_latency, latency_batch, threads,
                          None if latency_table is None else str(latency_table), Device(device))
@@ -146,25 +193,31 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
     if calib_path is not None and not uses_data:
         data_methods = ", ".join(m.name for m in methods.all_methods() if m.needs_data)
         raise OnnxPruneError(f"--calib is for the data methods ({data_methods}) and --pro, not --method {method}")
-    loaded = load(model)
-    calibration = None
     if uses_data:
         if calib_path is None:
             needs = f"--method {method}" if config.selection.needs_data else "--pro"
             raise OnnxPruneError(f"{needs} needs calibration data: give --calib DATA")
         if batch_size < 1:
             raise OnnxPruneError(f"--batch-size {batch_size}: must be a positive integer")
+        if calib_limit is not None and calib_limit < 1:
+            raise OnnxPruneError(f"--calib-limit {calib_limit}: must be a positive integer")
         if cache_mb < 0:
             raise OnnxPruneError(f"--cache-mb {cache_mb}: must be 0 (no cache) or more")
+    loaded, inputs = read(model)
+    protected = _check_outputs(inputs, [("the calibration data", calib_path)], output=output, report=report)
+    calibration = None
+    if uses_data:
         data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels)
         calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
                                   tuple(providers(Device(device))), sequential=not independent,
                                   cache_bytes=cache_mb << 20)
     result = prune(loaded, config, calibration, no_progress if quiet or as_json else _progress)
     data = result.to_json()
-    if report is not None:
-        _write_text(report, json.dumps(data, indent=2) + "\n", forbidden=model)
-    save(result.model, output, input_path=model)
+    with Staging() as staging:  # the report after the model, both or neither
+        stage(result.model, output, staging, protected["output"])
+        if report is not None:
+            staging.write(report, (json.dumps(data, indent=2) + "\n").encode())
+        staging.commit()
     click.echo(json.dumps(data, indent=2) if as_json else prune_summary(result, str(model), str(output)))
 
 
@@ -175,13 +228,17 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
 @JSON
 def srn_cmd(model, output, input_shapes, as_json):
     """Rewrite residual blocks of MODEL into equivalent serial convolutions (SRN)."""
-    _refuse_overwriting(model, output)
     shapes = parse_input_shapes(input_shapes)
-    normalized, _ = normalize(load(model))
+    loaded, inputs = read(model)
+    protected = _check_outputs(inputs, [], output=output)
+    normalized, _ = normalize(loaded)
+    check_runs(normalized)
     serial, report = serialize_residuals(normalized, shapes)
     validate(serial, shapes)
     data = report.to_json(cost_of(normalized, shapes).macs, cost_of(serial, shapes).macs)
-    save(serial, output, input_path=model)
+    with Staging() as staging:
+        stage(serial, output, staging, protected["output"])
+        staging.commit()
     click.echo(json.dumps(data, indent=2) if as_json else srn_summary(data, str(model), str(output)))
 
 
@@ -220,10 +277,12 @@ def eval_cmd(model, data_path, reference, batch_size, limit, resize, mean, std, 
 @JSON
 def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, input_shapes, as_json):
     """Measure MODEL's latency table on this machine, for `prune --keep-latency --latency-table`."""
-    _refuse_overwriting(model, output)
     if batch < 1 or runs < 1 or round_to < 1 or threads < 0:
         raise OnnxPruneError("--batch, --runs and --round-to must be positive integers, --threads 0 or more")
-    normalized, _ = normalize(load(model))
+    loaded, inputs = read(model)
+    _check_outputs(inputs, [], output=output)
+    normalized, _ = normalize(loaded)
+    check_runs(normalized)
     analysis = analyze(normalized, parse_input_shapes(input_shapes))
     skip = excluded_groups(analysis, tuple(exclude))
     channels = {g.id: g.channels for g in analysis.groups if g.prunable and g.id not in skip}
@@ -232,7 +291,9 @@ def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, 
     table = profile(normalized, analysis, channels, Target(tuple(providers(Device(device))), threads, batch),
                     round_to, runs)
     data = table.to_json()
-    _write_text(output, json.dumps(data, indent=1) + "\n", forbidden=model)
+    with Staging() as staging:
+        staging.write(output, (json.dumps(data, indent=1) + "\n").encode())
+        staging.commit()
     click.echo(json.dumps(data, indent=2) if as_json else profile_summary(table, str(model), str(output)))
 
 
@@ -268,15 +329,18 @@ def _progress(label: str, total: int):
         yield bar.update
 
 
-def _refuse_overwriting(model: Path, output: Path) -> None:
-    if output.exists() and model.exists() and output.resolve() == model.resolve():
-        raise OnnxPruneError(f"{output}: the output path is the input model; choose another")
-
-
-def _write_text(path: Path, text: str, forbidden: Path) -> None:
-    if path.exists() and forbidden.exists() and path.resolve() == forbidden.resolve():
-        raise OnnxPruneError(f"{path}: the report path is the input model; choose another")
-    try:
-        path.write_text(text)
-    except OSError as exc:
-        raise OnnxPruneError(f"{path}: cannot write the report ({exc.strerror or exc})") from None
+def _check_outputs(model_files: tuple[Path, ...], data: list[tuple[str, Path | None]],
+                   **outputs: Path | None) -> dict[str, list[tuple[str, Path | None]]]:
+    """Check every output path before any work (see files.check_output): none may be an input
+    (the model, its external data, the data files) or another output. Returns, per output,
+    the files it must not be, for the write itself (a weights file is named only then)."""
+    inputs = [("the input model", model_files[0]),
+              *(("the input model's external data file", f) for f in model_files[1:]), *data]
+    protected = {}
+    for what, path in outputs.items():
+        if path is None:
+            continue
+        others = [(f"the {other} path", p) for other, p in outputs.items() if other != what and p is not None]
+        protected[what] = [*inputs, *others]
+        check_output(path, what, protected[what])
+    return protected

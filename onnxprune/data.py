@@ -191,10 +191,13 @@ def open_data(path: str | Path, model: onnx.ModelProto, *, batch_size: int = 32,
 
 def _npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, _Column], np.ndarray | None]:
     try:
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise OnnxPruneError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
+    except MemoryError:
+        raise OnnxPruneError(f"{path}: its arrays do not fit in memory (a .npy file is read batch by batch)") from None
     labels = arrays.pop(LABELS, None)
     if len(specs) == 1 and len(arrays) == 1:
         (key, array), = arrays.items()
@@ -208,6 +211,35 @@ def _npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, _Column], np.nda
         raise OnnxPruneError(f"{path}: {'; '.join(parts)} (model inputs: {quoted(names)})")
     columns = {name: _array_column(f"array '{name}'", arrays[name]) for name in names}
     return columns, _checked_labels(path, labels)
+
+
+def _check_npz_sizes(path: Path) -> None:
+    """Refuse a member whose header declares more data than the member holds, before numpy
+    allocates what the header declares (a few bytes can declare a terabyte)."""
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                    else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read_header(member)
+                stored = info.file_size - member.tell()
+            declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            if not dtype.hasobject and declared > stored:
+                raise OnnxPruneError(
+                    f"{path}: array '{info.filename[:-4]}' declares shape {_fmt(shape)} of {dtype} "
+                    f"({_bytes(declared)}) but holds {_bytes(stored)}"
+                )
+
+
+def _bytes(n: int) -> str:
+    """1234567 -> '1.2 MB'."""
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _npy(path: Path, specs: list[InputSpec]) -> dict[str, _Column]:

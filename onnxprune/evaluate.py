@@ -17,7 +17,7 @@ import onnxruntime as ort
 from .data import Batch, DataSource, InputSpec, model_inputs, quoted
 from .errors import OnnxPruneError
 from .graph.io import first_line
-from .graph.runtime import session
+from .graph.runtime import loaded
 
 
 @dataclass(frozen=True)
@@ -107,8 +107,8 @@ def evaluate(model: onnx.ModelProto, data: DataSource, reference: onnx.ModelProt
     """Run ``model`` (and ``reference``) over ``data`` with onnxruntime on CPU, graph optimisations on."""
     if reference is not None:
         check_same_inputs(model, reference)
-    ours = _session(model, "the model")
-    theirs = None if reference is None else _session(reference, "the reference model")
+    ours = loaded(model, "the model")
+    theirs = None if reference is None else loaded(reference, "the reference model")
     predictions: list[np.ndarray] = []
     reference_predictions: list[np.ndarray] = []
     labels: list[np.ndarray] = []
@@ -138,13 +138,6 @@ def evaluate(model: onnx.ModelProto, data: DataSource, reference: onnx.ModelProt
         rel_error=rel_error(diff.diff_squares, diff.reference_squares) if compared else None,
         max_abs_diff=diff.max_abs if compared else None,
     )
-
-
-def _session(model: onnx.ModelProto, what: str) -> ort.InferenceSession:
-    try:
-        return session(model, optimize=True)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(f"onnxruntime cannot load {what}: {first_line(exc)}") from None
 
 
 def _run(sess: ort.InferenceSession, batch: Batch, what: str) -> np.ndarray:

@@ -14,7 +14,7 @@ from .analysis.groups import Analysis, ChannelGroup, analyze
 from .calibration.statistics import Calibration
 from .config import PruneConfig
 from .errors import OnnxPruneError
-from .graph.validate import validate
+from .graph.validate import check_runs, validate
 from .methods.l1 import l1_scores, select
 from .methods.sequential import LayerNote
 from .passes.normalize import normalize
@@ -88,12 +88,13 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     if config.pro and calibration is None:
         raise OnnxPruneError("--pro measures the final-output error on calibration data: give --calib DATA")
     normalized, _ = normalize(model)
+    check_runs(normalized)
     srn_report = None
     if config.srn:  # targets stay relative to the original, not the wider serial model
         original = cost_of(normalized, config.input_shapes)
         normalized, srn_report = serialize_residuals(normalized, config.input_shapes)
     analysis = analyze(normalized, config.input_shapes)
-    before = model_cost(analysis.graph, analysis.shapes)
+    before = model_cost(analysis.graph, analysis.shapes, analysis.unknown_after)
     if not config.srn:
         original = before
     excluded = excluded_groups(analysis, config.exclude)

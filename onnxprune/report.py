@@ -22,7 +22,7 @@ def _names(names, limit: int = 2) -> str:
 
 
 def inspect_json(analysis: Analysis, cost: Cost) -> dict:
-    return {
+    data = {
         "macs": cost.macs,
         "params": cost.params,
         "groups": [
@@ -31,6 +31,9 @@ def inspect_json(analysis: Analysis, cost: Cost) -> dict:
             for g in analysis.groups
         ],
     }
+    if cost.not_counted:  # only where shapes stop at an op onnx does not know
+        data["macs_not_counted"] = [{"node": node, "after": after} for node, after in cost.not_counted.items()]
+    return data
 
 
 def inspect_table(analysis: Analysis, cost: Cost) -> str:
@@ -45,6 +48,11 @@ def inspect_table(analysis: Analysis, cost: Cost) -> str:
     lines.append("")
     lines.append(f"{len(analysis.groups)} groups: {prunable} prunable, {len(frozen)} frozen")
     lines.append(f"MACs {human(cost.macs)} ({cost.macs}), parameters {human(cost.params)} ({cost.params})")
+    if cost.not_counted:
+        after = sorted(set(cost.not_counted.values()))
+        lines.append(f"MACs not counted for {len(cost.not_counted)} layers ({_names(cost.not_counted, 3)}): "
+                     f"their shapes are unknown after {', '.join(after)}, an op onnx does not know, "
+                     "and onnxruntime did not work them out")
     if frozen:
         lines.append("")
         lines.append("frozen groups:")

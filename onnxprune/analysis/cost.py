@@ -13,7 +13,7 @@ Conventions (also in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -21,7 +21,7 @@ import onnx_graphsurgeon as gs
 
 from ..errors import OnnxPruneError
 from ..graph.convert import to_graph
-from ..graph.shapes import infer_shapes
+from ..graph.shapes import infer_shapes, unknown_after
 from .groups import Analysis, EditKind
 
 COSTED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -40,20 +40,27 @@ class Cost:
     macs: int
     params: int
     nodes: tuple[NodeCost, ...]
+    # nodes whose MACs are not in ``macs`` (partial counts only): node -> the op onnx does not know before it
+    not_counted: dict[str, str] = field(default_factory=dict)
 
 
-def node_macs(node: gs.Node, shapes: dict[str, tuple]) -> int:
-    """MACs of one node from the shapes of its tensors (0 for ops that are not counted)."""
+def node_macs(node: gs.Node, shapes: dict[str, tuple], unknown_after: dict[str, str] | None = None) -> int:
+    """MACs of one node from the shapes of its tensors (0 for ops that are not counted); an error
+    naming the cause where a shape it needs is unknown (``unknown_after``: see shapes.unknown_after)."""
     if node.op not in COSTED_OPS:
         return 0
 
     def dims(tensor, what: str) -> tuple[int, ...]:
         shape = tuple(tensor.shape) if isinstance(tensor, gs.Constant) else shapes.get(tensor.name)
         if shape is None or any(d is None for d in shape):
-            raise OnnxPruneError(
-                f"cannot count MACs of {node.op} node '{node.name}': the shape of its {what} "
-                f"'{tensor.name}' is unknown; fix dynamic input dims with --input-shape NAME=d0,d1,..."
-            )
+            where = f"cannot count MACs of {node.op} node '{node.name}': the shape of its {what} '{tensor.name}'"
+            after = (unknown_after or {}).get(tensor.name)
+            if after is not None:
+                raise OnnxPruneError(
+                    f"{where} is unknown after {after}, an op onnx does not know (onnxruntime works such "
+                    f"shapes out when it can run the model and every input dim is fixed: --input-shape NAME=d0,d1,...)"
+                )
+            raise OnnxPruneError(f"{where} is unknown; fix dynamic input dims with --input-shape NAME=d0,d1,...")
         return shape
 
     w = dims(node.inputs[1], "weight")
@@ -75,9 +82,14 @@ def node_params(node: gs.Node) -> int:
     return int(sum(t.values.size for t in node.inputs if _is_float_constant(t)))
 
 
-def model_cost(graph: gs.Graph, shapes: dict[str, tuple]) -> Cost:
-    """MACs and parameters of a graph, per node and in total."""
+def model_cost(graph: gs.Graph, shapes: dict[str, tuple], unknown_after: dict[str, str] | None = None,
+               partial: bool = False) -> Cost:
+    """MACs and parameters of a graph, per node and in total. ``partial``: the layers whose
+    shapes are unknown behind an op onnx does not know (``unknown_after``) are left out of the
+    MACs and listed in ``not_counted`` instead of being an error (for ``inspect``)."""
+    unknown_after = unknown_after or {}
     nodes = []
+    not_counted = {}
     counted: set[str] = set()
     params = 0
     for node in graph.nodes:
@@ -85,15 +97,23 @@ def model_cost(graph: gs.Graph, shapes: dict[str, tuple]) -> Cost:
             if _is_float_constant(t) and t.name not in counted:
                 counted.add(t.name)
                 params += t.values.size
-        macs = node_macs(node, shapes)
+        try:
+            macs = node_macs(node, shapes, unknown_after)
+        except OnnxPruneError:
+            after = next((unknown_after[t.name] for t in [*node.inputs, *node.outputs] if t.name in unknown_after), None)
+            if not partial or after is None:
+                raise
+            not_counted[node.name] = after
+            continue
         if macs or node.op in COSTED_OPS:
             nodes.append(NodeCost(node.name, node.op, macs, node_params(node)))
-    return Cost(sum(n.macs for n in nodes), int(params), tuple(nodes))
+    return Cost(sum(n.macs for n in nodes), int(params), tuple(nodes), not_counted)
 
 
 def cost_of(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Cost:
-    """MACs and parameters of a model (shapes from onnx shape inference)."""
-    return model_cost(to_graph(model), infer_shapes(model, input_shapes))
+    """MACs and parameters of a model (shapes from onnx shape inference, or onnxruntime)."""
+    shapes = infer_shapes(model, input_shapes)
+    return model_cost(to_graph(model), shapes, unknown_after(model, shapes))
 
 
 class MacPredictor:

@@ -30,7 +30,7 @@ from scipy.sparse.csgraph import connected_components
 
 from ..graph.convert import to_graph
 from ..graph.io import default_opset
-from ..graph.shapes import infer_shapes
+from ..graph.shapes import infer_shapes, unknown_after
 
 
 @dataclass
@@ -101,6 +101,8 @@ class Analysis:
     class_index: np.ndarray  # class id -> channel index inside its group
     group_classes: list[np.ndarray] = field(default_factory=list)  # group -> class ids in channel order
     consumer_inputs: dict[str, str] = field(default_factory=dict)  # consumer node -> tensor it reads channels from
+    # tensors of unknown shape behind an op onnx does not know -> that op (shapes.unknown_after)
+    unknown_after: dict[str, str] = field(default_factory=dict)
 
     def removed_mask(self, keep: dict[int, np.ndarray]) -> np.ndarray:
         """Boolean per class: True where ``keep`` (group id -> kept channel indices) drops it."""
@@ -139,7 +141,7 @@ def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
     """Find the channel groups of a normalised model (see ``normalize``)."""
     shapes = infer_shapes(model, input_shapes)
     graph = to_graph(model)
-    return _Analyzer(graph, shapes, default_opset(model)).run()
+    return _Analyzer(graph, shapes, default_opset(model), unknown_after(model, shapes)).run()
 
 
 # Ops that act on each channel on its own: output channel c depends on input channel c only.
@@ -156,9 +158,10 @@ REDUCE = frozenset(
 
 
 class _Analyzer:
-    def __init__(self, graph: gs.Graph, shapes: dict[str, tuple], opset: int):
+    def __init__(self, graph: gs.Graph, shapes: dict[str, tuple], opset: int, unknown: dict[str, str] | None = None):
         self.graph = graph
         self.shapes = shapes
+        self.unknown = unknown or {}
         self.opset = opset
         self.layouts: dict[str, Layout] = {}
         self.sources: list[Source] = []
@@ -183,13 +186,19 @@ class _Analyzer:
 
     def _visit(self, node: gs.Node) -> None:
         if node.domain not in ("", "ai.onnx", None):
-            return self._opaque(node, f"custom domain {node.domain}")
-        if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
-            return self._subgraph(node)
-        handler = _HANDLERS.get(node.op)
-        if handler is None:
-            return self._opaque(node)
-        handler(self, node)
+            self._opaque(node, f"custom domain {node.domain}")
+        elif any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            self._subgraph(node)
+        elif node.op not in _HANDLERS:
+            self._opaque(node)
+        else:
+            _HANDLERS[node.op](self, node)
+        # Behind an op that onnx does not know, shapes are unknown: the rewrites (and the MACs)
+        # cannot be worked out, so whatever a node reading such a tensor touches stays.
+        after = next((self.unknown[t.name] for t in node.inputs if t.name in self.unknown), None)
+        if after is not None:
+            for t in [*node.inputs, *node.outputs]:
+                self._freeze(t, f"shapes unknown after {after}, an op onnx does not know")
 
     def _lay(self, tensor) -> Layout | None:
         return self.layouts.get(tensor.name) if isinstance(tensor, gs.Variable) else None
@@ -687,6 +696,7 @@ class _Analyzer:
             graph=self.graph, shapes=self.shapes, groups=groups, layouts=self.layouts, edits=self.edits,
             sources=self.sources, atom_class=atom_class, class_group=class_group,
             class_index=class_index, group_classes=group_classes, consumer_inputs=dict(self.consumers),
+            unknown_after=self.unknown,
         )
 
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-import stat
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
 from ..errors import OnnxPruneError
+from .files import Protected, Staging, check_output, same_file
 
 MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -21,22 +21,25 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     """Read and validate a model from a path (external data included) or a ModelProto."""
+    return read(source)[0]
+
+
+def read(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, tuple[Path, ...]]:
+    """``load``, and the files the model was read from (itself and its external data files),
+    which no output may overwrite."""
     if isinstance(source, onnx.ModelProto):
-        model = source
+        model, files = source, ()
         where = "the given model"
     else:
         path = Path(source)
         where = str(path)
-        if not path.exists():
-            raise OnnxPruneError(f"{path}: no such file")
-        if not path.is_file():
-            raise OnnxPruneError(f"{path}: not a file")
-        if path.stat().st_size == 0:
-            raise OnnxPruneError(f"{path}: empty file, not an ONNX model")
+        model = _parse(path)
+        data = _external_data_files(path, model)
         try:
-            model = onnx.load(str(path), load_external_data=True)
-        except (DecodeError, RuntimeError, ValueError, OSError) as exc:
-            raise OnnxPruneError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (onnx.checker.ValidationError, ValueError, OSError) as exc:  # what the checks above missed
+            raise OnnxPruneError(f"{path}: unreadable external data ({one_line(exc)})") from None
+        files = (path, *data)
     if not model.graph.node:
         raise OnnxPruneError(f"{where}: not an ONNX model (no graph nodes)")
     opset = default_opset(model)
@@ -44,6 +47,9 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         raise OnnxPruneError(
             f"{where}: unsupported opset {opset} (supported: {MIN_OPSET} to {MAX_OPSET})"
         )
+    problem = order_problem(model.graph)
+    if problem is not None:
+        raise OnnxPruneError(f"{where}: invalid ONNX model ({problem})")
     large = weight_bytes(model) > EXTERNAL_DATA_BYTES
     try:
         # Over 2 GiB the checker reads the file itself; an in-memory model gets the opset check only.
@@ -52,39 +58,149 @@ def load(source: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
         elif not isinstance(source, onnx.ModelProto):
             onnx.checker.check_model(str(source))
     except (onnx.checker.ValidationError, ValueError) as exc:
-        raise OnnxPruneError(f"{where}: invalid ONNX model ({first_line(exc)})") from None
-    return model
+        raise OnnxPruneError(f"{where}: invalid ONNX model ({one_line(exc)})") from None
+    return model, files
+
+
+def _parse(path: Path) -> onnx.ModelProto:
+    """The model's protobuf, external data not read yet."""
+    if not path.exists():
+        raise OnnxPruneError(f"{path}: no such file")
+    if not path.is_file():
+        raise OnnxPruneError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise OnnxPruneError(f"{path}: empty file, not an ONNX model")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeError, ValueError, OSError) as exc:
+        raise OnnxPruneError(f"{path}: not a readable ONNX model ({first_line(exc)})") from None
+
+
+def _external_data_files(path: Path, model: onnx.ModelProto) -> list[Path]:
+    """The files the model's external tensors point to; an error naming the tensor for one that
+    is missing, not a regular file, a symlink, or outside the model's folder (onnx refuses them
+    too, with a traceback's worth of message)."""
+    folder = path.parent.resolve()
+    files: dict[Path, None] = {}
+    for tensor in _tensors(model.graph):
+        if not onnx.external_data_helper.uses_external_data(tensor):
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        what = f"{path}: tensor '{tensor.name}': external data"
+        relative = Path(location)
+        if not location:
+            raise OnnxPruneError(f"{what} without a location")
+        if relative.is_absolute() or relative.drive:
+            raise OnnxPruneError(f"{what} at the absolute path '{location}'; it must lie in the model's folder")
+        relative = Path(os.path.normpath(relative))
+        if relative.parts[0] == "..":
+            raise OnnxPruneError(f"{what} at '{location}', outside the model's folder")
+        shown = path.parent / relative  # as the user would name it
+        file = folder / relative
+        if any(p.is_symlink() for p in (file, *file.parents) if folder in p.parents):
+            raise OnnxPruneError(f"{what} file {shown} is a symbolic link; it must be a regular file in the model's folder")
+        if not file.exists():
+            raise OnnxPruneError(f"{what} file {shown} is missing")
+        if not file.is_file():
+            raise OnnxPruneError(f"{what} file {shown} is not a regular file")
+        files[file] = None
+    return list(files)
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor a graph holds: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _tensors(sub)
+
+
+def order_problem(graph: onnx.GraphProto) -> str | None:
+    """Why the nodes cannot run in their order, or None: a node reading a tensor that nothing
+    provides, or one computed only later (a cycle, or nodes out of topological order)."""
+    known = {""} | {i.name for i in graph.input} | {t.name for t in graph.initializer} | \
+        {t.values.name for t in graph.sparse_initializer}
+    producers = {out: node for node in graph.node for out in node.output}
+    for node in graph.node:
+        for name in node.input:
+            if name in known:
+                continue
+            reader = f"node {_describe(node)} reads '{name}'"
+            if name not in producers:
+                return f"{reader}, which no node, graph input or initializer provides"
+            cause = "the graph has a cycle" if _has_cycle(graph, producers) else "the nodes are not in topological order"
+            return f"{reader} before node {_describe(producers[name])} computes it: {cause}"
+        known.update(node.output)
+    return None
+
+
+def _has_cycle(graph: onnx.GraphProto, producers: dict[str, onnx.NodeProto]) -> bool:
+    """Kahn's algorithm over the nodes' data dependencies: a cycle leaves nodes unsorted."""
+    index = {id(n): i for i, n in enumerate(graph.node)}
+    needs = [{index[id(producers[x])] for x in n.input if x in producers} for n in graph.node]
+    readers: dict[int, list[int]] = {}
+    for i, deps in enumerate(needs):
+        for d in deps:
+            readers.setdefault(d, []).append(i)
+    waiting = [len(d) for d in needs]
+    ready = [i for i, w in enumerate(waiting) if w == 0]
+    done = 0
+    while ready:
+        i = ready.pop()
+        done += 1
+        for r in readers.get(i, ()):
+            waiting[r] -= 1
+            if waiting[r] == 0:
+                ready.append(r)
+    return done < len(needs)
+
+
+def _describe(node: onnx.NodeProto) -> str:
+    return f"'{node.name}' ({node.op_type})" if node.name else f"of type {node.op_type} (unnamed, outputs {list(node.output)})"
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.PathLike | None = None) -> None:
-    """Write atomically: a temporary file in the same folder, then a rename.
+    """Write atomically: a temporary file in the same folder, then a rename (see ``files``).
 
     On failure no output file is left. Refuses to overwrite ``input_path``.
     """
     path = Path(path)
-    if input_path is not None and _same_file(path, Path(input_path)):
-        raise OnnxPruneError(f"{path}: the output path is the input model; choose another")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise OnnxPruneError(f"{path}: output folder {folder} does not exist")
-    if path.is_dir():
-        raise OnnxPruneError(f"{path}: is a folder, not a file path")
-    external = weight_bytes(model) > EXTERNAL_DATA_BYTES
+    protected = [] if input_path is None else [("the input model", Path(input_path))]
+    check_output(path, "output", protected)
+    with Staging() as staging:
+        stage(model, path, staging, protected)
+        staging.commit()
+
+
+def stage(model: onnx.ModelProto, path: Path, staging: Staging, protected: Protected = ()) -> None:
+    """Write ``model`` for ``path`` into ``staging``; over 2 GB with its weights in ``path.data``,
+    which must not be one of the ``protected`` files either. ``model`` is left with its
+    weights external (onnx moves them), as onnx.save_model leaves it."""
+    if weight_bytes(model) <= EXTERNAL_DATA_BYTES:
+        staging.write(path, model.SerializeToString())
+        return
+    data = path.with_name(path.name + ".data")
+    for description, other in protected:
+        if other is not None and same_file(data, other):
+            raise OnnxPruneError(f"{path}: its weights file {data} would be {description}; choose another output path")
+    temporary_data = staging.path_for(data)  # renamed before the model that points to it
+    temporary_model = staging.path_for(path)
     try:
-        with tempfile.TemporaryDirectory(dir=folder, prefix=".onnxprune-") as tmp:
-            tmp_model = Path(tmp) / path.name
-            data_name = path.name + ".data"
-            if external:
-                onnx.save_model(model, str(tmp_model), save_as_external_data=True,
-                                all_tensors_to_one_file=True, location=data_name)
-                # onnx creates the side file readable by its owner only; give it the model's mode
-                os.chmod(Path(tmp) / data_name, stat.S_IMODE(tmp_model.stat().st_mode))
-                os.replace(Path(tmp) / data_name, folder / data_name)
-            else:
-                onnx.save_model(model, str(tmp_model))
-            os.replace(tmp_model, path)
+        onnx.save_model(model, str(temporary_model), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=temporary_data.name)
+        for tensor in _tensors(model.graph):  # point at the name the data will have once renamed
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = data.name
+        temporary_model.write_bytes(model.SerializeToString())
     except OSError as exc:
         raise OnnxPruneError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    except (onnx.checker.ValidationError, ValueError) as exc:  # onnx's own checks of what it writes
+        raise OnnxPruneError(f"{path}: cannot write ({one_line(exc)})") from None
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -106,13 +222,11 @@ def weight_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
-    except OSError:
-        return False
-
-
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def one_line(exc: BaseException) -> str:
+    """The whole message on one line (onnx's checker puts the node it means on the next ones)."""
+    return " ".join(str(exc).split()) or type(exc).__name__

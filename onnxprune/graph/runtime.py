@@ -48,6 +48,16 @@ def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | Non
     return _any_size(model, options, list(providers or CPU))
 
 
+def loaded(model: onnx.ModelProto, what: str, providers: list[str] | tuple[str, ...] | None = None,
+           **options) -> ort.InferenceSession:
+    """``session``, with onnxruntime's refusal of ``model`` (an op it does not have, a type it
+    cannot run) as an error naming ``what``: "onnxruntime cannot load the reference model: ..."."""
+    try:
+        return session(model, providers, **options)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise OnnxPruneError(f"onnxruntime cannot load {what}: {io.first_line(exc)}") from None
+
+
 def _any_size(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
     """A session however large the model: protobuf cannot serialise 2 GiB, so a model with
     more weights than that is passed with its initializers over 1 MiB as OrtValues

@@ -141,21 +141,71 @@ def infer_shapes(model: onnx.ModelProto, overrides: dict[str, tuple[int, ...]] |
 
 def _shapes_from_onnxruntime(model, fixed, names, inferred) -> dict[str, Shape]:
     """Shapes that inference could not work out (sizes computed at run time, e.g.
-    Shape -> Gather -> Resize), read from one onnxruntime run on random inputs."""
+    Shape -> Gather -> Resize, or what follows an op onnx does not know but onnxruntime
+    runs), read from one onnxruntime run on random inputs."""
     types = {vi.name: vi.type.tensor_type.elem_type
              for vi in [*inferred.graph.value_info, *inferred.graph.output]}
+    listed = {o.name for o in model.graph.output}
+    wanted = [n for n in names if n not in listed]
+    typed = [n for n in wanted if types.get(n)]
+    # Untyped tensors (after an op onnx does not know) are asked for without a type, which
+    # onnxruntime fills in; if that fails, the typed ones alone.
+    for asked in ([wanted, typed] if len(typed) < len(wanted) else [typed]):
+        found = _run_for_shapes(model, fixed, asked, types)
+        if found is not None:
+            return found
+    return {}
+
+
+def _run_for_shapes(model, fixed, names, types) -> dict[str, Shape] | None:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    listed = {o.name for o in probe.graph.output}
-    wanted = [n for n in names if n in types and types[n] and n not in listed]
-    for name in wanted:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None))
+    for name in names:
+        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, types[name], None) if types.get(name)
+                                  else onnx.ValueInfoProto(name=name))
     try:
         run = session(probe, optimize=False)
         outputs = run.run(None, random_feeds(model, fixed))
     except Exception:  # shapes then stay unknown, and whatever needs them says so
-        return {}
+        return None
     return {o.name: tuple(v.shape) for o, v in zip(run.get_outputs(), outputs) if hasattr(v, "shape")}
+
+
+def unknown_ops(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes of the main graph whose op onnx has no schema for (custom domains, contrib ops)
+    and the model defines no function for: shape inference stops at them."""
+    return [n for n in model.graph.node if _is_unknown_op(n, model)]
+
+
+def _is_unknown_op(node: onnx.NodeProto, model: onnx.ModelProto) -> bool:
+    return not onnx.defs.has(node.op_type, node.domain) and not any(
+        f.domain == node.domain and f.name == node.op_type for f in model.functions)
+
+
+def describe_op(node: onnx.NodeProto) -> str:
+    """"my.domain:MyOp node 'myop0'"."""
+    return f"{node.domain + ':' if node.domain else ''}{node.op_type} node '{node.name}'"
+
+
+def unknown_after(model: onnx.ModelProto, shapes: dict[str, Shape]) -> dict[str, str]:
+    """Tensors whose shapes are not known because an op that onnx does not know stands before
+    them (and onnxruntime did not work them out), each with that op (``describe_op``)."""
+    if not unknown_ops(model):
+        return {}
+    origin: dict[str, str] = {}
+    for node in model.graph.node:
+        if _is_unknown_op(node, model):
+            source = describe_op(node)
+        else:
+            source = next((origin[i] for i in node.input if i in origin), None)
+        if source is not None:
+            origin.update((o, source) for o in node.output if o and not known(shapes.get(o)))
+    return origin
+
+
+def known(shape: Shape | None) -> bool:
+    """Rank and every dim known."""
+    return shape is not None and None not in shape
 
 
 def _dim(d) -> int | None:
