@@ -26,20 +26,18 @@ class Device(str, enum.Enum):
 
 
 def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | None = None, *, optimize: bool = True,
-            threads: int = 0, log_level: int = 3) -> ort.InferenceSession:
+            threads: int = 0, spin: bool = False, log_level: int = 3) -> ort.InferenceSession:
     """An onnxruntime session of ``model`` (of any size) on ``providers`` (CPU by default).
 
     ``optimize``: all graph optimisations (fusions, layouts) or none, which keeps every
     intermediate exact. ``threads``: intra-op threads (0: onnxruntime's choice), one inter-op.
-
-    Idle threads never spin: a spinning pool busy-waits after each run, and with several
-    sessions in one process (calibration beside numpy, timings interleaving models) the
-    idle pools take the cores from the running one. On 2 shared cores that made 1 ms runs
-    take up to 50 ms (docs/LATENCY.md); without spinning, medians are the same and the
-    spread is gone."""
+    ``spin``: idle threads busy-wait for the next run, onnxruntime's default and what a
+    deployed session does, so latency is timed that way; off for calibration, whose short
+    runs alternate with numpy work that needs the cores."""
     options = ort.SessionOptions()
     options.log_severity_level = log_level
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:

@@ -173,7 +173,7 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
         widths = ladder(n, round_to)
         segments = [_segment(prune_channels(normalized, analysis, {g: np.arange(k)}) if k < n else normalized,
                              nodes, node_at, values) for k in widths]
-        runs_ = [session(s, target.providers, threads=target.threads) for s, _ in segments]
+        runs_ = [session(s, target.providers, threads=target.threads, spin=True) for s, _ in segments]
         times = medians_ms(interleaved(runs_, [f for _, f in segments], runs))
         steps[g] = staircase(dict(zip(widths, times)))
     checks = {r: uniform(channels, r, round_to) for r in CHECK_RATIOS}
@@ -201,7 +201,7 @@ def measure(original: onnx.ModelProto, models: list[onnx.ModelProto], target: Ta
             seed: int = 0) -> list[float]:
     """Median latency (ms) of ``original`` and then of each of ``models`` (same inputs), interleaved."""
     feeds = _feeds(original, target.batch, seed)
-    sessions = [session(m, target.providers, threads=target.threads) for m in [original, *models]]
+    sessions = [session(m, target.providers, threads=target.threads, spin=True) for m in [original, *models]]
     return medians_ms(interleaved(sessions, [feeds] * len(sessions), runs))
 
 
