@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -147,6 +148,7 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_sa
         if cache_mb < 0:
             raise OnnxPruneError(f"--cache-mb {cache_mb}: must be 0 (no cache) or more")
         data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels)
+        config = replace(config, input_shapes=data.input_shapes(config.input_shapes, "--calib"))
         calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
                                   tuple(providers(Device(device))), sequential=not independent,
                                   cache_bytes=cache_mb << 20)

@@ -52,7 +52,8 @@ def node_macs(node: gs.Node, shapes: dict[str, tuple]) -> int:
         if shape is None or any(d is None for d in shape):
             raise OnnxPruneError(
                 f"cannot count MACs of {node.op} node '{node.name}': the shape of its {what} "
-                f"'{tensor.name}' is unknown; fix dynamic input dims with --input-shape NAME=d0,d1,..."
+                f"'{tensor.name}' is unknown; fix dynamic input dims with --input-shape NAME=d0,d1,... "
+                "(prune takes them from --calib data when given)"
             )
         return shape
 
