@@ -15,7 +15,7 @@ from .analysis.cost import cost_of, model_cost
 from .analysis.groups import analyze
 from .bench import benchmark, table
 from .calibration.statistics import Calibration, StatsMode
-from .config import DEFAULT_METHOD, DEFAULT_ROUND_TO, Method, PruneConfig
+from .config import DATA_METHOD, DEFAULT_METHOD, DEFAULT_ROUND_TO, Method, PruneConfig, default_method, pro_by_default
 from .data import DataSource, open_data, parse_image_options
 from .errors import OnnxPruneError
 from .evaluate import evaluate
@@ -92,14 +92,15 @@ def inspect(model, input_shapes, as_json):
 @main.command(name="prune")
 @MODEL
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the pruned model.")
-@click.option("--method", type=click.Choice(methods.names()), default=DEFAULT_METHOD, show_default=True,
-              help="How channels are chosen: " + "; ".join(
+@click.option("--method", type=click.Choice(methods.names()),
+              help=f"How channels are chosen [default: {DATA_METHOD} with --calib, else {DEFAULT_METHOD}]: " + "; ".join(
                   f"{m.name}: {m.summary}" + (" (needs --calib)" if m.needs_data else "") for m in methods.all_methods()))
 @click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0 <= R < 1).")
 @click.option("--keep-flops", type=float, help="Fraction of the MACs to keep (0 < F <= 1).")
 @click.option("--keep-params", type=float, help="Fraction of the parameters to keep (0 < P <= 1).")
-@click.option("--pro", is_flag=True, help="Choose each layer's width by its effect on the final output (PRO); "
-              "needs --calib and --keep-flops or --keep-params.")
+@click.option("--pro/--no-pro", default=None,
+              help="Choose each layer's width by its effect on the final output (PRO); needs --calib and "
+                   "--keep-flops or --keep-params [default: on when both are given].")
 @click.option("--pro-samples", type=int, default=256, show_default=True,
               help="Calibration samples PRO measures the final-output error on.")
 @click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
@@ -131,12 +132,21 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, pro, pro_sa
               channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     _refuse_overwriting(model, output)
+    has_data = calib_path is not None
+    method = method or default_method(has_data)
+    if pro is None:
+        pro = pro_by_default(has_data, keep_flops=keep_flops, keep_params=keep_params)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
                          keep_params, pro, pro_samples, exclude)
     uses_data = config.selection.needs_data or config.pro
-    if calib_path is not None and not uses_data:
+    if has_data and not uses_data:
         data_methods = ", ".join(m.name for m in methods.all_methods() if m.needs_data)
-        raise OnnxPruneError(f"--calib is for the data methods ({data_methods}) and --pro, not --method {method}")
+        raise OnnxPruneError(f"--calib is for the data methods ({data_methods}) and --pro, not --method {method}"
+                             " with --no-pro or --ratio")
+    if not uses_data and not config.selection.reconstructs:
+        click.echo(f"warning: --method {method} without calibration data chooses channels by their weights "
+                   "and leaves the remaining weights as they are: without fine-tuning it loses accuracy "
+                   f"(give --calib DATA to prune with {DATA_METHOD}, which reconstructs the layers)", err=True)
     loaded = load(model)
     calibration = None
     if uses_data:

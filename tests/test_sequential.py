@@ -159,7 +159,7 @@ def test_cli_reap_with_npz_calibration(tmp_path):
     result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--method", "reap", "--calib", str(calib),
                                        "--keep-flops", "0.6", "--round-to", "1", "--batch-size", "8", "--json"])
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert data["method"] == "reap" and data["macs_after"] <= 0.6 * data["macs_before"]
     assert data["reconstruction"] and {"node", "rows", "columns", "alpha", "rel_error"} <= set(data["reconstruction"][0])
     onnx.checker.check_model(onnx.load(out), full_check=True)
