@@ -7,6 +7,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, NoReturn
 
@@ -17,7 +18,7 @@ from .analysis.cost import cost_of, model_cost
 from .analysis.groups import analyze
 from .bench import benchmark, table
 from .calibration.statistics import Calibration, StatsMode
-from .config import DEFAULT_METHOD, DEFAULT_ROUND_TO, Method, PruneConfig
+from .config import DATA_METHOD, DEFAULT_METHOD, DEFAULT_ROUND_TO, Method, PruneConfig, default_method, pro_by_default
 from .data import DataSource, open_data, parse_image_options
 from .errors import OnnxPruneError
 from .evaluate import evaluate
@@ -140,8 +141,8 @@ def inspect(model, input_shapes, as_json):
 @main.command(name="prune")
 @MODEL
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the pruned model.")
-@click.option("--method", type=click.Choice(methods.names()), default=DEFAULT_METHOD, show_default=True,
-              help="How channels are chosen: " + "; ".join(
+@click.option("--method", type=click.Choice(methods.names()),
+              help=f"How channels are chosen [default: {DATA_METHOD} with --calib, else {DEFAULT_METHOD}]: " + "; ".join(
                   f"{m.name}: {m.summary}" + (" (needs --calib)" if m.needs_data else "") for m in methods.all_methods()))
 @click.option("--ratio", type=float, help="Fraction of channels removed from every prunable group (0 <= R < 1).")
 @click.option("--keep-flops", type=float, help="Fraction of the MACs to keep (0 < F <= 1).")
@@ -153,8 +154,9 @@ def inspect(model, input_shapes, as_json):
 @click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads for latency (0: its default).")
 @click.option("--latency-table", type=click.Path(path_type=Path),
               help="A table from `onnxprune profile` measured on the target device, instead of measuring here.")
-@click.option("--pro", is_flag=True, help="Choose each layer's width by its effect on the final output (PRO); "
-              "needs --calib and --keep-flops, --keep-params or --keep-latency.")
+@click.option("--pro/--no-pro", default=None,
+              help="Choose each layer's width by its effect on the final output (PRO); needs --calib and "
+                   "--keep-flops, --keep-params or --keep-latency [default: on when both are given].")
 @click.option("--pro-samples", type=int, default=256, show_default=True,
               help="Calibration samples PRO measures the final-output error on.")
 @click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
@@ -186,13 +188,22 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
               calib_limit, batch_size, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
               channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
+    has_data = calib_path is not None
+    method = method or default_method(has_data)
+    if pro is None:
+        pro = pro_by_default(has_data, keep_flops=keep_flops, keep_params=keep_params, keep_latency=keep_latency)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
                          keep_params, pro, pro_samples, exclude, keep_latency, latency_batch, threads,
                          None if latency_table is None else str(latency_table), Device(device))
     uses_data = config.selection.needs_data or config.pro
-    if calib_path is not None and not uses_data:
+    if has_data and not uses_data:
         data_methods = ", ".join(m.name for m in methods.all_methods() if m.needs_data)
-        raise OnnxPruneError(f"--calib is for the data methods ({data_methods}) and --pro, not --method {method}")
+        raise OnnxPruneError(f"--calib is for the data methods ({data_methods}) and --pro, not --method {method}"
+                             " with --no-pro or --ratio")
+    if not uses_data and not config.selection.reconstructs:
+        click.echo(f"warning: --method {method} without calibration data chooses channels by their weights "
+                   "and leaves the remaining weights as they are: without fine-tuning it loses accuracy "
+                   f"(give --calib DATA to prune with {DATA_METHOD}, which reconstructs the layers)", err=True)
     if uses_data:
         if calib_path is None:
             needs = f"--method {method}" if config.selection.needs_data else "--pro"
@@ -208,6 +219,7 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
     calibration = None
     if uses_data:
         data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels)
+        config = replace(config, input_shapes=data.input_shapes(config.input_shapes, "--calib"))
         calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
                                   tuple(providers(Device(device))), sequential=not independent,
                                   cache_bytes=cache_mb << 20)

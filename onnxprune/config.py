@@ -10,7 +10,11 @@ from .errors import OnnxPruneError
 from .graph.runtime import Device
 
 DEFAULT_ROUND_TO = 8
-DEFAULT_METHOD = "l1"
+DEFAULT_METHOD = "l1"  # without calibration data (and the library's PruneConfig default)
+DATA_METHOD = "reap"  # the CLI's method when --calib is given without --method
+# Targets PRO can aim at (PruneConfig fields). With calibration data and one of them, PRO is on
+# unless --no-pro: a further target joins the rule by its name here.
+PRO_TARGETS = ("keep_flops", "keep_params", "keep_latency")
 
 class _Named(str, enum.Enum):
     """A registered channel-selection method (onnxprune.methods), by name."""
@@ -87,3 +91,15 @@ class PruneConfig:
     def selection(self) -> methods.SelectionMethod:
         """The registered method that ``method`` names."""
         return methods.get(self.method.value)
+
+
+def default_method(has_data: bool) -> str:
+    """The method when none is named: reap with calibration data, l1 (no data) without."""
+    return DATA_METHOD if has_data else DEFAULT_METHOD
+
+
+def pro_by_default(has_data: bool, **targets: float | None) -> bool:
+    """Whether PRO is on when neither --pro nor --no-pro is given: with calibration data and a
+    target PRO can aim at (``PRO_TARGETS``, given as keyword arguments by field name)."""
+    return has_data and any(targets.get(name) is not None for name in PRO_TARGETS)
+

@@ -133,6 +133,28 @@ class DataSource:
     def input_names(self) -> list[str]:
         return list(self._columns)
 
+    def input_shapes(self, given: dict[str, tuple[int, ...]] | None = None,
+                     option: str = "--calib") -> dict[str, tuple[int, ...]]:
+        """The model's input shapes with its dynamic dims taken from the data: ``given``
+        (``--input-shape``) completed by each input whose dims beyond the batch are dynamic or
+        unknown in the model, at the data's sample shape (batch: the model's fixed size, else 1).
+        A given shape that disagrees with the data's in rank or in a dim beyond the batch is an
+        error naming both."""
+        shapes = dict(given or {})
+        for name, (column, spec) in self._columns.items():
+            sample = tuple(int(d) for d in column.shape[1:])
+            if name in shapes:
+                have = shapes[name]
+                if len(have) != len(column.shape) or tuple(have[1:]) != sample:
+                    raise OnnxPruneError(
+                        f"--input-shape {name}={','.join(map(str, have))} disagrees with {option} {self.path}:"
+                        f" its samples of '{name}' are {_fmt(sample)} ({column.what} of shape {_fmt(column.shape)});"
+                        f" drop --input-shape or make them agree")
+            elif spec.dims is None or any(not isinstance(d, int) for d in spec.dims[1:]):
+                batch = spec.dims[0] if spec.dims and isinstance(spec.dims[0], int) else 1
+                shapes[name] = (batch, *sample)
+        return shapes
+
     def __iter__(self) -> Iterator[Batch]:
         for start in range(0, self._samples, self.batch_size):
             stop = min(start + self.batch_size, self._samples)

@@ -15,7 +15,7 @@ from .calibration.statistics import Calibration
 from .config import PruneConfig
 from .errors import OnnxPruneError
 from .graph.validate import check_runs, validate
-from .methods.l1 import l1_scores, select
+from .methods.scores import l1_scores, select
 from .methods.sequential import LayerNote
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals

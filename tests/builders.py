@@ -441,6 +441,18 @@ def c2f_like(channels=8, n=2, use_slice=False, seed=0):
     return _classifier(b, _conv_silu(b, b.concat(ys), channels))
 
 
+def sppf_like(channels=8, pools=3, seed=0):
+    """YOLOv8 SPPF: conv -> cv1 1x1 to channels/2 -> ``pools`` chained maxpools 5x5 (stride 1) ->
+    Concat of cv1's output and every pooled copy -> cv2 1x1, which reads each of cv1's channels
+    pools + 1 times. Convs are conv+bias -> SiLU (BN folded)."""
+    b = NetBuilder(3, seed=seed)
+    x = _conv_silu(b, _conv_silu(b, "input", channels, k=3), channels // 2)
+    ys = [x]
+    for _ in range(pools):
+        ys.append(b.maxpool(ys[-1], k=5, stride=1, pad=2))
+    return _classifier(b, _conv_silu(b, b.concat(ys), channels))
+
+
 def mobilenetv2_block_net(channels=8, expand=4, stride=1, seed=0):
     """Stem conv-bn-relu6, then an inverted residual: 1x1 expand (skipped if expand == 1) -> depthwise
     3x3(stride) -> 1x1 linear projection, with residual Add when stride == 1. ReLU6 is Clip(0, 6)."""
@@ -503,7 +515,7 @@ def matmul_head_net(channels=8, seed=0):
 FACTORIES = {
     f.__name__: f
     for f in (
-        conv_chain, basic_block_net, bottleneck_net, densenet_like, inception_like, c2f_like,
+        conv_chain, basic_block_net, bottleneck_net, densenet_like, inception_like, c2f_like, sppf_like,
         mobilenetv2_block_net, se_net, flatten_gemm_net, grouped_conv_net, shuffle_net,
         convtranspose_net, matmul_head_net,
     )
@@ -541,6 +553,7 @@ _PARAMS = {
     "densenet_like": st.fixed_dictionaries({"growth": st.sampled_from([2, 4, 8]), "layers": _depth}),
     "inception_like": st.fixed_dictionaries({"channels": _channels}),
     "c2f_like": st.fixed_dictionaries({"channels": _channels, "n": _depth, "use_slice": st.booleans()}),
+    "sppf_like": st.fixed_dictionaries({"channels": _channels, "pools": _depth}),
     "mobilenetv2_block_net": st.fixed_dictionaries({
         "channels": _channels, "expand": st.sampled_from([1, 2, 4]), "stride": _stride,
     }),

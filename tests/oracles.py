@@ -7,7 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxprune.analysis.consumers import Consumer
-from onnxprune.methods.least_squares import Elimination, Problem, error, objective, removals, ridge_solve
+from onnxprune.methods.least_squares import (Elimination, Parts, Problem, error, objective, removals, ridge_solve,
+                                             unpack)
 
 
 def patches(x: np.ndarray, c: Consumer) -> np.ndarray:
@@ -32,25 +33,33 @@ def patches(x: np.ndarray, c: Consumer) -> np.ndarray:
 
 
 def reap_order_naive(consumers: Sequence[Problem], n: int, alpha: float | Sequence[float] = 0.0,
-                     target: int = 1) -> Elimination:
+                     target: int = 1, parts: Parts | None = None) -> Elimination:
     """REAP by brute force: every step, every candidate c, a fresh ridge_solve on S \\ c;
-    remove argmin_c sum_consumers J(S \\ c). O(n^5 K^3): for tests and benchmarks only."""
+    remove argmin_c sum_consumers J(S \\ c). O(n^5 K^3): for tests and benchmarks only.
+    Problems may carry copies (a channel owning several K-blocks, or none); with ``parts``, only
+    channels of parts with removals left are candidates."""
     alphas = np.broadcast_to(alpha, len(consumers))
+    unpacked = [unpack(p) for p in consumers]
 
     def fits(keep: list[int]) -> list[np.ndarray]:
-        return [ridge_solve(stats, keep + list(range(n, (len(stats.gram) - 1) // K)), K, theta0, a)
-                for (stats, K, theta0), a in zip(consumers, alphas)]
+        thetas = []
+        for (stats, K, theta0, copies), a in zip(unpacked, alphas):
+            channels = (len(stats.gram) - 1) // K if copies is None else len(copies)
+            thetas.append(ridge_solve(stats, keep + list(range(n, channels)), K, theta0, a, copies))
+        return thetas
 
     def cost(keep: list[int]) -> float:
         return sum(objective(stats, theta, theta0, a)
-                   for (stats, _, theta0), a, theta in zip(consumers, alphas, fits(keep)))
+                   for (stats, _, theta0, _), a, theta in zip(unpacked, alphas, fits(keep)))
 
     remaining, order, errors = list(range(n)), [], []
+    done = None if parts is None else np.zeros(len(parts.removals), dtype=np.intp)
     for _ in range(removals(n, target)):
-        c = min(remaining, key=lambda c: cost([r for r in remaining if r != c]))
+        allowed = [c for c in remaining if parts is None or not parts.exhausted(done)[c]]
+        c = min(allowed, key=lambda c: cost([r for r in remaining if r != c]))
+        if parts is not None:
+            done[parts.part[c]] += 1
         remaining.remove(c)
         order.append(c)
-        errors.append(sum(error(stats, theta) for (stats, _, _), theta in zip(consumers, fits(remaining))))
+        errors.append(sum(error(stats, theta) for (stats, _, _, _), theta in zip(unpacked, fits(remaining))))
     return Elimination(np.array(order, dtype=np.intp), np.array(errors))
-
-

@@ -27,7 +27,7 @@ def test_bench_cli_json(tmp_path):
     onnx.save(prune(model, PruneConfig(ratio=0.5, round_to=1)).model, b)
     result = CliRunner().invoke(main, ["bench", str(a), str(b), "--runs", "3", "--batch", "2", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    rows = json.loads(result.stdout)
     assert [r["model"] for r in rows] == [str(a), str(b)]
     assert set(rows[0]) == {"model", "batch", "median_ms", "p90_ms", "speedup"}
     result = CliRunner().invoke(main, ["bench", str(a), "--runs", "0"])

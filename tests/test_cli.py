@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import onnx
 import pytest
 from builders import FACTORIES
@@ -37,7 +38,7 @@ def test_inspect_table(model_path):
 
 def test_inspect_json(model_path):
     result = invoke("inspect", model_path, "--json")
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert set(data) == {"macs", "params", "groups"}
     assert data["macs"] > 0 and data["params"] > 0
     for g in data["groups"]:
@@ -50,7 +51,7 @@ def test_prune_json_and_report(model_path, tmp_path):
     result = invoke("prune", model_path, "-o", out, "--method", "l1", "--keep-flops", "0.5",
                     "--round-to", "1", "--report", report, "--json")
     assert result.exit_code == 0, result.output
-    data = json.loads(result.output)
+    data = json.loads(result.stdout)
     assert {"macs_before", "macs_after", "params_before", "params_after", "groups"} <= set(data)
     assert data["macs_after"] <= 0.5 * data["macs_before"]
     assert all({"id", "channels_before", "channels_after"} <= set(g) for g in data["groups"])
@@ -67,8 +68,8 @@ def test_prune_human_summary(model_path, tmp_path):
 def test_input_shape_fixes_dynamic_dims(tmp_path):
     path = tmp_path / "net.onnx"
     onnx.save(FACTORIES["conv_chain"](), path)
-    small = json.loads(invoke("inspect", path, "--json").output)["macs"]
-    big = json.loads(invoke("inspect", path, "--json", "--input-shape", "input=4,3,8,8").output)["macs"]
+    small = json.loads(invoke("inspect", path, "--json").stdout)["macs"]
+    big = json.loads(invoke("inspect", path, "--json", "--input-shape", "input=4,3,8,8").stdout)["macs"]
     assert big == 4 * small
 
 
@@ -177,3 +178,41 @@ def test_unsupported_model_leaves_no_output(tmp_path):
     result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--ratio", "0.5"])
     assert result.exit_code != 0 and "no prunable channel group" in result.output
     assert not out.exists()
+
+
+@pytest.fixture
+def calib_path(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, input=np.random.default_rng(0).standard_normal((32, 3, 8, 8)).astype(np.float32))
+    return path
+
+
+@pytest.mark.parametrize("args, method, pro", [
+    (["--keep-flops", "0.6"], "reap", True),  # data and a cost target: reap with PRO
+    (["--keep-params", "0.6"], "reap", True),
+    (["--keep-flops", "0.6", "--no-pro"], "reap", False),
+    (["--ratio", "0.5"], "reap", False),  # no cost target: nothing for PRO to aim at
+    (["--keep-flops", "0.6", "--method", "thinet"], "thinet", True),
+    (["--keep-flops", "0.6", "--method", "l1"], "l1", True),  # l1 with data: its widths from PRO
+])
+def test_defaults_with_calibration_data(model_path, calib_path, tmp_path, args, method, pro):
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--calib", calib_path, "--round-to", "1",
+                    "--pro-samples", "8", "--json", *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["method"] == method and bool(report["pro"]) == pro
+    assert "warning" not in result.stderr
+
+
+def test_calib_for_l1_without_pro_is_refused(model_path, calib_path, tmp_path):
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--calib", calib_path, "--method", "l1",
+                    "--keep-flops", "0.6", "--no-pro")
+    assert result.exit_code == 2 and "--calib is for the data methods" in result.output
+
+
+@pytest.mark.parametrize("method", [[], ["--method", "l1"]])
+def test_l1_without_data_warns_that_it_loses_accuracy(model_path, tmp_path, method):
+    result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--ratio", "0.5", "--json", *method)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout)["method"] == "l1"
+    assert "warning" in result.stderr and "loses accuracy" in result.stderr

@@ -100,7 +100,7 @@ def test_profile_writes_a_table_that_says_what_it_was_measured_on(model_path, tm
 def test_keep_latency_one_prunes_nothing(model_path, tmp_path):
     result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--keep-latency", "1.0", "--json", "-q")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert all(g["channels_after"] == g["channels_before"] for g in report["groups"])
     assert report["macs_after"] == report["macs_before"]
 
@@ -146,9 +146,9 @@ def test_profile_then_latency_table_gives_the_widths_of_measuring_in_place_with_
     monkeypatch.setattr(latency, "measure", lambda original, models, *a, **k: [1.0] + [0.0] * len(models))
     here = invoke(*args, "-o", tmp_path / "b.onnx")
     assert here.exit_code == 0, here.output
-    widths = [[g["channels_after"] for g in json.loads(r.output)["groups"]] for r in (remote, here)]
-    assert widths[0] == widths[1] and widths[0] != [g["channels_before"] for g in json.loads(here.output)["groups"]]
-    report = json.loads(remote.output)["latency"]
+    widths = [[g["channels_after"] for g in json.loads(r.stdout)["groups"]] for r in (remote, here)]
+    assert widths[0] == widths[1] and widths[0] != [g["channels_before"] for g in json.loads(here.stdout)["groups"]]
+    report = json.loads(remote.stdout)["latency"]
     assert report["table"] == str(path) and report["measured_ms"] is None
     assert report["predicted_ms"] <= float(target) * report["original_ms"] + 1e-9
     assert {g["group"] for g in report["groups"]} <= set(table.steps)
@@ -162,7 +162,7 @@ def test_latency_report_and_target_with_the_table_measured_here(tmp_path):
     result = invoke("prune", path, "-o", tmp_path / "out.onnx", "--keep-latency", "0.7", "--threads", "1",
                     "--json", "-q")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     lat = report["latency"]
     assert lat["table"] == "measured here" and lat["batch"] == 1 and lat["threads"] == 1
     assert lat["measured_ms"] is not None and lat["measured_original_ms"] > 0
@@ -199,10 +199,10 @@ def test_a_data_method_meets_a_latency_target_with_and_without_pro(tmp_path, pro
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     np.savez(calib, input=np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32))
     result = invoke("prune", path, "-o", tmp_path / "out.onnx", "--method", "reap", "--calib", calib,
-                    "--keep-latency", "0.7", "--threads", "1", "--pro-samples", "16", *(["--pro"] if pro else []),
+                    "--keep-latency", "0.7", "--threads", "1", "--pro-samples", "16", *(["--pro"] if pro else ["--no-pro"]),
                     "--json", "-q")
     assert result.exit_code == 0, result.output
-    report = json.loads(result.output)
+    report = json.loads(result.stdout)
     assert report["latency"]["predicted_fraction"] <= 0.7 + 1e-9 and report["reconstruction"]
     assert bool(report["pro"]) == pro
     assert report["macs_after"] < report["macs_before"]

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 
 from onnxprune import analyze, normalize
 from onnxprune.analysis.consumers import reconstructable
+from onnxprune.methods.scores import select
 from onnxprune.methods.weights import overlay_weights, theta_of
 from onnxprune.passes.surgery import prune_channels
 from onnxprune.widths.variants import Variants, bind, weights_as_inputs
@@ -35,7 +36,9 @@ def check_variants(model, feeds, seed=0, steps=3, budget=1 << 30, rtol=1e-4, ato
     rng.shuffle(groups)
     for g in groups[:steps]:
         n = analysis.groups[g].channels
-        kept = np.sort(rng.choice(n, size=int(rng.integers(1, n)) if n > 1 else 1, replace=False))
+        count = int(rng.integers(1, n)) if n > 1 else 1
+        scores = [rng.random(group.channels) for group in analysis.groups]
+        kept = select(analysis, scores, {g: count})[g]  # random, but no Split part emptied
         candidate, changed = {}, {}
         for c in plans[g]:
             theta = theta_of(nodes[c.node], c) * rng.uniform(0.5, 1.5)  # new weights for the kept rows

@@ -52,7 +52,7 @@ def prune_once(model: Path, method: str, keep: float, calib: Path, out: Path) ->
     """One prune in a child process: its JSON report, wall time (s) and peak memory (MiB)."""
     name, *flags = method.split("+")
     args = ["prune", str(model), "-o", str(out), "--method", name, "--keep-flops", str(keep), "--json", "-q"]
-    args += [f"--{f}" for f in flags]
+    args += [f"--{f}" for f in flags] + ([] if "pro" in flags else ["--no-pro"])  # PRO is on by default with data
     if name != "l1" or "pro" in flags:
         args += ["--calib", str(calib)]
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *args], capture_output=True, text=True)

@@ -89,7 +89,7 @@ def onnxprune_reap(name: str, keep: float) -> dict:
         model = ROOT / "models" / f"{name}_fmnist.onnx"
         prune = subprocess.run([sys.executable, "-m", "onnxprune", "prune", str(model), "-o", str(out), "--method",
                                 "reap", "--calib", str(ROOT / "models" / "fmnist_calib.npz"), "--keep-flops",
-                                str(keep), "--json", "-q"], capture_output=True, text=True, check=True)
+                                str(keep), "--no-pro", "--json", "-q"], capture_output=True, text=True, check=True)
         report = json.loads(prune.stdout)
         ev = subprocess.run([sys.executable, "-m", "onnxprune", "eval", str(out), "--data",
                              str(ROOT / "models" / "fmnist_test.npz"), "--json"], capture_output=True, text=True,

@@ -82,11 +82,8 @@ def reconstructable(analysis: Analysis) -> tuple[dict[int, tuple[Consumer, ...]]
         for gid in set(owners.tolist()):
             if gid < 0:
                 continue
-            # A consumer may read several groups (a Concat): each must be read whole, once.
-            mine, group_classes = classes[owners == gid], analysis.group_classes[gid]
-            if len(np.unique(mine)) != len(mine) or not np.array_equal(np.sort(mine), np.sort(group_classes)):
-                reasons.setdefault(gid, f"consumer '{node_name}' reads only a part of these channels, or some twice")
-                continue
+            # A consumer may read several groups (a Concat), a part of one (after a Split or Slice)
+            # or some of its channels several times (SPPF): sequential.group_first lays that out.
             consumer = _consumer(nodes[node_name], analysis)
             if isinstance(consumer, str):
                 reasons.setdefault(gid, consumer)

@@ -60,7 +60,8 @@ def node_macs(node: gs.Node, shapes: dict[str, tuple], unknown_after: dict[str, 
                     f"{where} is unknown after {after}, an op onnx does not know (onnxruntime works such "
                     f"shapes out when it can run the model and every input dim is fixed: --input-shape NAME=d0,d1,...)"
                 )
-            raise OnnxPruneError(f"{where} is unknown; fix dynamic input dims with --input-shape NAME=d0,d1,...")
+            raise OnnxPruneError(f"{where} is unknown; fix dynamic input dims with --input-shape NAME=d0,d1,... "
+                                 "(prune takes them from --calib data when given)")
         return shape
 
     w = dims(node.inputs[1], "weight")

@@ -22,10 +22,10 @@ from ..analysis.groups import Analysis
 from ..calibration.statistics import Calibration
 from ..errors import OnnxPruneError
 from ..progress import Progress
-from .least_squares import ConsumerFit, Problem, refit
+from .least_squares import ConsumerFit, Parts, Problem, refit
+from .scores import Keep  # group id -> the kept channels' indices, sorted
 from .sequential import prune_sequential
 
-Keep = dict[int, np.ndarray]  # group id -> the kept channels' indices, sorted
 
 
 @dataclass(frozen=True)
@@ -80,16 +80,16 @@ class DataMethod(SelectionMethod):
         return set(plans), skipped
 
     @abstractmethod
-    def plan(self, problems: Sequence[Problem], n: int, target: int = 1) -> Plan:
+    def plan(self, problems: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> Plan:
         """The removal order of the n channels shared by ``problems`` (one per consumer), down to
-        ``target`` kept."""
+        ``target`` kept; with ``parts``, only as many from each part as it gives up."""
 
     def rebuild(self, plan: Plan, consumer: ConsumerFit, kept: np.ndarray, n: int) -> tuple[np.ndarray, float]:
         """The consumer's new weights (zero rows for the removed channels) and the ridge alpha used
         when the group keeps ``kept`` of its n channels: by default ridge least squares on the
         kept channels and every other channel the consumer reads."""
         keep = np.concatenate([kept, np.arange(n, consumer.channels)])
-        return refit(consumer.fit, consumer.holdout, keep, consumer.taps, consumer.theta0)
+        return refit(consumer.fit, consumer.holdout, keep, consumer.taps, consumer.theta0, consumer.copies)
 
     def prune(self, normalized: onnx.ModelProto, analysis: Analysis, counts: dict[int, int],
               calibration: Calibration | None, progress: Progress) -> Pruned:

@@ -23,6 +23,12 @@ share the same n channels, which are each consumer's FIRST n channels: a consume
 (a Concat of several groups), and those channels after the first n are always kept, never
 candidates. Every selection returns the full removal order (down to ``target`` kept channels),
 so any channel count can be read off it.
+
+A consumer may read a channel of the group several times (SPPF's Concat of x and its pooled
+copies) or not at all (a Split part it does not read): then the problem is
+``(stats, K, theta0, copies)``, channel c owning ``copies[c]`` consecutive K-column blocks (all
+its copies, removed together; none for a channel it does not read), the channels after the
+group's n one block each. Without ``copies`` every channel owns one block.
 """
 
 from __future__ import annotations
@@ -41,8 +47,35 @@ JITTER = 1e-10  # ridge (relative to mean diag) added to the channels of a singu
 SELECTION_ALPHA = 1e-3
 ALPHA_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
-Problem = tuple[LayerStats, int, np.ndarray]  # one consumer in a selection: (stats, K, theta0)
+Problem = tuple  # one consumer in a selection: (stats, K, theta0) or (stats, K, theta0, copies)
 Channels = Sequence[int] | np.ndarray
+
+
+def unpack(problem: Problem) -> tuple[LayerStats, int, np.ndarray, np.ndarray | None]:
+    """(stats, K, theta0, copies) of a problem; copies None: one K-block per channel."""
+    stats, K, theta0, *rest = problem
+    return stats, K, theta0, (rest[0] if rest else None)
+
+
+def owned_columns(copies: np.ndarray, K: int) -> list[np.ndarray]:
+    """The columns each channel owns when channel c holds ``copies[c]`` consecutive K-blocks."""
+    sizes = np.asarray(copies, dtype=np.intp) * K
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.intp)
+    return [np.arange(a, a + b, dtype=np.intp) for a, b in zip(starts, sizes)]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A group read in parts (Split/Slice): ``part[c]`` is channel c's part and ``removals[q]``
+    how many channels part q gives up. The greedy selections remove a channel only from a part
+    with removals left, so every part keeps the count the budget was fitted with."""
+
+    part: np.ndarray
+    removals: np.ndarray
+
+    def exhausted(self, done: np.ndarray) -> np.ndarray:
+        """Per channel: True where its part has no removals left, given ``done`` per part."""
+        return (self.removals - done)[self.part] <= 0
 
 
 def error(stats: LayerStats, theta: np.ndarray) -> float:
@@ -60,10 +93,14 @@ def objective(stats: LayerStats, theta: np.ndarray, theta0: np.ndarray, alpha: f
     return error(stats, theta) + ridge_lambda(stats, alpha) * float(np.sum((theta - theta0)[:-1] ** 2))
 
 
-def columns(channels: Channels, K: int) -> np.ndarray:
-    """Columns c*K + tap of ``channels`` (in the given order), then the bias column as -1 (the last)."""
+def columns(channels: Channels, K: int, copies: np.ndarray | None = None) -> np.ndarray:
+    """Columns c*K + tap of ``channels`` (in the given order), then the bias column as -1 (the last).
+    With ``copies`` (per channel, how many K-blocks it owns) the blocks of each channel in turn."""
     channels = np.asarray(channels, dtype=np.intp)
-    return np.append((channels[:, None] * K + np.arange(K)).ravel(), -1)
+    if copies is None:
+        return np.append((channels[:, None] * K + np.arange(K)).ravel(), -1)
+    owned = owned_columns(copies, K)
+    return np.append(np.concatenate([owned[c] for c in channels] + [np.zeros(0, np.intp)]), -1)
 
 
 def ridge_diag(p: int, lam: float) -> np.ndarray:
@@ -92,13 +129,14 @@ def removals(n: int, target: int) -> int:
     return n - target
 
 
-def ridge_solve(stats: LayerStats, keep: Channels, K: int, theta0: np.ndarray, alpha: float) -> np.ndarray:
+def ridge_solve(stats: LayerStats, keep: Channels, K: int, theta0: np.ndarray, alpha: float,
+                copies: np.ndarray | None = None) -> np.ndarray:
     """Ridge reconstruction on the kept channels S (their columns and the bias):
 
         theta_S = (G_SS + lam I')^-1 (C_S + lam I' theta0_S),   lam = ridge_lambda(stats, alpha),
 
     with zeros on the removed channels' rows (p x m). alpha = 0 is plain least squares."""
-    cols = columns(keep, K)
+    cols = columns(keep, K, copies)
     lam = ridge_diag(len(cols), ridge_lambda(stats, alpha))
     gram = stats.gram[np.ix_(cols, cols)] + np.diag(lam)
     rhs = stats.cross[cols] + lam[:, None] * theta0[cols]
@@ -108,20 +146,21 @@ def ridge_solve(stats: LayerStats, keep: Channels, K: int, theta0: np.ndarray, a
 
 
 def choose_alpha(fit: LayerStats, holdout: LayerStats, keep: Channels, K: int, theta0: np.ndarray,
-                 grid: Sequence[float] = (0, 1e-4, 1e-3, 1e-2, 1e-1, 1)) -> float:
+                 grid: Sequence[float] = (0, 1e-4, 1e-3, 1e-2, 1e-1, 1), copies: np.ndarray | None = None) -> float:
     """argmin over the grid of error(holdout, ridge_solve(fit, keep, K, theta0, alpha)): with few
     rows per column plain least squares interpolates ``fit`` and generalises worse than the ridge."""
-    errors = [error(holdout, ridge_solve(fit, keep, K, theta0, alpha)) for alpha in grid]
+    errors = [error(holdout, ridge_solve(fit, keep, K, theta0, alpha, copies)) for alpha in grid]
     return float(grid[int(np.argmin(errors))])
 
 
 def refit(fit: LayerStats, holdout: LayerStats | None, keep: np.ndarray, taps: int,
-          theta0: np.ndarray) -> tuple[np.ndarray, float]:
+          theta0: np.ndarray, copies: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """A consumer's weights on the channels ``keep``: ridge least squares on fit + holdout, the
     ridge chosen on the holdout (SELECTION_ALPHA without one). Returns them and the alpha."""
-    alpha = choose_alpha(fit, holdout, keep, taps, theta0, ALPHA_GRID) if holdout is not None else SELECTION_ALPHA
+    alpha = (choose_alpha(fit, holdout, keep, taps, theta0, ALPHA_GRID, copies) if holdout is not None
+             else SELECTION_ALPHA)
     total = fit if holdout is None else fit + holdout
-    return ridge_solve(total, keep, taps, theta0, alpha), alpha
+    return ridge_solve(total, keep, taps, theta0, alpha, copies), alpha
 
 
 @dataclass(frozen=True)
@@ -136,10 +175,12 @@ class Elimination:
 class ConsumerFit:
     """One consumer of the group being pruned: statistics whose first n channels are the
     group's (then the other channels it reads, which stay), taps, original weights theta0
-    (rows as the statistics' columns) and how many channels it reads in all."""
+    (rows as the statistics' columns), how many channels it reads in all, and how many K-blocks
+    each owns (``copies``; None: one each)."""
 
     fit: LayerStats
     holdout: LayerStats | None
     taps: int
     theta0: np.ndarray
     channels: int
+    copies: np.ndarray | None = None

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..calibration.layer_stats import LayerStats
 from .base import DataMethod, register
-from .least_squares import SINGULAR, ConsumerFit, Problem, removals
+from .least_squares import SINGULAR, ConsumerFit, Parts, Problem, owned_columns, removals, unpack
 
 
 @register
@@ -22,11 +22,11 @@ class NeuroUnification(DataMethod):
     name = "nu"
     summary = "Neuro-Unification: each removed channel folded into its most similar one (no least squares)"
 
-    def plan(self, problems: Sequence[Problem], n: int, target: int = 1) -> NUPlan:
-        return nu_plan(problems, n, target=target)
+    def plan(self, problems: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> NUPlan:
+        return nu_plan(problems, n, target=target, parts=parts)
 
     def rebuild(self, plan: NUPlan, consumer: ConsumerFit, kept: np.ndarray, n: int) -> tuple[np.ndarray, float]:
-        return nu_apply(consumer.theta0, plan, consumer.taps, n - len(kept)), 0.0
+        return nu_apply(consumer.theta0, plan, consumer.taps, n - len(kept), consumer.copies), 0.0
 
 
 @dataclass(frozen=True)
@@ -49,21 +49,56 @@ def _unify(theta: np.ndarray, K: int, j: int, i: int, alpha: float, beta: float)
     w[j] = 0
 
 
+def _unify_owned(theta: np.ndarray, oj: np.ndarray, oi: np.ndarray, alpha: float, beta: float, bias: int) -> None:
+    """_unify for channels owning the columns ``oj`` and ``oi`` (equally many: copy by copy, tap
+    by tap); ``bias``: the bias row."""
+    theta[oi] += alpha * theta[oj]
+    theta[bias] += beta * theta[oj].sum(axis=0)
+    theta[oj] = 0
+
+
 class _Unifier:
-    """One consumer in NU: the invariants of its statistics and its current (virtual) weights."""
+    """One consumer in NU: the invariants of its statistics and its current (virtual) weights.
 
-    def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray, n: int):
-        self.gram, self.K, self.rows = stats.gram, K, stats.rows
-        self.taps = np.arange(n)[:, None] * K + np.arange(K)  # (n, K): the candidates' columns
-        self.blocks = stats.gram[self.taps[:, :, None], self.taps[:, None, :]]  # G_aa (n, K, K)
-        self.sums = stats.gram[self.taps, -1]  # s_a = X_a^T 1 (n, K)
-        self.theta = theta0.copy()
+    With ``copies`` (channel c owns copies[c] K-blocks, possibly none) each channel's columns are
+    padded to the widest with column p, a zero row and column appended to G and theta, so the
+    formulas below apply unchanged; only channels owning equally many columns in every consumer
+    are unified (nu_plan), copy by copy and tap by tap."""
 
-    def tap_sums(self) -> tuple[np.ndarray, np.ndarray, int]:
+    def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray, n: int, copies: np.ndarray | None = None):
+        self.K, self.rows = K, stats.rows
+        self.padded = copies is not None
+        if not self.padded:
+            self.gram = stats.gram
+            self.taps = np.arange(n)[:, None] * K + np.arange(K)  # (n, K): the candidates' columns
+            self.theta = theta0.copy()
+            self.bias = -1
+        else:
+            p = len(stats.gram)
+            self.gram = np.zeros((p + 1, p + 1))
+            self.gram[:p, :p] = stats.gram
+            self.theta = np.vstack([theta0, np.zeros((1, theta0.shape[1]))])
+            self.bias = p - 1
+            owned = owned_columns(copies[:n], K)
+            self.taps = np.full((n, max(1, max(len(o) for o in owned))), p, dtype=np.intp)
+            for a, o in enumerate(owned):
+                self.taps[a, :len(o)] = o
+            self.width = np.array([len(o) for o in owned])
+        self.blocks = self.gram[self.taps[:, :, None], self.taps[:, None, :]]  # G_aa (n, K, K)
+        self.sums = self.gram[self.taps, self.bias]  # s_a = X_a^T 1 (n, K)
+
+    def unify(self, j: int, i: int, alpha: float, beta: float) -> None:
+        if not self.padded:
+            return _unify(self.theta, self.K, j, i, alpha, beta)
+        width = self.width[j]
+        _unify_owned(self.theta, self.taps[j, :width], self.taps[i, :width], alpha, beta, self.bias)
+
+    def tap_sums(self) -> tuple[np.ndarray, np.ndarray, int | np.ndarray]:
         """S_ab = sum_t G[(a,t), (b,t)], s_a = sum_t X_(a,t)^T 1, and the count N K: the
-        channels' activations pooled over samples, positions and taps."""
+        channels' activations pooled over samples, positions and taps (with copies, the count
+        per channel: N times its columns)."""
         pair = self.gram[self.taps[:, None, :], self.taps[None, :, :]].sum(axis=2)
-        return pair, self.sums.sum(axis=1), self.rows * self.K
+        return pair, self.sums.sum(axis=1), self.rows * (self.width if self.padded else self.K)
 
     def costs(self, js: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
         """Added output error e[j, i] of unifying j -> i, for the channels js (rows) and every i:
@@ -89,32 +124,48 @@ def _nu_fits(unifiers: Sequence[_Unifier]) -> tuple[np.ndarray, np.ndarray]:
     positions, taps and consumers: with S, s, T summed over the consumers' tap_sums,
     cov = S - s s^T / T, alpha = cov_ij / cov_ii (0 for a constant a_i), beta = (s_j - alpha s_i) / T."""
     pair, sums, count = (sum(x) for x in zip(*(u.tap_sums() for u in unifiers)))
+    if np.ndim(count):  # per channel (copies): pairs are only of channels with equal counts
+        count = np.maximum(count, 1)[:, None]
     cov = pair - np.outer(sums, sums) / count
     var = np.diag(cov)
     alpha = np.divide(cov, var, out=np.zeros_like(cov), where=var > SINGULAR * np.diag(pair))
     return alpha, (sums[:, None] - alpha * sums) / count
 
 
-def nu_plan(consumers: Sequence[Problem], n: int, target: int = 1) -> NUPlan:
+def nu_plan(consumers: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> NUPlan:
     """Neuro-Unification: greedily unify the pair j -> i (a_j ~ alpha a_i + beta, see _nu_fits)
     whose added output error, summed over the consumers, is smallest; fold it into the virtual
     weights (_unify) and go on. A stand-in may later be removed too, its weights moving on.
-    O(n^2 K^2 (K + m)) to start, O(n K^2 (K + m) + n^2) per step."""
-    unifiers = [_Unifier(stats, K, theta0, n) for stats, K, theta0 in consumers]
+    O(n^2 K^2 (K + m)) to start, O(n K^2 (K + m) + n^2) per step.
+
+    With copies (repeated or partial reads), j unifies only into an i read as often as j by every
+    consumer (so their copies fold one onto the other); with ``parts``, j is a candidate only
+    while its part has removals left. The order stops early if no pair is left."""
+    unpacked = [unpack(p) for p in consumers]
+    unifiers = [_Unifier(stats, K, theta0, n, copies) for stats, K, theta0, copies in unpacked]
     alpha, beta = _nu_fits(unifiers)
     everyone = np.arange(n)
     cost = sum(u.costs(everyone, alpha, beta) for u in unifiers)
     np.fill_diagonal(cost, np.inf)
+    reads = np.array([np.ones(n, np.intp) if copies is None else copies[:n] for *_, copies in unpacked]).T
+    unlike = (reads[:, None, :] != reads[None, :, :]).any(axis=2)  # [j, i]: different copy counts
+    cost[unlike] = np.inf
     removed = np.zeros(n, dtype=bool)
+    done = None if parts is None else np.zeros(len(parts.removals), dtype=np.intp)
     order, stand_in, alphas, betas, errors, total = [], [], [], [], [], 0.0
     for _ in range(removals(n, target)):
-        j, i = np.unravel_index(np.argmin(cost), cost.shape)
+        candidates = cost if parts is None else np.where(parts.exhausted(done)[:, None], np.inf, cost)
+        j, i = np.unravel_index(np.argmin(candidates), cost.shape)
+        if not np.isfinite(candidates[j, i]):
+            break
+        if parts is not None:
+            done[parts.part[j]] += 1
         total += cost[j, i]
         for u in unifiers:
-            _unify(u.theta, u.K, j, i, alpha[j, i], beta[j, i])
+            u.unify(j, i, alpha[j, i], beta[j, i])
         removed[j] = True
         row = sum(u.costs(np.array([i]), alpha, beta) for u in unifiers)[0]
-        row[removed | (everyone == i)] = np.inf
+        row[removed | (everyone == i) | unlike[i]] = np.inf
         cost[i] = row
         cost[j] = np.inf
         cost[:, j] = np.inf
@@ -127,10 +178,15 @@ def nu_plan(consumers: Sequence[Problem], n: int, target: int = 1) -> NUPlan:
                   np.array(alphas), np.array(betas), np.array(errors))
 
 
-def nu_apply(theta0: np.ndarray, plan: NUPlan, K: int, steps: int | None = None) -> np.ndarray:
+def nu_apply(theta0: np.ndarray, plan: NUPlan, K: int, steps: int | None = None,
+             copies: np.ndarray | None = None) -> np.ndarray:
     """One consumer's weights after the first ``steps`` unifications of ``plan`` (all by default),
     zeros on the removed channels. Call once per consumer for several consumers."""
     theta = theta0.astype(np.float64, copy=True)
+    owned = None if copies is None else owned_columns(copies, K)
     for j, i, alpha, beta in list(zip(plan.order, plan.stand_in, plan.alpha, plan.beta))[:steps]:
-        _unify(theta, K, j, i, alpha, beta)
+        if owned is None:
+            _unify(theta, K, j, i, alpha, beta)
+        else:
+            _unify_owned(theta, owned[j], owned[i], alpha, beta, len(theta) - 1)
     return theta

@@ -17,7 +17,8 @@ from scipy import linalg as sla
 
 from ..calibration.layer_stats import LayerStats
 from .base import DataMethod, register
-from .least_squares import SELECTION_ALPHA, Elimination, Problem, cholesky, removals, ridge_diag, ridge_lambda
+from .least_squares import (SELECTION_ALPHA, Elimination, Parts, Problem, cholesky, owned_columns, removals, ridge_diag,
+                            ridge_lambda, unpack)
 
 
 @register
@@ -25,8 +26,8 @@ class Reap(DataMethod):
     name = "reap"
     summary = "greedy removal by the error after least-squares reconstruction (REAP)"
 
-    def plan(self, problems: Sequence[Problem], n: int, target: int = 1) -> Elimination:
-        return reap_order(problems, n, alpha=SELECTION_ALPHA, target=target)
+    def plan(self, problems: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> Elimination:
+        return reap_order(problems, n, alpha=SELECTION_ALPHA, target=target, parts=parts)
 
 
 class _Downdater:
@@ -38,9 +39,15 @@ class _Downdater:
     H is never rewritten: it stays H0 - U U^T with U = [Z_1 Z_2 ...]. A step needs only the
     diagonal blocks H_aa (kept up to date in O(n K^3)) and the column block H_:c = H0_:c - U U_c:^T,
     so it reads O(p * removed K) numbers instead of rewriting p^2; H0 - U U^T is symmetric by
-    construction. Rows of removed channels are exactly zero in Z and theta."""
+    construction. Rows of removed channels are exactly zero in Z and theta.
 
-    def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray, alpha: float, removals: int):
+    With ``copies`` a channel owns copies[c] K-blocks (its rows at every offset it is read at),
+    possibly none (a part this consumer does not read: removing it costs nothing here). ``taps``
+    then lists each of the group's channels' columns, padded to the widest with column p (a
+    zero row of theta, an identity row of its H block), so the same batched algebra applies."""
+
+    def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray, alpha: float, removals: int,
+                 copies: np.ndarray | None = None, n: int = 0):
         p = len(stats.gram)
         lam = ridge_diag(p, ridge_lambda(stats, alpha))
         factor = cholesky(stats.gram + np.diag(lam))
@@ -49,9 +56,24 @@ class _Downdater:
         # C order, so that each channel's rows of theta are a view (costs)
         self.theta = np.ascontiguousarray(sla.cho_solve(factor, stats.cross + lam[:, None] * theta0))
         self.stats, self.theta0, self.lam = stats, theta0, lam[0]
-        self.taps = np.arange((p - 1) // K)[:, None] * K + np.arange(K)  # (n, K): columns of each channel
-        self.blocks = self.h0[self.taps[:, :, None], self.taps[:, None, :]]  # H_aa (n, K, K)
-        self.u = np.zeros((p, removals * K))
+        self.padded = copies is not None
+        if not self.padded:
+            self.taps = np.arange((p - 1) // K)[:, None] * K + np.arange(K)  # (n, K): columns of each channel
+            self.blocks = self.h0[self.taps[:, :, None], self.taps[:, None, :]]  # H_aa (n, K, K)
+            width = removals * K
+        else:
+            self.owned = owned_columns(copies[:n], K)
+            sizes = np.array([len(o) for o in self.owned])
+            self.taps = np.full((n, max(1, sizes.max(initial=0))), p, dtype=np.intp)  # p: padding
+            for a, o in enumerate(self.owned):
+                self.taps[a, :len(o)] = o
+            self.real = self.taps < p
+            inside = np.minimum(self.taps, p - 1)
+            pair = self.real[:, :, None] & self.real[:, None, :]
+            eye = np.broadcast_to(np.eye(self.taps.shape[1], dtype=bool), pair.shape)
+            self.blocks = np.where(pair, self.h0[inside[:, :, None], inside[:, None, :]], eye.astype(float))
+            width = int(np.sort(sizes)[::-1][:removals].sum())
+        self.u = np.zeros((p, width))
         self.used = 0
         self.gone = np.zeros(p, dtype=bool)
         self.step = np.empty_like(self.theta)  # theta's downdate, one buffer for every step
@@ -60,21 +82,33 @@ class _Downdater:
         """Increase of J when removing each remaining channel c:
         dE_c = tr(theta_c^T H_cc^-1 theta_c) = tr(H_cc^-1 theta_c theta_c^T), K x K per channel
         (theta_c is K x m: m-wide copies of it cost O(n K m) memory traffic per step)."""
-        body = self.theta[:-1].reshape(len(self.taps), -1, self.theta.shape[1])  # (n, K, m), a view
+        if self.padded:
+            body = self._padded(self.theta)
+        else:
+            body = self.theta[:-1].reshape(len(self.taps), -1, self.theta.shape[1])  # (n, K, m), a view
         outer = np.matmul(body, body.transpose(0, 2, 1))[remaining]
         return np.einsum("akk->a", np.linalg.solve(self.blocks[remaining], outer))
 
+    def _padded(self, a: np.ndarray) -> np.ndarray:
+        """Rows of ``a`` per channel, (n, width, ...), zero at the padding."""
+        rows = a[np.minimum(self.taps, len(a) - 1)]
+        rows[~self.real] = 0
+        return rows
+
     def remove(self, c: int) -> None:
         """Downdate theta, U and the diagonal blocks for the removal of channel c."""
-        idx = self.taps[c]
+        idx = self.owned[c] if self.padded else self.taps[c]
+        if len(idx) == 0:  # a channel this consumer does not read
+            return
         u = self.u[:, :self.used]
-        low = np.linalg.cholesky(self.blocks[c])
+        low = np.linalg.cholesky(self.blocks[c][:len(idx), :len(idx)])
         z = sla.solve_triangular(low, (self.h0[:, idx] - u @ u[idx].T).T, lower=True).T
         z[self.gone] = 0
         self.theta -= np.matmul(z, sla.solve_triangular(low, self.theta[idx], lower=True), out=self.step)
         self.u[:, self.used:self.used + len(idx)] = z
         self.used += len(idx)
-        self.blocks -= np.einsum("akj,alj->akl", z[self.taps], z[self.taps])  # exactly symmetric
+        zt = self._padded(z) if self.padded else z[self.taps]
+        self.blocks -= np.einsum("akj,alj->akl", zt, zt)  # exactly symmetric
         self.gone[idx] = True
         self.theta[idx] = 0
 
@@ -93,7 +127,7 @@ def _inner(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reap_steps(consumers: Sequence[Problem], n: int, alpha: float | Sequence[float] = 0.0,
-               target: int = 1) -> Iterator[tuple[int, float, list[np.ndarray]]]:
+               target: int = 1, parts: Parts | None = None) -> Iterator[tuple[int, float, list[np.ndarray]]]:
     """REAP's greedy backward elimination with inverse-Gram downdates. Each step removes
     argmin_c sum_consumers dE_c (dE_c = tr(theta_c^T H_cc^-1 theta_c): the increase of J after
     re-fitting without c) and yields (c, sum of ||Y - Xa theta||^2, the consumers' new thetas;
@@ -101,13 +135,21 @@ def reap_steps(consumers: Sequence[Problem], n: int, alpha: float | Sequence[flo
 
     alpha: one value or one per consumer. Per consumer: one O((nK)^3) inversion, then
     O(nK * removed K * K) per step, O((nK)^3 K) for the whole elimination (vs O(n^5 K^3) naive).
-    The bias is never removed."""
+    The bias is never removed. With ``parts``, a channel is a candidate only while its part has
+    removals left."""
     alphas = np.broadcast_to(alpha, len(consumers))
     steps = removals(n, target)
-    states = [_Downdater(stats, K, theta0, a, steps) for (stats, K, theta0), a in zip(consumers, alphas)]
+    states = [_Downdater(stats, K, theta0, a, steps, copies, n)
+              for (stats, K, theta0, copies), a in zip(map(unpack, consumers), alphas)]
     remaining = np.arange(n)
+    done = None if parts is None else np.zeros(len(parts.removals), dtype=np.intp)
     for _ in range(steps):
-        c = int(remaining[np.argmin(sum(s.costs(remaining) for s in states))])
+        costs = sum(s.costs(remaining) for s in states)
+        if parts is not None:
+            costs = np.where(parts.exhausted(done)[remaining], np.inf, costs)
+        c = int(remaining[np.argmin(costs)])
+        if parts is not None:
+            done[parts.part[c]] += 1
         for s in states:
             s.remove(c)
         remaining = remaining[remaining != c]
@@ -115,9 +157,9 @@ def reap_steps(consumers: Sequence[Problem], n: int, alpha: float | Sequence[flo
 
 
 def reap_order(consumers: Sequence[Problem], n: int, alpha: float | Sequence[float] = 0.0,
-               target: int = 1) -> Elimination:
+               target: int = 1, parts: Parts | None = None) -> Elimination:
     """REAP's removal order and the reconstruction error sum ||Y - Xa theta_S||^2 after each removal."""
-    steps = [(c, e) for c, e, _ in reap_steps(consumers, n, alpha, target)]
+    steps = [(c, e) for c, e, _ in reap_steps(consumers, n, alpha, target, parts)]
     return Elimination(np.array([c for c, _ in steps], dtype=np.intp), np.array([e for _, e in steps]))
 
 

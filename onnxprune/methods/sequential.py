@@ -26,7 +26,8 @@ from ..calibration.cache import SegmentRunner, pairs
 from ..calibration.statistics import HOLDOUT_EVERY, Calibration, accumulate
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
-from .least_squares import ConsumerFit, columns, error
+from .least_squares import ConsumerFit, Parts, columns, error
+from .scores import l1_scores, select
 from .weights import overlay_weights, theta_of
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
                      ) -> tuple[onnx.ModelProto, dict[int, np.ndarray], list[LayerNote]]:
     """Prune each group in ``counts`` to its count, in order, reconstructing its consumers."""
     plans, _ = reconstructable(analysis)
+    proxy = select(analysis, l1_scores(analysis), counts)
     keep: dict[int, np.ndarray] = {}
     thetas: dict[str, tuple[Consumer, np.ndarray, np.ndarray]] = {}
     notes: list[LayerNote] = []
@@ -67,7 +69,9 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         n = analysis.groups[gid].channels
         removed = analysis.removed_mask(keep)
         plan = [(c, *group_first(analysis, c, gid, removed, calib.sequential)) for c in plans[gid]]
-        reads = [r for _, r, _, _, _ in plan]
+        parts = part_quotas(analysis, gid, proxy[gid])
+        target = counts[gid] if parts is None else len(proxy[gid])
+        reads = [r for _, r, _, _, _, _ in plan]
         ins, outs = [c.input for c in reads], [c.output for c in reads]
         following = first_consumer[step]
         if calib.sequential:
@@ -76,11 +80,11 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
             runs = pairs(x_runner.run(current, ins, x_keep), y_runner.run(normalized, outs, following))
         else:
             runs = ((v, v) for v in x_runner.run(normalized, ins + outs, following))
-        with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {counts[gid]} channels", calib.samples) as advance:
+        with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {target} channels", calib.samples) as advance:
             fit, holdout = accumulate(runs, reads, calib.mode, providers, HOLDOUT_EVERY, advance)
         outputs = {c.node: kept_outputs(analysis, c, removed) for c, *_ in plan}
         stats = []
-        for c, _, _, read_rows, rows in plan:
+        for c, _, _, read_rows, rows, _ in plan:
             cols = outputs[c.node]
             if c.node in thetas:  # read by an earlier group too: start from those refitted weights
                 before, before_cols = thetas[c.node][1:]
@@ -89,8 +93,9 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
                 theta0 = theta_of(nodes[c.node], c)[np.ix_(rows, cols)]
             stats.append(tuple(None if s is None else s.permuted(read_rows).outputs(cols)
                                for s in (fit[c.node], holdout.get(c.node))) + (theta0,))
-        kept, new_thetas, alphas = choose_and_rebuild(method, stats, [p for _, _, p, _, _ in plan], n, counts[gid])
-        for (c, _, _, _, rows), (f, h, _), theta, alpha in zip(plan, stats, new_thetas, alphas):
+        kept, new_thetas, alphas = choose_and_rebuild(method, stats, [p for _, _, p, _, _, _ in plan], n, target,
+                                                      [copies for *_, copies in plan], parts)
+        for (c, _, _, _, rows, _), (f, h, _), theta, alpha in zip(plan, stats, new_thetas, alphas):
             full = np.zeros((c.columns, theta.shape[1]))
             full[rows] = theta  # back on the original channels, zeros where removed
             thetas[c.node] = (c, full, outputs[c.node])
@@ -102,20 +107,23 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
     return current, keep, notes
 
 
-def choose_and_rebuild(method: DataMethod, stats, consumers: list[Consumer], n: int, k: int):
+def choose_and_rebuild(method: DataMethod, stats, consumers: list[Consumer], n: int, k: int,
+                       copies: list[np.ndarray | None] | None = None, parts: Parts | None = None):
     """Kept channels, each consumer's new weights and the ridge alpha used. ``stats``: per
-    consumer (fit, holdout, theta0) with the group's n channels first (``group_first``); the
-    others it reads stay."""
-    problems = [(f if h is None else f + h, c.taps, theta0) for (f, h, theta0), c in zip(stats, consumers)]
-    plan = method.plan(problems, n, target=k)
+    consumer (fit, holdout, theta0) with the group's n channels first (``group_first``, which
+    also gives ``copies``); the others it reads stay. With ``parts``, each part gives up its quota."""
+    copies = copies or [None] * len(consumers)
+    problems = [(f if h is None else f + h, c.taps, theta0) + (() if r is None else (r,))
+                for (f, h, theta0), c, r in zip(stats, consumers, copies)]
+    plan = method.plan(problems, n, target=k) if parts is None else method.plan(problems, n, target=k, parts=parts)
     kept = np.setdiff1d(np.arange(n), plan.order[: n - k])
-    fits = [method.rebuild(plan, ConsumerFit(f, h, c.taps, theta0, c.channels), kept, n)
-            for (f, h, theta0), c in zip(stats, consumers)]
+    fits = [method.rebuild(plan, ConsumerFit(f, h, c.taps, theta0, c.channels, r), kept, n)
+            for (f, h, theta0), c, r in zip(stats, consumers, copies)]
     return kept, [theta for theta, _ in fits], [alpha for _, alpha in fits]
 
 
 def group_first(analysis: Analysis, c: Consumer, gid: int, removed: np.ndarray, sequential: bool = True,
-                ) -> tuple[Consumer, Consumer, np.ndarray, np.ndarray]:
+                ) -> tuple[Consumer, Consumer, np.ndarray, np.ndarray, np.ndarray | None]:
     """How consumer ``c`` takes part in pruning group ``gid`` after the groups in ``removed``
     (a class mask): the group's channels first, in the group's order, then the other channels
     it still reads (a Concat of several groups). Returns
@@ -124,16 +132,46 @@ def group_first(analysis: Analysis, c: Consumer, gid: int, removed: np.ndarray, 
       original), for collecting its statistics;
     - ``c`` as the problem sees it (its channel count: the group's, then the others);
     - the rows of the collected statistics (columns of Xa) that make the problem (columns: bias -1, the last);
-    - the rows of its ORIGINAL theta (every channel) that those hold.
+    - the rows of its ORIGINAL theta (every channel) that those hold;
+    - ``copies``: None when c reads each of the group's channels once; else how many K-blocks
+      each problem channel owns: a group channel all its copies, in the order they are read
+      (SPPF's pooled copies), none for one that c does not read (a Split part), the others one.
 
     For a consumer that reads only the group, everything is the identity."""
     classes = analysis.atom_class[analysis.layouts[c.input].atoms]
     kept = ~removed[classes]
-    atom_of = {int(cl): a for a, cl in enumerate(classes)}
-    mine = np.array([atom_of[int(cl)] for cl in analysis.group_classes[gid]], dtype=np.intp)
-    order = np.concatenate([mine, np.setdiff1d(np.flatnonzero(kept), mine)])  # original channels
+    group = analysis.group_classes[gid]
+    mine = np.flatnonzero(analysis.class_group[classes] == gid)  # positions of the group's channels
+    mine = mine[np.argsort(analysis.class_index[classes[mine]], kind="stable")]  # by channel, copies in order
+    copies = np.bincount(analysis.class_index[classes[mine]], minlength=len(group))
+    others = np.setdiff1d(np.flatnonzero(kept), mine)
+    order = np.concatenate([mine, others])  # original channels
     read = np.flatnonzero(kept) if sequential else np.arange(len(classes))  # channels of the tensor run
-    return (replace(c, channels=len(read)), replace(c, channels=len(order)),
-            columns(np.searchsorted(read, order), c.taps), columns(order, c.taps))
+    if np.all(copies == 1):
+        return (replace(c, channels=len(read)), replace(c, channels=len(order)),
+                columns(np.searchsorted(read, order), c.taps), columns(order, c.taps), None)
+    return (replace(c, channels=len(read)), replace(c, channels=len(group) + len(others)),
+            columns(np.searchsorted(read, order), c.taps), columns(order, c.taps),
+            np.concatenate([copies, np.ones(len(others), dtype=np.intp)]))
+
+
+def part_quotas(analysis: Analysis, gid: int, proxy_kept: np.ndarray) -> Parts | None:
+    """Group ``gid``'s parts (channels that every tensor holds together; several where a Split or
+    Slice reads it in parts), each to give up as many channels as in ``proxy_kept`` (the channels
+    the cost was predicted with, prune.proxy_choice): the cost of a group read in parts depends on
+    how many each part keeps. None for a group read whole everywhere."""
+    group = analysis.group_classes[gid]
+    seen = []
+    for layout in analysis.layouts.values():
+        present = np.isin(group, analysis.atom_class[layout.atoms])
+        if present.any() and not present.all():
+            seen.append(present)
+    if not seen:
+        return None
+    _, part = np.unique(np.array(seen).T, axis=0, return_inverse=True)
+    part = part.ravel()
+    kept = np.zeros(len(group), dtype=bool)
+    kept[proxy_kept] = True
+    return Parts(part, np.bincount(part[~kept], minlength=part.max() + 1))
 
 

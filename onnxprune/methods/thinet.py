@@ -12,7 +12,7 @@ import numpy as np
 
 from ..calibration.layer_stats import LayerStats
 from .base import DataMethod, register
-from .least_squares import Elimination, Problem, removals
+from .least_squares import Elimination, Parts, Problem, owned_columns, removals, unpack
 
 
 @register
@@ -20,32 +20,47 @@ class ThiNet(DataMethod):
     name = "thinet"
     summary = "ThiNet's greedy selection by output change, then least-squares reconstruction"
 
-    def plan(self, problems: Sequence[Problem], n: int, target: int = 1) -> Elimination:
-        return thinet_order(problems, n, target=target)
+    def plan(self, problems: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> Elimination:
+        return thinet_order(problems, n, target=target, parts=parts)
 
 
-def _pair_products(stats: LayerStats, K: int, theta0: np.ndarray, n: int) -> np.ndarray:
+def _pair_products(stats: LayerStats, K: int, theta0: np.ndarray, n: int, copies: np.ndarray | None = None,
+                   ) -> np.ndarray:
     """P_ab = <G_ab, W_a W_b^T> for the first n channels (n x n; W_a: the K x m rows of
-    channel a in theta0)."""
-    w = theta0[:n * K]
-    return ((w @ w.T) * stats.gram[:n * K, :n * K]).reshape(n, K, n, K).sum(axis=(1, 3))
+    channel a in theta0; with ``copies``, the rows of all its copies, none for a channel the
+    consumer does not read)."""
+    if copies is None:
+        w = theta0[:n * K]
+        return ((w @ w.T) * stats.gram[:n * K, :n * K]).reshape(n, K, n, K).sum(axis=(1, 3))
+    owned = owned_columns(copies[:n], K)
+    width = sum(len(o) for o in owned)
+    w = theta0[:width]
+    owner = np.zeros((n, width))
+    for a, o in enumerate(owned):
+        owner[a, o] = 1
+    return owner @ ((w @ w.T) * stats.gram[:width, :width]) @ owner.T
 
 
-def thinet_order(consumers: Sequence[Problem], n: int, target: int = 1) -> Elimination:
+def thinet_order(consumers: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> Elimination:
     """ThiNet's greedy selection (Luo et al. 2017): add to the removed set R the channel that
     changes the consumers' outputs least WITHOUT reconstruction:
 
         E(R) = sum_consumers tr(W_R^T G_RR W_R) = sum_{a,b in R} P_ab,  P = sum_consumers P(consumer)
         E(R + c) = E(R) + P_cc + 2 sum_{r in R} P_rc
 
-    with W = theta0 (no bias). errors: E(R) after each removal. O(n^2 K^2 m) for P, O(n^2) after."""
-    pairs = sum(_pair_products(stats, K, theta0, n) for stats, K, theta0 in consumers)
+    with W = theta0 (no bias). errors: E(R) after each removal. O(n^2 K^2 m) for P, O(n^2) after.
+    With ``parts``, a channel is a candidate only while its part has removals left."""
+    pairs = sum(_pair_products(stats, K, theta0, n, copies) for stats, K, theta0, copies in map(unpack, consumers))
     with_removed = np.zeros(n)  # sum_{r in R} P_rc
     removed = np.zeros(n, dtype=bool)
+    done = None if parts is None else np.zeros(len(parts.removals), dtype=np.intp)
     order, errors, total = [], [], 0.0
     for _ in range(removals(n, target)):
-        increase = np.where(removed, np.inf, np.diag(pairs) + 2 * with_removed)
+        blocked = removed if parts is None else removed | parts.exhausted(done)
+        increase = np.where(blocked, np.inf, np.diag(pairs) + 2 * with_removed)
         c = int(np.argmin(increase))
+        if parts is not None:
+            done[parts.part[c]] += 1
         total += increase[c]
         with_removed += pairs[c]
         removed[c] = True

@@ -185,10 +185,11 @@ class Reconstructions:
     def _problem(self, c: Consumer, g: int):
         """c's problem for choosing group g's order: its statistics on the original model, the
         group's channels first, then the other channels it reads (group_first)."""
-        _, _, columns_, rows = group_first(self.analysis, c, g, self.nothing, sequential=False)
+        _, _, columns_, rows, copies = group_first(self.analysis, c, g, self.nothing, sequential=False)
         fit, holdout = self.fit[c.node], self.holdout.get(c.node)
         total = fit + holdout if holdout is not None else fit  # not kept: a Gram's size
-        return total.permuted(columns_), c.taps, theta_of(self.nodes[c.node], c)[rows]
+        return (total.permuted(columns_), c.taps, theta_of(self.nodes[c.node], c)[rows]) + (
+            () if copies is None else (copies,))
 
     def weights(self, g: int, k: int, removed: np.ndarray | None = None) -> Weights:
         """Group g's consumers at k channels, the other groups' channels that ``removed`` (a
@@ -200,10 +201,10 @@ class Reconstructions:
             kept = np.sort(np.setdiff1d(np.arange(n), self.orders[g][: n - k]))
             result = {}
             for c in self.consumers[g]:
-                _, shape, columns_, rows = group_first(self.analysis, c, g, removed, sequential=False)
+                _, shape, columns_, rows, copies = group_first(self.analysis, c, g, removed, sequential=False)
                 h = self.holdout.get(c.node)
                 problem = ConsumerFit(self.fit[c.node].permuted(columns_), None if h is None else h.permuted(columns_),
-                                      c.taps, theta_of(self.nodes[c.node], c)[rows], shape.channels)
+                                      c.taps, theta_of(self.nodes[c.node], c)[rows], shape.channels, copies)
                 theta, _ = self.method.rebuild(self.plans[g], problem, kept, n)
                 full = np.zeros((c.columns, theta.shape[1]))
                 full[rows] = theta

@@ -1,0 +1,47 @@
+"""L1 scores of each group's channels, and the best-scoring channels at given counts (l1's choice and every method's cost proxy).
+
+``select`` never empties a tensor. prune.proxy_choice predicts every method's cost with it, and
+sequential.part_quotas gives each part of a group read in parts the count it predicted with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..analysis.groups import Analysis
+
+Keep = dict[int, np.ndarray]  # group id -> the kept channels' indices, sorted
+
+
+def l1_scores(analysis: Analysis) -> list[np.ndarray]:
+    """Score of every channel of every group (index: group id, then channel index)."""
+    nodes = {n.name: n for n in analysis.graph.nodes}
+    class_score = np.zeros(len(analysis.class_group))
+    for source in analysis.sources:
+        if source.node is None:
+            continue
+        w = np.moveaxis(np.asarray(nodes[source.node].inputs[source.weight_index].values), source.weight_axis, 0)
+        per_channel = np.abs(w.reshape(w.shape[0], -1)).mean(axis=1, dtype=np.float64)
+        atoms = np.arange(source.start, source.start + source.count)
+        np.add.at(class_score, analysis.atom_class[atoms], per_channel)
+    return [class_score[classes] for classes in analysis.group_classes]
+
+
+def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int]) -> Keep:
+    """Keep the ``counts[g]`` best-scoring channels of each group, never emptying a tensor."""
+    keep = {}
+    for gid, k in counts.items():
+        order = np.argsort(-scores[gid], kind="stable")
+        keep[gid] = np.sort(order[:k])
+    removed = analysis.removed_mask(keep)
+    for name in analysis.layouts:
+        if analysis.channel_count(name, removed) == 0:
+            # A Split/Slice part whose channels all lost: keep its best channel.
+            classes = analysis.atom_class[analysis.layouts[name].atoms]
+            gid = int(analysis.class_group[classes[0]])
+            idx = analysis.class_index[classes]
+            best = idx[np.argmax(scores[gid][idx])]
+            keep[gid] = np.union1d(keep[gid], [best])
+            removed = analysis.removed_mask(keep)
+    return keep
+
