@@ -200,10 +200,6 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         data_methods = ", ".join(m.name for m in methods.all_methods() if m.needs_data)
         raise OnnxPruneError(f"--calib is for the data methods ({data_methods}) and --pro, not --method {method}"
                              " with --no-pro or --ratio")
-    if not uses_data and not config.selection.reconstructs:
-        click.echo(f"warning: --method {method} without calibration data chooses channels by their weights "
-                   "and leaves the remaining weights as they are: without fine-tuning it loses accuracy "
-                   f"(give --calib DATA to prune with {DATA_METHOD}, which reconstructs the layers)", err=True)
     if uses_data:
         if calib_path is None:
             needs = f"--method {method}" if config.selection.needs_data else "--pro"
@@ -230,6 +226,10 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         if report is not None:
             staging.write(report, (json.dumps(data, indent=2) + "\n").encode())
         staging.commit()
+    if not uses_data and not config.selection.reconstructs:
+        click.echo(f"warning: --method {method} without calibration data chooses channels by their weights "
+                   "and leaves the remaining weights as they are: without fine-tuning it loses accuracy "
+                   f"(give --calib DATA to prune with {DATA_METHOD}, which reconstructs the layers)", err=True)
     click.echo(json.dumps(data, indent=2) if as_json else prune_summary(result, str(model), str(output)))
 
 
