@@ -4,7 +4,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import FACTORIES, random_feeds, run
-from test_reconstruct import calibration
+from test_sequential import calibration
 
 from onnxprune import PruneConfig, normalize, prune
 from onnxprune.calibration.cache import SegmentRunner, live_tensors, pairs
