@@ -8,10 +8,36 @@ from hypothesis import strategies as st
 
 from onnxprune import OnnxPruneError, PruneConfig, analyze, cost_of, normalize, prune
 from onnxprune.config import Method
-from onnxprune.analysis.cost import MacPredictor, model_cost
+from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost
 from onnxprune.calibration.statistics import Calibration
 from onnxprune.methods.l1 import l1_scores, select
+from onnxprune.prune import proxy_choice
 from onnxprune.widths.budget import fit_budget, kept_count, uniform
+
+
+def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params=None):
+    """The result's counts are allowed (multiples of ``round_to`` or all channels), within the
+    target, and as close to it as the rounding allows: no pruned group can take ``round_to``
+    more channels (or all of them) and stay within it."""
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    if keep_params is not None:
+        predict, budget = ParamPredictor(analysis).params, keep_params * result.params_before
+        after = result.params_after
+    else:
+        predict = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes)).macs
+        budget, after = keep_flops * result.macs_before, result.macs_after
+    keep_for = proxy_choice(analysis)
+    cost = lambda counts: predict(analysis.removed_mask(keep_for(counts)))  # noqa: E731
+    counts = {c.group.id: c.channels_after for c in result.groups if c.group.prunable and c.reason is None}
+    channels = {c.group.id: c.group.channels for c in result.groups}
+    assert after <= budget
+    assert cost(counts) == after
+    assert any(counts[g] < channels[g] for g in counts)
+    for g, k in counts.items():
+        assert k == channels[g] or k % round_to == 0, (g, k)
+        if k < channels[g]:
+            assert cost({**counts, g: min(channels[g], k + round_to)}) > budget, (g, k)
 
 
 def calibration(model, samples=64, batch=16):
@@ -37,17 +63,31 @@ def test_kept_count_is_a_multiple_or_everything(n, ratio, round_to):
     assert k == n or k % round_to == 0
 
 
-def test_fit_budget_meets_the_budget_and_cannot_grow():
-    channels = {0: 16, 1: 32, 2: 64}
-    weights = {0: 3.0, 1: 2.0, 2: 1.0}
+@pytest.mark.parametrize("round_to", [1, 8, 16])
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.77])
+def test_fit_budget_meets_the_budget_and_cannot_grow(round_to, fraction):
+    channels = {0: 16, 1: 32, 2: 64, 3: 20}
+    weights = {0: 3.0, 1: 2.0, 2: 1.0, 3: 1.5}
     cost = lambda c: sum(weights[g] * c[g] for g in c)  # noqa: E731
-    budget = 0.5 * cost(channels)
-    counts = fit_budget(channels, cost, budget, round_to=1)
+    budget = fraction * cost(channels)
+    counts = fit_budget(channels, cost, budget, round_to=round_to)
+    if counts is None:  # only when even the deepest pruning allowed costs more
+        assert cost(uniform(channels, 1.0, round_to)) > budget and round_to == 16
+        return
     assert cost(counts) <= budget
-    for g in channels:  # greedy fill: no group can take one more channel
+    for g in channels:  # a multiple of round_to or everything; greedy fill: no group can take round_to more
+        assert counts[g] == channels[g] or counts[g] % round_to == 0
         if counts[g] < channels[g]:
-            assert cost({**counts, g: counts[g] + 1}) > budget
-    assert fit_budget(channels, cost, 0.0, 1) is None
+            assert cost({**counts, g: min(channels[g], counts[g] + round_to)}) > budget
+    assert fit_budget(channels, cost, 0.0, round_to) is None
+
+
+def test_fit_budget_gives_back_to_the_groups_it_can():
+    """The bisection's uniform ratio leaves budget over; the fill gives it to the cheap groups."""
+    channels = {0: 64, 1: 64}
+    cost = lambda c: 10 * c[0] + c[1]  # noqa: E731
+    counts = fit_budget(channels, cost, 0.55 * cost(channels), round_to=8)  # budget 387.2
+    assert counts == {0: 32, 1: 64}  # uniform: 32 each (352); group 0 cannot take 8 more (432), group 1 can
 
 
 def test_ratio_removes_that_fraction_from_every_prunable_group():
@@ -69,8 +109,22 @@ def test_round_to_keeps_multiples():
 def test_keep_flops_meets_the_target_closely(name, keep):
     model = FACTORIES[name]()
     result = prune(model, PruneConfig(keep_flops=keep, round_to=1))
-    assert result.macs_after <= keep * result.macs_before
-    assert result.macs_after >= (keep - 0.1) * result.macs_before  # as close as the channel steps allow
+    assert_closest_allowed(model, result, 1, keep_flops=keep)
+
+
+@pytest.mark.parametrize("target", ["keep_flops", "keep_params"])
+def test_keep_flops_and_params_with_round_to_take_steps_of_round_to(target):
+    model = FACTORIES["conv_chain"](widths=(32, 48, 64, 40))
+    result = prune(model, PruneConfig(round_to=8, **{target: 0.5}))
+    assert_closest_allowed(model, result, 8, **{target: 0.5})
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "flatten_gemm_net"])
+def test_keep_params_without_pro_meets_the_target_closely(name):
+    model = FACTORIES[name]()
+    result = prune(model, PruneConfig(keep_params=0.5, round_to=1))
+    assert_closest_allowed(model, result, 1, keep_params=0.5)
+    assert cost_of(result.model).params == result.params_after
 
 
 @settings(max_examples=15, deadline=None)
