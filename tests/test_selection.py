@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune.calibration.layer_stats import LayerStats, stats_from_data
-from onnxprune.methods.least_squares import choose_alpha, columns, error, ridge_solve
+from onnxprune.methods.least_squares import (ALPHA_GRID, SELECTION_ALPHA, choose_alpha, columns, error, refit,
+                                             ridge_solve)
 from onnxprune.methods.nu import nu_apply, nu_plan
 from onnxprune.methods.reap import reap_order, reap_steps
 from onnxprune.methods.thinet import thinet_order
@@ -119,6 +120,34 @@ def test_choose_alpha_regularises_only_when_rows_are_few():
     assert ridge < plain
     unrelated = rng.standard_normal(true.shape)  # theta0 far from the truth, and plenty of rows
     assert choose_alpha(stats(5000), holdout, range(n), k, unrelated) <= 1e-4
+
+
+@pytest.mark.parametrize("fit_rows, holdout_rows", [(40, 2000), (2000, 40)])
+@pytest.mark.parametrize("seed", range(2))
+def test_refit_chooses_the_ridge_on_the_holdout_and_fits_on_everything(seed, fit_rows, holdout_rows):
+    """refit: alpha = argmin over the grid of the HOLDOUT error of the ridge fitted on the FIT
+    batches; the weights are then the ridge with that alpha on fit + holdout. With few fit rows
+    per column the ridge generalises better than plain least squares; with many, it does not."""
+    rng = np.random.default_rng(seed)
+    n, k, m = 6, 16, 4
+    true = rng.standard_normal((n * k + 1, m))
+    theta0 = true + rng.standard_normal(true.shape)  # a poor prior: the ridge pays only with few fit rows
+
+    def stats(rows):
+        x = correlated(rng, rows, n * k, rank=20, noise=0.3)
+        return stats_from_data(x, with_ones(x) @ true + rng.standard_normal((rows, m)))
+
+    fit, holdout = stats(fit_rows), stats(holdout_rows)
+    keep = np.array([0, 2, 3, 5])
+    theta, alpha = refit(fit, holdout, keep, k, theta0)
+    on_holdout = [error(holdout, ridge_solve(fit, keep, k, theta0, a)) for a in ALPHA_GRID]
+    assert alpha == ALPHA_GRID[int(np.argmin(on_holdout))]
+    assert alpha >= 1e-3 if fit_rows < holdout_rows else alpha <= 1e-4
+    np.testing.assert_allclose(theta, ridge_solve(fit + holdout, keep, k, theta0, alpha), rtol=1e-10, atol=1e-12)
+    assert np.all(theta[columns([1, 4], k)[:-1]] == 0)
+    theta, alpha = refit(fit, None, keep, k, theta0)  # no holdout: the selection's ridge, on the fit
+    assert alpha == SELECTION_ALPHA
+    np.testing.assert_allclose(theta, ridge_solve(fit, keep, k, theta0, SELECTION_ALPHA), rtol=1e-10, atol=1e-12)
 
 
 # REAP -------------------------------------------------------------------------------------------
