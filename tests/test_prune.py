@@ -3,41 +3,16 @@
 import numpy as np
 import pytest
 from builders import FACTORIES, NetBuilder, cnn_models, random_feeds
+from checks import assert_closest_allowed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune import OnnxPruneError, PruneConfig, analyze, cost_of, normalize, prune
 from onnxprune.config import Method
-from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost
+from onnxprune.analysis.cost import MacPredictor, model_cost
 from onnxprune.calibration.statistics import Calibration
 from onnxprune.methods.l1 import l1_scores, select
-from onnxprune.prune import proxy_choice
 from onnxprune.widths.budget import fit_budget, kept_count, uniform
-
-
-def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params=None):
-    """The result's counts are allowed (multiples of ``round_to`` or all channels), within the
-    target, and as close to it as the rounding allows: no pruned group can take ``round_to``
-    more channels (or all of them) and stay within it."""
-    normalized, _ = normalize(model)
-    analysis = analyze(normalized)
-    if keep_params is not None:
-        predict, budget = ParamPredictor(analysis).params, keep_params * result.params_before
-        after = result.params_after
-    else:
-        predict = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes)).macs
-        budget, after = keep_flops * result.macs_before, result.macs_after
-    keep_for = proxy_choice(analysis)
-    cost = lambda counts: predict(analysis.removed_mask(keep_for(counts)))  # noqa: E731
-    counts = {c.group.id: c.channels_after for c in result.groups if c.group.prunable and c.reason is None}
-    channels = {c.group.id: c.group.channels for c in result.groups}
-    assert after <= budget
-    assert cost(counts) == after
-    assert any(counts[g] < channels[g] for g in counts)
-    for g, k in counts.items():
-        assert k == channels[g] or k % round_to == 0, (g, k)
-        if k < channels[g]:
-            assert cost({**counts, g: min(channels[g], k + round_to)}) > budget, (g, k)
 
 
 def calibration(model, samples=64, batch=16):
