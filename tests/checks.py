@@ -77,3 +77,12 @@ def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params
         assert k == channels[g] or k % round_to == 0, (g, k)
         if k < channels[g]:
             assert cost({**counts, g: min(channels[g], k + round_to)}) > budget, (g, k)
+
+
+def assert_refused(result, message):
+    """The README's promise for bad input: one `error:` line naming the problem and exit status 2,
+    from a handled error (an unhandled exception would also exit non-zero, with status 1)."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.output

@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import FACTORIES, NetBuilder, random_feeds, run
+from checks import assert_refused
 from click.testing import CliRunner
 from onnx import numpy_helper
 
@@ -204,5 +205,5 @@ def test_cli_calibration_errors(tmp_path, args, message):
     np.savez(tmp_path / "bad.npz", input=np.zeros((4, 3, 9, 9), np.float32))
     args = [str(tmp_path / "calib.npz") if a == "CALIB" else str(tmp_path / "bad.npz") if a == "BAD" else a for a in args]
     result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), *args])
-    assert result.exit_code != 0 and message in result.output
+    assert_refused(result, message)
     assert not out.exists()
