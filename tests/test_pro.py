@@ -50,6 +50,21 @@ def test_pro_reaches_the_target_as_closely_as_the_steps_allow(method, target):
     assert_trace_replays(model, result)
 
 
+@pytest.mark.parametrize("method", [Method.THINET, Method.L1])
+def test_pro_with_round_to_8(method):
+    """PRO's steps and give-back move by --round-to: every width is a multiple of 8 (or all),
+    and none can take 8 more within the target; ThiNet's candidates are reconstructed too."""
+    model = FACTORIES["conv_chain"](widths=(16, 24, 16))
+    result = prune(model, PruneConfig(method=method, round_to=8, pro=True, pro_samples=16, keep_flops=0.5),
+                   calibration(model))
+    assert_closest_allowed(model, result, 8, keep_flops=0.5)
+    assert_trace_replays(model, result)
+    assert all(step.channels % 8 == 0 for step in result.pro)
+    if method.needs_data:
+        assert {n.group for n in result.layers} == {c.group.id for c in result.groups
+                                                    if c.channels_after < c.group.channels}
+
+
 def assert_trace_replays(model, result):
     """PRO's trace: each step narrows its group to an allowed count, the recorded cost is the
     cost of the widths so far, costs fall, and the pruned model's error is positive."""
