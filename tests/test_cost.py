@@ -6,7 +6,7 @@ import pytest
 from builders import FACTORIES, NetBuilder
 from onnx import helper, numpy_helper
 
-from onnxprune import analyze, cost_of, normalize
+from onnxprune import OnnxPruneError, analyze, cost_of, normalize
 from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost
 from onnxprune.methods.l1 import l1_scores, select
 from onnxprune.passes.surgery import prune_channels
@@ -97,3 +97,14 @@ def test_predictors_match_a_recount_of_the_pruned_model(name):
         recount = cost_of(prune_channels(normalized, analysis, keep))
         removed = analysis.removed_mask(keep)
         assert (macs(removed), params(removed)) == (recount.macs, recount.params), ratio
+
+
+def test_unknown_dims_are_an_error_that_says_how_to_fix_them():
+    """A dynamic spatial dim leaves a Conv's output shape unknown: counting asks for --input-shape,
+    and with the dim fixed it counts."""
+    model = every_costed_layer()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    with pytest.raises(OnnxPruneError, match="cannot count MACs of Conv node 'conv0'.*--input-shape"):
+        cost_of(model)
+    assert cost_of(model, {"input": (1, 3, 8, 8)}).macs == sum(EXPECTED_MACS.values())

@@ -30,6 +30,10 @@ def test_kept_count(n, ratio, round_to, expected):
     assert kept_count(n, ratio, round_to) == expected
 
 
+def test_kept_count_rounds_to_single_channels_by_default():
+    assert kept_count(10, 0.35) == 7 and kept_count(10, 0.35, 2) == 6  # 6.5 channels: the tie keeps more
+
+
 @settings(max_examples=200)
 @given(st.integers(1, 512), st.floats(0, 0.999), st.sampled_from([1, 4, 8, 16]))
 def test_kept_count_is_a_multiple_or_everything(n, ratio, round_to):
