@@ -108,3 +108,13 @@ def test_unknown_dims_are_an_error_that_says_how_to_fix_them():
     with pytest.raises(OnnxPruneError, match="cannot count MACs of Conv node 'conv0'.*--input-shape"):
         cost_of(model)
     assert cost_of(model, {"input": (1, 3, 8, 8)}).macs == sum(EXPECTED_MACS.values())
+
+
+def test_gemm_with_transposed_a_counts_b_inner_dimension():
+    """Gemm(A^T, B): A is [K, M] = [7, 2], so K comes from B, not from A's last dim."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "b"], ["y"], name="gemm", transA=1)], "g",
+        [helper.make_tensor_value_info("a", 1, [7, 2])], [helper.make_tensor_value_info("y", 1, [2, 3])],
+        [numpy_helper.from_array(np.zeros((7, 3), np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert cost_of(model).macs == 2 * 3 * 7
