@@ -7,7 +7,9 @@ from builders import FACTORIES, NetBuilder
 from onnx import helper, numpy_helper
 
 from onnxprune import OnnxPruneError, analyze, cost_of, normalize
-from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost
+from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost, node_macs
+from onnxprune.graph.convert import to_graph
+from onnxprune.graph.shapes import infer_shapes
 from onnxprune.methods.l1 import l1_scores, select
 from onnxprune.passes.surgery import prune_channels
 from onnxprune.widths.budget import uniform
@@ -118,3 +120,11 @@ def test_gemm_with_transposed_a_counts_b_inner_dimension():
         [numpy_helper.from_array(np.zeros((7, 3), np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     assert cost_of(model).macs == 2 * 3 * 7
+
+
+def test_ops_that_are_not_counted_cost_zero_macs():
+    model = every_costed_layer()
+    graph, shapes = to_graph(model), infer_shapes(model)
+    counted = {n.name: node_macs(n, shapes) for n in graph.nodes}
+    assert {name: m for name, m in counted.items() if m != 0} == EXPECTED_MACS
+    assert all(counted[n.name] == 0 for n in graph.nodes if n.op in ("Relu", "GlobalAveragePool", "Flatten", "Add"))
