@@ -61,6 +61,23 @@ def test_fit_budget_meets_the_budget_and_cannot_grow(round_to, fraction):
     assert fit_budget(channels, cost, 0.0, round_to) is None
 
 
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_fit_budget_prunes_alike_groups_alike(round_to):
+    """The bisection finds the uniform ratio: groups that cost the same per channel keep the same
+    count (give or take one step), and only a few channels are given back one by one."""
+    channels = {0: 64, 1: 64, 2: 64}
+    calls = []
+
+    def cost(counts):  # on a real model each call runs the predictor over every layer
+        calls.append(counts)
+        return sum(counts.values())
+
+    counts = fit_budget(channels, cost, 0.5 * 192 + 1, round_to=round_to)
+    assert sum(counts.values()) <= 97 and max(counts.values()) - min(counts.values()) <= round_to
+    assert sum(counts.values()) + round_to > 97
+    assert len(calls) <= 45  # bisection (30) and a short fill, not a fill from the deepest pruning
+
+
 def test_fit_budget_gives_back_to_the_groups_it_can():
     """The bisection's uniform ratio leaves budget over; the fill gives it to the cheap groups."""
     channels = {0: 64, 1: 64}
