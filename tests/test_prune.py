@@ -32,6 +32,18 @@ def test_kept_count(n, ratio, round_to, expected):
 
 def test_kept_count_rounds_to_single_channels_by_default():
     assert kept_count(10, 0.35) == 7 and kept_count(10, 0.35, 2) == 6  # 6.5 channels: the tie keeps more
+    assert uniform({0: 10, 1: 20}, 0.35) == {0: 7, 1: 13}
+    cost = lambda c: sum(c.values())  # noqa: E731
+    assert fit_budget({0: 10, 1: 10}, cost, 13) == {0: 7, 1: 6}
+
+
+def test_fit_budget_at_exactly_the_deepest_cost_gives_the_deepest_pruning():
+    channels = {0: 16, 1: 24}
+    cost = lambda c: 2 * c[0] + c[1]  # noqa: E731
+    deepest = uniform(channels, 1.0, 8)
+    assert fit_budget(channels, cost, cost(deepest), 8) == deepest == {0: 8, 1: 8}
+    assert fit_budget(channels, cost, cost(deepest) - 1, 8) is None
+    assert fit_budget(channels, cost, cost(channels), 8) == channels
 
 
 @settings(max_examples=200)
