@@ -103,6 +103,22 @@ def test_ridge_pulls_toward_the_original_weights_but_not_the_bias():
     assert not np.allclose(strong[-1], theta0[-1], atol=1e-2)
 
 
+def test_ridge_strength_is_alpha_times_the_mean_channel_energy():
+    """lam = alpha * mean(diag G) over the channel columns only (the bias column's diagonal is the
+    row count, which would make the ridge depend on how much data there is)."""
+    rng = np.random.default_rng(6)
+    x = 0.1 * rng.standard_normal((500, 8))  # channel energy far from the bias column's (500)
+    stats, theta0, _ = consumer(rng, x, 2)
+    keep, alpha = [0, 1, 3, 4, 6, 7], 0.3
+    lam = alpha * np.mean(np.diag(stats.gram)[:8])
+    cols = columns(keep, 1)
+    extended = stats.gram[np.ix_(cols, cols)] + np.diag(np.append(np.full(len(keep), lam), 0.0))
+    rhs = stats.cross[cols] + np.append(np.full(len(keep), lam), 0.0)[:, None] * theta0[cols]
+    expected = np.zeros_like(theta0)
+    expected[cols] = np.linalg.solve(extended, rhs)
+    assert relative(ridge_solve(stats, keep, 1, theta0, alpha), expected) < 1e-10
+
+
 def test_choose_alpha_regularises_only_when_rows_are_few():
     rng = np.random.default_rng(3)
     n, k, m = 6, 16, 4  # a conv feeding Flatten -> Gemm: many columns per row
