@@ -119,6 +119,38 @@ def test_ridge_strength_is_alpha_times_the_mean_channel_energy():
     assert relative(ridge_solve(stats, keep, 1, theta0, alpha), expected) < 1e-10
 
 
+def test_plain_least_squares_is_chosen_when_the_data_determine_the_weights():
+    """Noise-free targets and more rows than columns: least squares recovers the weights exactly
+    and any ridge toward a far-off theta0 only adds error, so alpha 0 is among the choices and wins."""
+    rng = np.random.default_rng(7)
+    n, k, m = 4, 4, 3
+    true = rng.standard_normal((n * k + 1, m))
+    theta0 = true + 2 * rng.standard_normal(true.shape)
+
+    def stats(rows):
+        x = correlated(rng, rows, n * k, rank=n * k)
+        return stats_from_data(x, with_ones(x) @ true)
+
+    fit, holdout = stats(300), stats(100)
+    assert choose_alpha(fit, holdout, range(n), k, theta0) == 0
+    theta, alpha = refit(fit, holdout, np.arange(n), k, theta0)
+    assert alpha == 0 and relative(theta, true) < 1e-8
+
+
+def test_a_numerically_singular_gram_is_regularised():
+    """Channel 3 = channel 0 + channel 2: the Gram matrix is singular. The solution is still finite
+    and of the weights' size (the jitter), and it still fits the data."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((400, 6))
+    x[:, 3] = x[:, 0] + x[:, 2]
+    true = rng.standard_normal((7, 2))
+    y = with_ones(x) @ true
+    stats = stats_from_data(x, y)
+    theta = ridge_solve(stats, range(6), 1, np.zeros_like(true), 0.0)
+    assert np.abs(theta).max() < 10 * np.abs(true).max()
+    assert error(stats, theta) < 1e-6 * stats.energy
+
+
 def test_choose_alpha_regularises_only_when_rows_are_few():
     rng = np.random.default_rng(3)
     n, k, m = 6, 16, 4  # a conv feeding Flatten -> Gemm: many columns per row
