@@ -133,7 +133,7 @@ class ByIndex:
         return {g: np.arange(n) for g, n in channels.items()}
 
 
-def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkeypatch):
+def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkeypatch, budget=None):
     """PRO's widths on two independent groups whose MACs and error per channel are known."""
     model = FACTORIES["conv_chain"]()
     samples = 4
@@ -141,7 +141,8 @@ def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkey
                         lambda *args: KnownErrors(channels, error_per_channel, samples))
     cost = lambda kept: sum(macs_per_channel[g] * len(k) for g, k in kept.items())  # noqa: E731
     total = sum(macs_per_channel[g] * n for g, n in channels.items())
-    return optimize_counts(model, None, ByIndex(), channels, cost, keep * total, calibration(model, samples),
+    budget = keep * total if budget is None else budget
+    return optimize_counts(model, None, ByIndex(), channels, cost, budget, calibration(model, samples),
                            round_to, samples)
 
 
@@ -167,6 +168,8 @@ def test_pro_gives_back_what_the_last_step_overshot(monkeypatch):
     assert counts == {0: 47, 1: 64}  # 4764 MACs <= 4848; 48 channels would cost 4864
     counts, _ = choose({0: 64, 1: 64}, {0: 100, 1: 1}, {0: 1.0, 1: 10.0}, 0.75, 8, monkeypatch)
     assert counts == {0: 40, 1: 64}  # steps of 8; 48 would cost 4864
+    counts, _ = choose({0: 64, 1: 64}, {0: 100, 1: 1}, {0: 1.0, 1: 10.0}, None, 1, monkeypatch, budget=4764)
+    assert counts == {0: 47, 1: 64}  # exactly the budget is within it
 
 
 @pytest.mark.parametrize("name", ["densenet_like", "inception_like"])
