@@ -6,9 +6,12 @@ import onnx_graphsurgeon as gs
 
 from builders import run
 
+from onnxprune import analyze, normalize
+from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost
 from onnxprune.analysis.groups import Analysis, EditKind
 from onnxprune.graph.convert import to_graph, to_model
 from onnxprune.methods.l1 import select
+from onnxprune.prune import proxy_choice
 
 RTOL, ATOL = 1e-4, 1e-5
 
@@ -49,3 +52,37 @@ def zero_consumer_weights(model: onnx.ModelProto, analysis: Analysis, keep: dict
         w[tuple(index)] = 0
         node.inputs[edit.index] = gs.Constant(node.inputs[edit.index].name + "_zeroed", w)
     return to_model(graph, model)
+
+
+def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params=None):
+    """The result's counts are allowed (multiples of ``round_to`` or all channels), within the
+    target, and as close to it as the rounding allows: no pruned group can take ``round_to``
+    more channels (or all of them) and stay within it."""
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    if keep_params is not None:
+        predict, budget = ParamPredictor(analysis).params, keep_params * result.params_before
+        after = result.params_after
+    else:
+        predict = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes)).macs
+        budget, after = keep_flops * result.macs_before, result.macs_after
+    keep_for = proxy_choice(analysis)
+    cost = lambda counts: predict(analysis.removed_mask(keep_for(counts)))  # noqa: E731
+    counts = {c.group.id: c.channels_after for c in result.groups if c.group.prunable and c.reason is None}
+    channels = {c.group.id: c.group.channels for c in result.groups}
+    assert after <= budget
+    assert cost(counts) == after
+    assert any(counts[g] < channels[g] for g in counts)
+    for g, k in counts.items():
+        assert k == channels[g] or k % round_to == 0, (g, k)
+        if k < channels[g]:
+            assert cost({**counts, g: min(channels[g], k + round_to)}) > budget, (g, k)
+
+
+def assert_refused(result, message):
+    """The README's promise for bad input: one `error:` line naming the problem and exit status 2,
+    from a handled error (an unhandled exception would also exit non-zero, with status 1)."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], result.output

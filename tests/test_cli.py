@@ -8,9 +8,11 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from builders import FACTORIES
+from builders import FACTORIES, random_feeds
+from checks import assert_refused, assert_same_outputs
 from click.testing import CliRunner
 
+from onnxprune.calibration.statistics import StatsMode
 from onnxprune.cli import main
 
 
@@ -76,7 +78,10 @@ def test_input_shape_fixes_dynamic_dims(tmp_path):
 def test_python_dash_m(model_path):
     proc = subprocess.run([sys.executable, "-m", "onnxprune", "inspect", str(model_path), "--json"],
                           capture_output=True, text=True, check=True)
-    assert json.loads(proc.stdout)["groups"]
+    assert json.loads(proc.stdout) == json.loads(invoke("inspect", model_path, "--json").stdout)
+    proc = subprocess.run([sys.executable, "-m", "onnxprune", "inspect", str(model_path.parent / "missing.onnx")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
 
 def _truncated(path, tmp_path):
@@ -121,9 +126,7 @@ def test_bad_models_are_refused_cleanly(model_path, tmp_path, make_input, messag
     out = tmp_path / "out.onnx"
     args = ["inspect", bad] if command == "inspect" else ["prune", bad, "-o", out, "--ratio", "0.5"]
     result = CliRunner().invoke(main, [str(a) for a in args])
-    assert result.exit_code != 0
-    assert message in result.output and "error:" in result.output
-    assert "Traceback" not in result.output
+    assert_refused(result, message)
     assert not out.exists()
     if before is not None:
         assert digest(bad) == before
@@ -143,14 +146,13 @@ def test_impossible_options_are_refused_cleanly(model_path, tmp_path, options, m
     before = digest(model_path)
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(main, ["prune", str(model_path), "-o", str(out), *options])
-    assert result.exit_code != 0
-    assert message in result.output
+    assert_refused(result, message)
     assert not out.exists() and digest(model_path) == before
 
 
 def test_exclude_is_reported(model_path, tmp_path):
     result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--ratio", "0.5", "--exclude", "*conv*")
-    assert result.exit_code != 0 and "excluded by --exclude" in result.output  # every group excluded
+    assert_refused(result, "excluded by --exclude")  # every group excluded
     result = invoke("prune", model_path, "-o", tmp_path / "out.onnx", "--ratio", "0.5", "--exclude", "conv0")
     assert result.exit_code == 0, result.output
     assert "excluded (left as they are)" in result.output and "--exclude 'conv0'" in result.output
@@ -159,7 +161,7 @@ def test_exclude_is_reported(model_path, tmp_path):
 def test_output_equal_to_input_is_refused(model_path):
     before = digest(model_path)
     result = CliRunner().invoke(main, ["prune", str(model_path), "-o", str(model_path), "--ratio", "0.5"])
-    assert result.exit_code != 0 and "is the input model" in result.output
+    assert_refused(result, "is the input model")
     assert digest(model_path) == before
 
 
@@ -167,7 +169,7 @@ def test_output_equal_to_input_is_refused(model_path):
 def test_unwritable_output_is_refused(model_path, tmp_path, where):
     out = tmp_path / where
     result = CliRunner().invoke(main, ["prune", str(model_path), "-o", str(out), "--ratio", "0.5"])
-    assert result.exit_code != 0 and "error:" in result.output
+    assert_refused(result, str(out))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["net.onnx"]
 
 
@@ -176,7 +178,7 @@ def test_unsupported_model_leaves_no_output(tmp_path):
     onnx.save(FACTORIES["shuffle_net"](), path)
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--ratio", "0.5"])
-    assert result.exit_code != 0 and "no prunable channel group" in result.output
+    assert_refused(result, "no prunable channel group")
     assert not out.exists()
 
 
@@ -216,3 +218,183 @@ def test_l1_without_data_warns_that_it_loses_accuracy(model_path, tmp_path, meth
     assert result.exit_code == 0
     assert json.loads(result.stdout)["method"] == "l1"
     assert "warning" in result.stderr and "loses accuracy" in result.stderr
+
+
+# -- srn and prune --srn ---------------------------------------------------------------------
+
+
+def test_srn_command_writes_an_equivalent_serial_model(model_path, tmp_path):
+    out = tmp_path / "serial.onnx"
+    result = invoke("srn", model_path, "-o", out, "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    original = json.loads(invoke("inspect", model_path, "--json").stdout)
+    serial = json.loads(invoke("inspect", out, "--json").stdout)
+    assert data["blocks_serialized"] == 4 and data["blocks_skipped"] == []  # two stages of two blocks
+    assert data["macs_before"] == original["macs"] and data["macs_after"] == serial["macs"] > original["macs"]
+    feeds = random_feeds(onnx.load(model_path), batch=4)
+    assert_same_outputs(onnx.load(model_path), onnx.load(out), feeds)
+    summary = invoke("srn", model_path, "-o", tmp_path / "again.onnx").output
+    assert "blocks: 4 serialised, 0 left as they are" in summary
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp, model: (tmp / "missing.onnx", tmp / "o.onnx"), "no such file"),
+    (lambda tmp, model: (model, model), "is the input model"),
+    (lambda tmp, model: (model, tmp / "no-folder" / "o.onnx"), "does not exist"),
+])
+def test_srn_refuses_bad_input(model_path, tmp_path, make, message):
+    source, out = make(tmp_path, model_path)
+    before = digest(model_path)
+    result = CliRunner().invoke(main, ["srn", str(source), "-o", str(out)])
+    assert_refused(result, message)
+    assert digest(model_path) == before and (out == model_path or not out.exists())
+
+
+def test_prune_srn_keeps_targets_relative_to_the_original(model_path, tmp_path):
+    out = tmp_path / "out.onnx"
+    result = invoke("prune", model_path, "-o", out, "--srn", "--keep-flops", "0.5", "--round-to", "1", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    original = json.loads(invoke("inspect", model_path, "--json").stdout)["macs"]
+    assert data["macs_before"] == original == data["srn"]["macs_before"] < data["srn"]["macs_after"]
+    assert 0.45 * original <= data["macs_after"] <= 0.5 * original
+    assert data["srn"]["blocks_serialized"] == 4
+    assert json.loads(invoke("inspect", out, "--json").stdout)["macs"] == data["macs_after"]
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sessions(monkeypatch):
+    """The providers every onnxruntime session is asked for (then made on the CPU)."""
+    import onnxruntime as ort
+
+    asked, real = [], ort.InferenceSession
+
+    def spy(model, options=None, providers=None, **kw):
+        asked.append(tuple(providers or ()))
+        return real(model, options, providers=["CPUExecutionProvider"], **kw)
+
+    monkeypatch.setattr(ort, "InferenceSession", spy)
+    return asked
+
+
+@pytest.mark.parametrize("device, gpu, expected", [
+    ("auto", True, ("CUDAExecutionProvider", "CPUExecutionProvider")),
+    ("auto", False, ("CPUExecutionProvider",)),
+    ("cpu", True, ("CPUExecutionProvider",)),
+    ("cuda", True, ("CUDAExecutionProvider", "CPUExecutionProvider")),
+])
+def test_device_chooses_the_providers(tmp_path, monkeypatch, sessions, device, gpu, expected):
+    from onnxprune.graph import runtime
+
+    monkeypatch.setattr(runtime, "cuda_works", lambda: gpu)
+    model = FACTORIES["conv_chain"]()
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    np.savez(tmp_path / "calib.npz", input=random_feeds(model, batch=8)["input"])
+    result = invoke("prune", path, "-o", tmp_path / "o.onnx", "--method", "reap", "--ratio", "0.5",
+                    "--calib", tmp_path / "calib.npz", "--device", device, "-q")
+    assert result.exit_code == 0, result.output
+    calibration_sessions = [p for p in sessions if p != ("CPUExecutionProvider",)] if gpu and device != "cpu" else sessions
+    assert calibration_sessions and all(p == expected for p in calibration_sessions)
+    result = invoke("bench", path, "--runs", "1", "--batch", "1", "--device", device, "--json")
+    assert result.exit_code == 0 and sessions[-1] == expected
+
+
+def test_device_cuda_without_a_gpu_is_refused(model_path, tmp_path, monkeypatch):
+    from onnxprune.graph import runtime
+
+    monkeypatch.setattr(runtime, "cuda_works", lambda: False)
+    np.savez(tmp_path / "calib.npz", input=np.zeros((4, 3, 8, 8), np.float32))
+    result = CliRunner().invoke(main, ["prune", str(model_path), "-o", str(tmp_path / "o.onnx"), "--method", "reap",
+                                       "--ratio", "0.5", "--calib", str(tmp_path / "calib.npz"), "--device", "cuda"])
+    assert_refused(result, "--device cuda: onnxruntime cannot use CUDA here")
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_cuda_works_only_when_a_session_really_gets_cuda(monkeypatch):
+    """onnxruntime-gpu lists CUDA even without a GPU and then falls back to the CPU: only a
+    session that keeps the CUDA provider counts."""
+    import onnxruntime as ort
+
+    from onnxprune.graph import runtime
+
+    class Session:
+        def __init__(self, kept):
+            self.kept = kept
+
+        def get_providers(self):
+            return self.kept
+
+    def fails(*a, **kw):
+        raise RuntimeError("CUDA failure 100: no CUDA-capable device is detected")
+
+    listed = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    cases = [
+        (["CPUExecutionProvider"], lambda *a, **kw: Session(listed), False),  # not listed: not asked
+        (listed, lambda *a, **kw: Session(["CPUExecutionProvider"]), False),  # listed, fell back
+        (listed, fails, False),  # listed, cannot start
+        (listed, lambda *a, **kw: Session(listed), True),
+    ]
+    for available, make, works in cases:
+        runtime.cuda_works.cache_clear()
+        monkeypatch.setattr(ort, "get_available_providers", lambda: available)
+        monkeypatch.setattr(runtime, "session", make)
+        assert runtime.cuda_works() is works
+        assert runtime.providers(runtime.Device.AUTO) == (listed if works else ["CPUExecutionProvider"])
+    runtime.cuda_works.cache_clear()
+
+
+# -- calibration options reach the library -----------------------------------------------------
+
+
+def test_calibration_options_reach_the_calibration(model_path, tmp_path, monkeypatch):
+    """--calib-limit, --batch-size, --independent, --stats graph and --cache-mb, as the library sees them."""
+    from onnxprune import cli
+
+    seen = {}
+    real = cli.prune
+
+    def spy(model, config, calibration, progress):
+        batches = list(calibration.batches())
+        seen.update(samples=calibration.samples, sizes=[len(b["input"]) for b in batches], mode=calibration.mode,
+                    sequential=calibration.sequential, cache=calibration.cache_bytes, first=batches[0]["input"])
+        return real(model, config, calibration, progress)
+
+    monkeypatch.setattr(cli, "prune", spy)
+    images = np.random.default_rng(3).standard_normal((40, 3, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", input=images)
+    base = ["prune", model_path, "-o", tmp_path / "o.onnx", "--method", "reap", "--ratio", "0.5", "--round-to", "1",
+            "--calib", tmp_path / "calib.npz", "--json"]
+    result = invoke(*base, "--calib-limit", "24", "--batch-size", "10", "--independent", "--stats", "graph",
+                    "--cache-mb", "3")
+    assert result.exit_code == 0, result.output
+    assert seen.pop("sizes") == [10, 10, 4]
+    np.testing.assert_array_equal(seen.pop("first"), images[:10])
+    assert seen == {"samples": 24, "mode": StatsMode.GRAPH, "sequential": False, "cache": 3 << 20}
+    rows = {n["node"]: n["rows"] for n in json.loads(result.stdout)["reconstruction"]}
+    assert rows["gemm0"] == 24 and all(r in (24, 24 * 64, 24 * 16) for r in rows.values())
+    result = invoke(*base)
+    assert result.exit_code == 0
+    assert seen.pop("sizes") == [40]
+    assert {k: seen[k] for k in ("samples", "mode", "sequential", "cache")} == {
+        "samples": 40, "mode": StatsMode.HOST, "sequential": True, "cache": 256 << 20}
+
+
+def test_too_few_calibration_rows_are_warned_about(tmp_path):
+    """A Gemm reading a flattened 4 x 8 x 8 map has 257 weights per output: 16 samples are too few
+    (the next Gemm, with 8 + 1, has enough)."""
+    model = FACTORIES["flatten_gemm_net"](channels=4, hidden=8)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    for samples, warned in ((16, True), (320, False)):
+        np.savez(tmp_path / "calib.npz", input=random_feeds(model, batch=samples, seed=2)["input"])
+        result = invoke("prune", path, "-o", tmp_path / "o.onnx", "--method", "reap", "--ratio", "0.5",
+                        "--round-to", "1", "--calib", tmp_path / "calib.npz", "-q")
+        assert result.exit_code == 0, result.output
+        warnings = [line.strip() for line in result.output.splitlines() if "calibration rows for" in line]
+        assert warnings == ([f"gemm0: only {samples} calibration rows for 257 weights per output "
+                             "(ridge alpha " + warnings[0].split("ridge alpha ")[1]] if warned else [])

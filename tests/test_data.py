@@ -1,6 +1,7 @@
 """Data readers: .npz, .npy and image folders, batching, limits, and every way data can be wrong."""
 
 import os
+import zlib
 
 import numpy as np
 import pytest
@@ -12,6 +13,15 @@ from onnxprune.data import ImageOptions, open_data, parse_image_options
 from onnxprune.errors import OnnxPruneError
 
 RNG = np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True)
+def _own_generator(request):
+    """Each test draws from its own generator, seeded by its name: the same data whichever tests
+    run and in whatever order (a shared module-level generator gave each test what the tests
+    before it left)."""
+    global RNG
+    RNG = np.random.default_rng(zlib.crc32(request.node.name.encode()))
 
 
 def tiny_model(inputs):

@@ -7,6 +7,7 @@ import pytest
 from builders import FACTORIES, random_feeds
 from click.testing import CliRunner
 
+from onnxprune import OnnxPruneError
 from onnxprune.graph import io, runtime
 from onnxprune.cli import main
 
@@ -65,3 +66,62 @@ def test_reap_prunes_a_large_model_from_the_cli(tmp_path, tiny_limits, monkeypat
     large, small = (onnx.load(str(tmp_path / f"{n}.onnx")) for n in ("large", "small"))
     run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (large, small)]
     np.testing.assert_array_equal(*(outputs(s, feeds)[0] for s in run))
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_failure_in_the_middle_of_a_save_leaves_the_old_output_and_nothing_else(tmp_path, monkeypatch, large):
+    """The disk fills up while the model is written: the error says so, the file that was at the
+    output path (and its weights) is untouched, and no partial or temporary file is left."""
+    if large:
+        monkeypatch.setattr(io, "EXTERNAL_DATA_BYTES", 0)
+    old = {"out.onnx": b"the previous model", "out.onnx.data": b"its weights"}
+    for name, data in old.items():
+        (tmp_path / name).write_bytes(data)
+    real = onnx.save_model
+
+    def disk_full(model, path, *args, **kwargs):
+        real(model, path, *args, **kwargs)
+        with open(path, "r+b") as f:  # half written
+            f.truncate(f.seek(0, 2) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save_model", disk_full)
+    with pytest.raises(OnnxPruneError, match="out.onnx: cannot write \\(No space left on device\\)"):
+        io.save(FACTORIES["conv_chain"](), tmp_path / "out.onnx")
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_save_then_load_gives_the_same_model(tmp_path, monkeypatch, large):
+    if large:
+        monkeypatch.setattr(io, "EXTERNAL_DATA_BYTES", 0)
+    model = FACTORIES["basic_block_net"]()
+    io.save(FACTORIES["basic_block_net"](), tmp_path / "m.onnx")  # a copy: a large save moves its weights out
+    assert (tmp_path / "m.onnx.data").exists() == large
+    again = io.load(tmp_path / "m.onnx")
+    feeds = random_feeds(model)
+    np.testing.assert_array_equal(*(outputs(runtime.session(m), feeds)[0] for m in (model, again)))
+
+
+def test_loading_a_large_model_in_memory_checks_its_opset_but_not_the_protobuf(monkeypatch):
+    """Over 2 GB the checker cannot take the ModelProto: a path is checked by file, an in-memory
+    model gets the opset check only."""
+    model = FACTORIES["conv_chain"]()
+    checked = []
+    monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **kw: checked.append(model))
+    assert io.load(model) is model and len(checked) == 1 and checked[0] is model  # small: the proto
+    monkeypatch.setattr(io, "EXTERNAL_DATA_BYTES", 0)
+    assert io.load(model) is model and len(checked) == 1  # large, in memory: not checked
+    model.opset_import[0].version = 99
+    with pytest.raises(OnnxPruneError, match="unsupported opset 99"):
+        io.load(model)
+
+
+def test_loading_a_large_model_file_checks_the_file(tmp_path, monkeypatch):
+    model = FACTORIES["conv_chain"]()
+    checked = []
+    monkeypatch.setattr(onnx.checker, "check_model", lambda model, *a, **kw: checked.append(model))
+    monkeypatch.setattr(io, "EXTERNAL_DATA_BYTES", 0)
+    io.save(model, tmp_path / "m.onnx")
+    io.load(tmp_path / "m.onnx")
+    assert checked == [str(tmp_path / "m.onnx")]

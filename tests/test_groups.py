@@ -48,6 +48,11 @@ def test_concat_keeps_groups_apart_with_offsets():
     assert all(len(g.producers) == 1 for g in a.groups)
     # the stem's channels are read by every later dense layer through the Concats
     assert len(group_with(a, "conv0").consumers) >= 3
+    # each Concat's channels are its inputs' groups at their offsets: 8 of the stem, then 4 per layer
+    stem, dense = group_with(a, "conv0").id, [group_with(a, f"conv{i}").id for i in (1, 2, 3)]
+    for i, concat in enumerate(["concat0", "concat1", "concat2"]):
+        owners = [int(a.class_group[a.atom_class[atom]]) for atom in a.layouts[concat].atoms]
+        assert owners == [stem] * 8 + [g for g in dense[:i + 1] for _ in range(4)]
 
 
 @pytest.mark.parametrize("use_slice", [False, True])

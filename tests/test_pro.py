@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import FACTORIES, NetBuilder, random_feeds, run
+from checks import assert_closest_allowed, assert_refused
 from click.testing import CliRunner
 from onnx import numpy_helper
 
@@ -15,7 +16,11 @@ from onnxprune import analyze, normalize
 from onnxprune.analysis.consumers import reconstructable
 from onnxprune.calibration.statistics import Calibration
 from onnxprune.progress import no_progress
-from onnxprune.widths.pro import Reconstructions, allowed_counts
+from onnxprune.analysis.cost import MacPredictor, model_cost
+from onnxprune.methods.l1 import l1_scores, select
+from onnxprune.passes.surgery import prune_channels
+from onnxprune.widths import pro
+from onnxprune.widths.pro import Reconstructions, allowed_counts, optimize_counts
 
 
 def calibration(model, samples=64, batch=16, seed=1):
@@ -36,15 +41,135 @@ def test_allowed_counts():
 
 @pytest.mark.parametrize("method", [Method.L1, Method.REAP])
 @pytest.mark.parametrize("target", ["keep_flops", "keep_params"])
-def test_pro_reaches_the_target_within_one_percent(method, target):
-    model = FACTORIES["conv_chain"](widths=(16, 32, 32, 16))
-    result = prune(model, PruneConfig(method=method, round_to=1, pro=True, pro_samples=32, **{target: 0.5}),
+def test_pro_reaches_the_target_as_closely_as_the_steps_allow(method, target):
+    """Within the target, and the give-back leaves no group that could take one more channel."""
+    model = FACTORIES["conv_chain"](widths=(32, 16, 32))
+    result = prune(model, PruneConfig(method=method, round_to=1, pro=True, pro_samples=16, **{target: 0.5}),
                    calibration(model))
-    achieved = (result.macs_after / result.macs_before if target == "keep_flops"
-                else result.params_after / result.params_before)
-    assert 0.49 <= achieved <= 0.5
-    assert all(c.channels_after >= 1 for c in result.groups)
-    assert result.pro and result.pro[-1].error >= 0
+    assert_closest_allowed(model, result, 1, **{target: 0.5})
+    assert_trace_replays(model, result)
+
+
+@pytest.mark.parametrize("method", [Method.THINET, Method.L1])
+def test_pro_with_round_to_8(method):
+    """PRO's steps and give-back move by --round-to: every width is a multiple of 8 (or all),
+    and none can take 8 more within the target; ThiNet's candidates are reconstructed too."""
+    model = FACTORIES["conv_chain"](widths=(16, 24, 16))
+    result = prune(model, PruneConfig(method=method, round_to=8, pro=True, pro_samples=16, keep_flops=0.5),
+                   calibration(model))
+    assert_closest_allowed(model, result, 8, keep_flops=0.5)
+    assert_trace_replays(model, result)
+    assert all(step.channels % 8 == 0 for step in result.pro)
+    if method.needs_data:
+        assert {n.group for n in result.layers} == {c.group.id for c in result.groups
+                                                    if c.channels_after < c.group.channels}
+
+
+def assert_trace_replays(model, result):
+    """PRO's trace: each step narrows its group to an allowed count, the recorded cost is the
+    cost of the widths so far, costs fall, and the pruned model's error is positive."""
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    by_params = result.config.keep_params is not None
+    predict = (pro_params(analysis) if by_params
+               else MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes)).macs)
+    scores = l1_scores(analysis)
+    counts = {c.group.id: c.group.channels for c in result.groups if c.group.prunable and c.reason is None}
+    last = result.params_before if by_params else result.macs_before
+    assert result.pro
+    for step in result.pro:
+        assert step.channels < counts[step.group]
+        counts[step.group] = step.channels
+        assert step.cost == predict(analysis.removed_mask(select(analysis, scores, counts))) < last
+        last = step.cost
+    assert result.pro[-1].error > 0
+
+
+def pro_params(analysis):
+    from onnxprune.analysis.cost import ParamPredictor
+
+    return ParamPredictor(analysis).params
+
+
+def test_pro_error_is_the_mean_squared_final_output_error_of_its_widths():
+    """For l1 a step's error is the mean over PRO's samples of ||f(x) - f_pruned(x)||^2 of the
+    model pruned to the widths so far."""
+    model = FACTORIES["conv_chain"](widths=(16, 32, 16))
+    cal = calibration(model)
+    result = prune(model, PruneConfig(method=Method.L1, round_to=1, pro=True, pro_samples=24, keep_flops=0.6), cal)
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    feeds = {k: np.concatenate([b[k] for b in cal.batches()])[:24] for k in ["input"]}
+    counts = {c.group.id: c.group.channels for c in result.groups if c.group.prunable}
+    reference = run(normalized, feeds)[0].astype(np.float64)
+    for step in result.pro:
+        counts[step.group] = step.channels
+        pruned = prune_channels(normalized, analysis, select(analysis, l1_scores(analysis), counts))
+        out = run(pruned, feeds)[0].astype(np.float64)
+        assert step.error == pytest.approx(np.mean(np.sum((out - reference) ** 2, axis=1)), rel=1e-5)
+
+
+class KnownErrors:
+    """PRO's candidates with a known final-output error: each removed channel of group g adds
+    ``per_channel[g]`` to the mean squared error (the output is sqrt of the sum)."""
+
+    def __init__(self, channels, per_channel, samples):
+        self.channels, self.per_channel, self.samples = channels, per_channel, samples
+
+    def evaluate(self, counts, group):
+        error = sum(self.per_channel[g] * (self.channels[g] - k) for g, k in counts.items())
+        return np.full((self.samples, 1), np.sqrt(error))
+
+    def commit(self, counts, group):
+        pass
+
+
+class ByIndex:
+    """A data-free method whose removal order is the channels' index order."""
+
+    reconstructs = False
+
+    def orders(self, analysis, channels):
+        return {g: np.arange(n) for g, n in channels.items()}
+
+
+def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkeypatch, budget=None):
+    """PRO's widths on two independent groups whose MACs and error per channel are known."""
+    model = FACTORIES["conv_chain"]()
+    samples = 4
+    monkeypatch.setattr(pro, "PrunedCandidates",
+                        lambda *args: KnownErrors(channels, error_per_channel, samples))
+    cost = lambda kept: sum(macs_per_channel[g] * len(k) for g, k in kept.items())  # noqa: E731
+    total = sum(macs_per_channel[g] * n for g, n in channels.items())
+    budget = keep * total if budget is None else budget
+    return optimize_counts(model, None, ByIndex(), channels, cost, budget, calibration(model, samples),
+                           round_to, samples)
+
+
+def test_pro_ranks_steps_by_error_per_mac_saved(monkeypatch):
+    """Group 0's channels cost 100 MACs and 1.0 of error each, group 1's 1 MAC and 0.1: per MAC
+    saved, group 0 is 10x cheaper although each of its steps adds more error."""
+    counts, trace = choose({0: 16, 1: 16}, {0: 100, 1: 1}, {0: 1.0, 1: 0.1}, 0.75, 1, monkeypatch)
+    assert counts == {0: 11, 1: 16}  # 5 channels of group 0: 1616 -> 1116 MACs <= 1212
+    assert [step.group for step in trace] == [0] * 5
+    assert [step.error for step in trace] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])
+    # Group 1 now cheaper per MAC: all its steps go first (15 MACs), then one of group 0 is needed
+    # (budget 1599.84), after which group 1 gets all its channels back.
+    counts, trace = choose({0: 16, 1: 16}, {0: 100, 1: 1}, {0: 1.0, 1: 0.001}, 0.99, 1, monkeypatch)
+    assert [step.group for step in trace] == [1] * 15 + [0]
+    assert counts == {0: 15, 1: 16}
+
+
+def test_pro_gives_back_what_the_last_step_overshot(monkeypatch):
+    """Steps of 4 channels (64 // 16): the fifth step of group 0 overshoots by 3 channels, which
+    are given back one at a time (round_to 1) while the budget holds."""
+    counts, trace = choose({0: 64, 1: 64}, {0: 100, 1: 1}, {0: 1.0, 1: 10.0}, 0.75, 1, monkeypatch)
+    assert [(step.group, step.channels) for step in trace] == [(0, 60), (0, 56), (0, 52), (0, 48), (0, 44)]
+    assert counts == {0: 47, 1: 64}  # 4764 MACs <= 4848; 48 channels would cost 4864
+    counts, _ = choose({0: 64, 1: 64}, {0: 100, 1: 1}, {0: 1.0, 1: 10.0}, 0.75, 8, monkeypatch)
+    assert counts == {0: 40, 1: 64}  # steps of 8; 48 would cost 4864
+    counts, _ = choose({0: 64, 1: 64}, {0: 100, 1: 1}, {0: 1.0, 1: 10.0}, None, 1, monkeypatch, budget=4764)
+    assert counts == {0: 47, 1: 64}  # exactly the budget is within it
 
 
 @pytest.mark.parametrize("name", ["densenet_like", "inception_like"])
@@ -54,10 +179,10 @@ def test_pro_prunes_the_groups_of_concatenations(name, method):
     model = FACTORIES[name]()
     result = prune(model, PruneConfig(method=method, round_to=1, pro=True, pro_samples=16, keep_flops=0.5),
                    calibration(model))
-    assert 0.4 * result.macs_before <= result.macs_after <= 0.5 * result.macs_before  # groups of 4 channels
     assert not any(c.not_reconstructable for c in result.groups)
-    errors = [step.error for step in result.pro]
-    assert errors and np.isfinite(errors).all()
+    assert_closest_allowed(model, result, 1, keep_flops=0.5)
+    assert_trace_replays(model, result)
+    assert len({step.group for step in result.pro}) > 1
 
 
 def test_candidate_weights_of_a_concat_consumer_leave_out_what_the_base_lost():
@@ -135,7 +260,7 @@ def test_pro_needs_calibration(tmp_path):
     onnx.save(FACTORIES["conv_chain"](), path)
     result = CliRunner().invoke(main, ["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--keep-flops", "0.5",
                                        "--pro"])
-    assert result.exit_code != 0 and "--pro needs calibration data" in result.output
+    assert_refused(result, "--pro needs calibration data")
 
 
 @pytest.mark.parametrize("name", ["basic_block_net", "flatten_gemm_net", "mobilenetv2_block_net", "matmul_head_net"])

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 from builders import FACTORIES, NetBuilder, cnn_models, random_feeds
+from checks import assert_closest_allowed
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,6 +30,22 @@ def test_kept_count(n, ratio, round_to, expected):
     assert kept_count(n, ratio, round_to) == expected
 
 
+def test_kept_count_rounds_to_single_channels_by_default():
+    assert kept_count(10, 0.35) == 7 and kept_count(10, 0.35, 2) == 6  # 6.5 channels: the tie keeps more
+    assert uniform({0: 10, 1: 20}, 0.35) == {0: 7, 1: 13}
+    cost = lambda c: sum(c.values())  # noqa: E731
+    assert fit_budget({0: 10, 1: 10}, cost, 13) == {0: 7, 1: 6}
+
+
+def test_fit_budget_at_exactly_the_deepest_cost_gives_the_deepest_pruning():
+    channels = {0: 16, 1: 24}
+    cost = lambda c: 2 * c[0] + c[1]  # noqa: E731
+    deepest = uniform(channels, 1.0, 8)
+    assert fit_budget(channels, cost, cost(deepest), 8) == deepest == {0: 8, 1: 8}
+    assert fit_budget(channels, cost, cost(deepest) - 1, 8) is None
+    assert fit_budget(channels, cost, cost(channels), 8) == channels
+
+
 @settings(max_examples=200)
 @given(st.integers(1, 512), st.floats(0, 0.999), st.sampled_from([1, 4, 8, 16]))
 def test_kept_count_is_a_multiple_or_everything(n, ratio, round_to):
@@ -37,17 +54,48 @@ def test_kept_count_is_a_multiple_or_everything(n, ratio, round_to):
     assert k == n or k % round_to == 0
 
 
-def test_fit_budget_meets_the_budget_and_cannot_grow():
-    channels = {0: 16, 1: 32, 2: 64}
-    weights = {0: 3.0, 1: 2.0, 2: 1.0}
+@pytest.mark.parametrize("round_to", [1, 8, 16])
+@pytest.mark.parametrize("fraction", [0.3, 0.5, 0.77])
+def test_fit_budget_meets_the_budget_and_cannot_grow(round_to, fraction):
+    channels = {0: 16, 1: 32, 2: 64, 3: 20}
+    weights = {0: 3.0, 1: 2.0, 2: 1.0, 3: 1.5}
     cost = lambda c: sum(weights[g] * c[g] for g in c)  # noqa: E731
-    budget = 0.5 * cost(channels)
-    counts = fit_budget(channels, cost, budget, round_to=1)
+    budget = fraction * cost(channels)
+    counts = fit_budget(channels, cost, budget, round_to=round_to)
+    if counts is None:  # only when even the deepest pruning allowed costs more
+        assert cost(uniform(channels, 1.0, round_to)) > budget and round_to == 16
+        return
     assert cost(counts) <= budget
-    for g in channels:  # greedy fill: no group can take one more channel
+    for g in channels:  # a multiple of round_to or everything; greedy fill: no group can take round_to more
+        assert counts[g] == channels[g] or counts[g] % round_to == 0
         if counts[g] < channels[g]:
-            assert cost({**counts, g: counts[g] + 1}) > budget
-    assert fit_budget(channels, cost, 0.0, 1) is None
+            assert cost({**counts, g: min(channels[g], counts[g] + round_to)}) > budget
+    assert fit_budget(channels, cost, 0.0, round_to) is None
+
+
+@pytest.mark.parametrize("round_to", [1, 4])
+def test_fit_budget_prunes_alike_groups_alike(round_to):
+    """The bisection finds the uniform ratio: groups that cost the same per channel keep the same
+    count (give or take one step), and only a few channels are given back one by one."""
+    channels = {0: 64, 1: 64, 2: 64}
+    calls = []
+
+    def cost(counts):  # on a real model each call runs the predictor over every layer
+        calls.append(counts)
+        return sum(counts.values())
+
+    counts = fit_budget(channels, cost, 0.5 * 192 + 1, round_to=round_to)
+    assert sum(counts.values()) <= 97 and max(counts.values()) - min(counts.values()) <= round_to
+    assert sum(counts.values()) + round_to > 97
+    assert len(calls) <= 45  # bisection (30) and a short fill, not a fill from the deepest pruning
+
+
+def test_fit_budget_gives_back_to_the_groups_it_can():
+    """The bisection's uniform ratio leaves budget over; the fill gives it to the cheap groups."""
+    channels = {0: 64, 1: 64}
+    cost = lambda c: 10 * c[0] + c[1]  # noqa: E731
+    counts = fit_budget(channels, cost, 0.55 * cost(channels), round_to=8)  # budget 387.2
+    assert counts == {0: 32, 1: 64}  # uniform: 32 each (352); group 0 cannot take 8 more (432), group 1 can
 
 
 def test_ratio_removes_that_fraction_from_every_prunable_group():
@@ -69,8 +117,22 @@ def test_round_to_keeps_multiples():
 def test_keep_flops_meets_the_target_closely(name, keep):
     model = FACTORIES[name]()
     result = prune(model, PruneConfig(keep_flops=keep, round_to=1))
-    assert result.macs_after <= keep * result.macs_before
-    assert result.macs_after >= (keep - 0.1) * result.macs_before  # as close as the channel steps allow
+    assert_closest_allowed(model, result, 1, keep_flops=keep)
+
+
+@pytest.mark.parametrize("target", ["keep_flops", "keep_params"])
+def test_keep_flops_and_params_with_round_to_take_steps_of_round_to(target):
+    model = FACTORIES["conv_chain"](widths=(32, 48, 64, 40))
+    result = prune(model, PruneConfig(round_to=8, **{target: 0.5}))
+    assert_closest_allowed(model, result, 8, **{target: 0.5})
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "flatten_gemm_net"])
+def test_keep_params_without_pro_meets_the_target_closely(name):
+    model = FACTORIES[name]()
+    result = prune(model, PruneConfig(keep_params=0.5, round_to=1))
+    assert_closest_allowed(model, result, 1, keep_params=0.5)
+    assert cost_of(result.model).params == result.params_after
 
 
 @settings(max_examples=15, deadline=None)

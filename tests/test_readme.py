@@ -8,6 +8,10 @@ from pathlib import Path
 
 import onnx
 
+from onnxprune import cost_of, load
+from onnxprune.data import open_data
+from onnxprune.evaluate import evaluate
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -33,6 +37,14 @@ def test_readme_main_job_runs(tmp_path):
     env = dict(os.environ, PATH=f"{exe.parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run(job, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert "MACs" in proc.stdout
     out = tmp_path / job[job.index("-o") + 1]
     onnx.checker.check_model(onnx.load(out), full_check=True)
+    source = ROOT / job[job.index("prune") + 1]
+    keep = float(job[job.index("--keep-flops") + 1])
+    before, after = cost_of(onnx.load(source)).macs, cost_of(onnx.load(out)).macs
+    assert after <= keep * before  # the README: it halves the MACs
+    assert f"({100 * after / before:.1f}% kept)" in proc.stdout
+    # and keeps the accuracy (README: 92.98% -> 91.44% on the whole test set), on 2,000 test images
+    model, pruned = load(source), load(out)
+    test = open_data(ROOT / "models" / "fmnist_test.npz", model, batch_size=500, limit=2000)
+    assert evaluate(pruned, test).accuracy > evaluate(model, test).accuracy - 0.03

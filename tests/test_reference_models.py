@@ -47,7 +47,7 @@ def test_eval_reproduces_the_recorded_accuracy(name):
 def test_sequential_reconstruction_beats_independent(name):
     """Inputs from the pruned model let each layer correct the error of the layers before it."""
     model = load(MODELS / f"{name}_fmnist.onnx")
-    calib = open_data(MODELS / "fmnist_calib.npz", model, batch_size=64, limit=256)
+    calib = open_data(MODELS / "fmnist_calib.npz", model, batch_size=64, limit=128)
     test = open_data(MODELS / "fmnist_test.npz", model, batch_size=500, limit=2000)
 
     def output_error(sequential: bool) -> float:
@@ -63,7 +63,7 @@ def test_reap_prunes_the_concat_consumers_of_a_trained_densenet(name):
     """Every conv of a DenseNet stage reads a Concat of several groups: REAP prunes them all
     and keeps the accuracy, where magnitude pruning without reconstruction collapses."""
     model = load(MODELS / f"{name}_fmnist.onnx")
-    calib = open_data(MODELS / "fmnist_calib.npz", model, batch_size=64, limit=256)
+    calib = open_data(MODELS / "fmnist_calib.npz", model, batch_size=64, limit=128)
     test = open_data(MODELS / "fmnist_test.npz", model, batch_size=1000, limit=2000)
     cal = Calibration(lambda: (b.feeds for b in calib), len(calib))
     reap = prune(model, PruneConfig(method=Method.REAP, keep_flops=0.5, round_to=1), cal)

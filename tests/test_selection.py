@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onnxprune.calibration.layer_stats import LayerStats, stats_from_data
-from onnxprune.methods.least_squares import choose_alpha, columns, error, ridge_solve
+from onnxprune.methods.least_squares import (ALPHA_GRID, SELECTION_ALPHA, choose_alpha, columns, error, refit,
+                                             ridge_solve)
 from onnxprune.methods.nu import nu_apply, nu_plan
 from onnxprune.methods.reap import reap_order, reap_steps
 from onnxprune.methods.thinet import thinet_order
@@ -102,6 +103,56 @@ def test_ridge_pulls_toward_the_original_weights_but_not_the_bias():
     assert not np.allclose(strong[-1], theta0[-1], atol=1e-2)
 
 
+def test_ridge_strength_is_alpha_times_the_mean_channel_energy():
+    """lam = alpha * mean(diag G) over the channel columns only (the bias column's diagonal is the
+    row count, which would make the ridge depend on how much data there is)."""
+    rng = np.random.default_rng(6)
+    x = 0.1 * rng.standard_normal((500, 8))  # channel energy far from the bias column's (500)
+    stats, theta0, _ = consumer(rng, x, 2)
+    keep, alpha = [0, 1, 3, 4, 6, 7], 0.3
+    lam = alpha * np.mean(np.diag(stats.gram)[:8])
+    cols = columns(keep, 1)
+    extended = stats.gram[np.ix_(cols, cols)] + np.diag(np.append(np.full(len(keep), lam), 0.0))
+    rhs = stats.cross[cols] + np.append(np.full(len(keep), lam), 0.0)[:, None] * theta0[cols]
+    expected = np.zeros_like(theta0)
+    expected[cols] = np.linalg.solve(extended, rhs)
+    assert relative(ridge_solve(stats, keep, 1, theta0, alpha), expected) < 1e-10
+
+
+def test_plain_least_squares_is_chosen_when_the_data_determine_the_weights():
+    """Noise-free targets and more rows than columns: least squares recovers the weights exactly
+    and any ridge toward a far-off theta0 only adds error, so alpha 0 is among the choices and wins."""
+    rng = np.random.default_rng(7)
+    n, k, m = 4, 4, 3
+    true = rng.standard_normal((n * k + 1, m))
+    theta0 = true + 2 * rng.standard_normal(true.shape)
+
+    def stats(rows):
+        x = correlated(rng, rows, n * k, rank=n * k)
+        return stats_from_data(x, with_ones(x) @ true)
+
+    fit, holdout = stats(300), stats(100)
+    assert choose_alpha(fit, holdout, range(n), k, theta0) == 0
+    theta, alpha = refit(fit, holdout, np.arange(n), k, theta0)
+    assert alpha == 0 and relative(theta, true) < 1e-8
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-7], ids=["exact", "rounding"])
+def test_a_numerically_singular_gram_is_regularised(eps):
+    """Channel 3 = channel 0 + channel 2 (+ eps noise): the Gram matrix is singular, exactly (its
+    factorisation fails) or numerically (it factors with a pivot ~1e-15 of its diagonal). Either
+    way the jitter keeps the weights of the weights' size and the fit as good as without channel 3."""
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((400, 6))
+    x[:, 3] = x[:, 0] + x[:, 2] + eps * rng.standard_normal(400)
+    true = rng.standard_normal((7, 2))
+    stats = stats_from_data(x, with_ones(x) @ true + 0.1 * rng.standard_normal((400, 2)))
+    theta = ridge_solve(stats, range(6), 1, np.zeros_like(true), 0.0)
+    without = ridge_solve(stats, [0, 1, 2, 4, 5], 1, np.zeros_like(true), 0.0)
+    assert np.abs(theta).max() < 10 * np.abs(true).max()
+    assert error(stats, theta) == pytest.approx(error(stats, without), rel=1e-6)
+
+
 def test_choose_alpha_regularises_only_when_rows_are_few():
     rng = np.random.default_rng(3)
     n, k, m = 6, 16, 4  # a conv feeding Flatten -> Gemm: many columns per row
@@ -119,6 +170,34 @@ def test_choose_alpha_regularises_only_when_rows_are_few():
     assert ridge < plain
     unrelated = rng.standard_normal(true.shape)  # theta0 far from the truth, and plenty of rows
     assert choose_alpha(stats(5000), holdout, range(n), k, unrelated) <= 1e-4
+
+
+@pytest.mark.parametrize("fit_rows, holdout_rows", [(40, 2000), (2000, 40)])
+@pytest.mark.parametrize("seed", range(2))
+def test_refit_chooses_the_ridge_on_the_holdout_and_fits_on_everything(seed, fit_rows, holdout_rows):
+    """refit: alpha = argmin over the grid of the HOLDOUT error of the ridge fitted on the FIT
+    batches; the weights are then the ridge with that alpha on fit + holdout. With few fit rows
+    per column the ridge generalises better than plain least squares; with many, it does not."""
+    rng = np.random.default_rng(seed)
+    n, k, m = 6, 16, 4
+    true = rng.standard_normal((n * k + 1, m))
+    theta0 = true + rng.standard_normal(true.shape)  # a poor prior: the ridge pays only with few fit rows
+
+    def stats(rows):
+        x = correlated(rng, rows, n * k, rank=20, noise=0.3)
+        return stats_from_data(x, with_ones(x) @ true + rng.standard_normal((rows, m)))
+
+    fit, holdout = stats(fit_rows), stats(holdout_rows)
+    keep = np.array([0, 2, 3, 5])
+    theta, alpha = refit(fit, holdout, keep, k, theta0)
+    on_holdout = [error(holdout, ridge_solve(fit, keep, k, theta0, a)) for a in ALPHA_GRID]
+    assert alpha == ALPHA_GRID[int(np.argmin(on_holdout))]
+    assert alpha >= 1e-3 if fit_rows < holdout_rows else alpha <= 1e-4
+    np.testing.assert_allclose(theta, ridge_solve(fit + holdout, keep, k, theta0, alpha), rtol=1e-10, atol=1e-12)
+    assert np.all(theta[columns([1, 4], k)[:-1]] == 0)
+    theta, alpha = refit(fit, None, keep, k, theta0)  # no holdout: the selection's ridge, on the fit
+    assert alpha == SELECTION_ALPHA
+    np.testing.assert_allclose(theta, ridge_solve(fit, keep, k, theta0, SELECTION_ALPHA), rtol=1e-10, atol=1e-12)
 
 
 # REAP -------------------------------------------------------------------------------------------

@@ -6,18 +6,22 @@ import numpy as np
 import onnx
 import pytest
 from builders import FACTORIES, NetBuilder, random_feeds, run
+from checks import assert_refused
 from click.testing import CliRunner
 from onnx import numpy_helper
 
 from onnxprune import OnnxPruneError, PruneConfig, analyze, normalize, prune
 from onnxprune import methods
 from onnxprune.analysis.consumers import reconstructable
-from onnxprune.calibration.statistics import Calibration, StatsMode
+from onnxprune.calibration.statistics import HOLDOUT_EVERY, Calibration, StatsMode, collect
 from onnxprune.cli import main
 from onnxprune.config import Method
 from onnxprune.graph.probe import probe_model
 from onnxprune.graph.runtime import run_all, session
+from onnxprune.methods.least_squares import SELECTION_ALPHA
 from onnxprune.methods.sequential import prune_sequential
+from onnxprune.methods.weights import theta_of
+from oracles import reap_order_naive
 
 DATA_METHODS = [Method.REAP, Method.THINET, Method.NU]
 
@@ -64,6 +68,27 @@ def test_redundant_channels_go_first_with_no_error(method, kind):
                                        calibration(model))
     assert len(keep[0]) == 8 - removed
     assert rel_error(model, pruned, random_feeds(model, batch=8, seed=9)) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "flatten_gemm_net"])
+def test_reap_keeps_what_brute_force_reap_keeps(name):
+    """The first group is chosen from the original model's statistics (fit + holdout): REAP end to
+    end keeps exactly the channels that REAP by brute force (a fresh ridge solve for every
+    candidate at every step) keeps, whatever its consumers (3x3 convs, 1x1 projections, a Gemm)."""
+    model = FACTORIES[name]()
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    plans, _ = reconstructable(analysis)
+    g = min(plans)
+    n = analysis.groups[g].channels
+    k = n // 2 - 1
+    calib = calibration(model)
+    _, keep, _ = prune_sequential(normalized, analysis, {g: k}, methods.get("reap"), calib)
+    fit, holdout = collect(normalized, normalized, plans[g], calib.batches, holdout_every=HOLDOUT_EVERY)
+    nodes = {node.name: node for node in analysis.graph.nodes}
+    problems = [(fit[c.node] + holdout[c.node], c.taps, theta_of(nodes[c.node], c)) for c in plans[g]]
+    naive = reap_order_naive(problems, n, SELECTION_ALPHA, target=k)
+    np.testing.assert_array_equal(keep[g], np.setdiff1d(np.arange(n), naive.order))
 
 
 @pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "mobilenetv2_block_net", "se_net",
@@ -183,7 +208,7 @@ def test_cli_calibration_errors(tmp_path, args, message):
     np.savez(tmp_path / "bad.npz", input=np.zeros((4, 3, 9, 9), np.float32))
     args = [str(tmp_path / "calib.npz") if a == "CALIB" else str(tmp_path / "bad.npz") if a == "BAD" else a for a in args]
     result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), *args])
-    assert result.exit_code != 0 and message in result.output
+    assert_refused(result, message)
     assert not out.exists()
 
 

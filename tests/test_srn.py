@@ -246,10 +246,18 @@ def test_light_resnet50_serializes_exactly():
 @pytest.mark.parametrize("name, kwargs", [("basic_block_net", {}), ("basic_block_net", {"preact": True}),
                                            ("bottleneck_net", {})])
 def test_pruning_a_serialized_model(name, kwargs):
-    srn, _ = serialize_residuals(normalize(FACTORIES[name](**kwargs))[0])
+    """After SRN no group is tied by a shortcut: there are more groups, each with one producer,
+    and pruning halves every one of them, the former residual streams included."""
+    normalized, _ = normalize(FACTORIES[name](**kwargs))
+    srn, _ = serialize_residuals(normalized)
+    tied = analyze(normalized).groups
     result = prune(srn, PruneConfig(ratio=0.5, round_to=1))
     onnx.checker.check_model(result.model, full_check=True)
-    assert result.macs_after < result.macs_before == cost_of(srn).macs
+    prunable = [c for c in result.groups if c.group.prunable]
+    assert len(prunable) > sum(g.prunable for g in tied) and all(len(c.group.producers) == 1 for c in prunable)
+    assert all(c.channels_after == c.group.channels // 2 for c in prunable)
+    assert result.macs_before == cost_of(srn).macs
+    assert result.macs_after == cost_of(result.model).macs < 0.5 * result.macs_before  # inner convs: a quarter
     [logits] = run(result.model)
     assert logits.shape == (2, 10) and np.isfinite(logits).all()
 

@@ -69,6 +69,28 @@ def test_statistics_add_up_over_any_batch_split_and_host_equals_graph(factory):
             np.testing.assert_allclose(b.yy, a.yy, rtol=1e-9)
 
 
+@pytest.mark.parametrize("sizes", [[1] * 8, [2, 1, 3, 2], [3, 5]])
+@pytest.mark.parametrize("mode", [StatsMode.HOST, StatsMode.GRAPH])
+def test_fit_and_holdout_are_the_statistics_of_their_batches_whatever_the_split(sizes, mode):
+    """With held-out batches (every 2nd here), the holdout's statistics are exactly those of the
+    held-out samples taken as one batch, the fit's those of the others, for any batch sizes."""
+    normalized, analysis, consumers = setup(FACTORIES["densenet_like"]())
+    feeds = random_feeds(normalized, batch=8, seed=6)
+    fit, holdout = collect(normalized, normalized, consumers, batches_of(feeds, sizes), mode, holdout_every=2)
+    bounds = np.cumsum([0, *sizes])
+    held = np.concatenate([np.arange(a, b) for i, (a, b) in enumerate(zip(bounds, bounds[1:])) if i % 2 == 1])
+    rest = np.setdiff1d(np.arange(8), held)
+    for stats, samples in ((holdout, held), (fit, rest)):
+        alone, _ = collect(normalized, normalized, consumers,
+                           batches_of({k: v[samples] for k, v in feeds.items()}, [len(samples)]))
+        for c in consumers:
+            a, b = alone[c.node], stats[c.node]
+            assert a.rows == b.rows
+            np.testing.assert_allclose(b.gram, a.gram, rtol=1e-9, atol=1e-9 * np.abs(a.gram).max())
+            np.testing.assert_allclose(b.cross, a.cross, rtol=1e-9, atol=1e-9 * np.abs(a.cross).max())
+            np.testing.assert_allclose(b.yy, a.yy, rtol=1e-9)
+
+
 def test_holdout_takes_every_nth_batch():
     normalized, analysis, consumers = setup(FACTORIES["conv_chain"]())
     feeds = random_feeds(normalized, batch=8)

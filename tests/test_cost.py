@@ -1,0 +1,130 @@
+"""MACs and parameters: absolute counts of known layers (README's conventions), and the
+predictors that fit widths against a recount of the pruned model."""
+
+import numpy as np
+import pytest
+from builders import FACTORIES, NetBuilder
+from onnx import helper, numpy_helper
+
+from onnxprune import OnnxPruneError, analyze, cost_of, normalize
+from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost, node_macs
+from onnxprune.graph.convert import to_graph
+from onnxprune.graph.shapes import infer_shapes
+from onnxprune.methods.l1 import l1_scores, select
+from onnxprune.passes.surgery import prune_channels
+from onnxprune.widths.budget import uniform
+
+
+def every_costed_layer():
+    """One of each costed op with sizes chosen so that no two dims are equal (a dim used in
+    place of another changes the count): input 3 x 8 x 8."""
+    b = NetBuilder(3, hw=8, seed=0)
+    x = b.conv("input", 8, k=3)  # dense 3x3, pad 1: 8 x 8 x 8
+    x = b.conv(x, 16, k=3, group=2)  # grouped: each output reads 8 / 2 = 4 channels
+    x = b.conv(x, 4, k=1, stride=2, pad=0)  # strided 1x1: 4 x 4 x 4
+    x = b.conv_transpose(x, 6, k=2, stride=2)  # 4 x 4 x 4 -> 6 x 8 x 8
+    x = b.flatten(b.gap(x))  # 6 features
+    x = b.gemm(x, 10, trans_b=True)  # B [10, 6]
+    x = b.gemm(x, 5, trans_b=False)  # B [10, 5]
+    return b.model(b.matmul(x, 3))  # [5, 3] then Add
+
+
+EXPECTED_MACS = {
+    "conv0": 8 * 8 * 8 * 3 * 3 * 3,  # C_out * H * W * C_in * kh * kw
+    "conv1": 16 * 8 * 8 * (8 // 2) * 3 * 3,  # C_in / group
+    "conv2": 4 * 4 * 4 * 16 * 1 * 1,  # output spatial after the stride
+    "convtranspose0": 4 * 4 * 4 * 6 * 2 * 2,  # C_in * prod(in spatial) * C_out * kh * kw
+    "gemm0": 10 * 6,  # prod(output) * K, K = B's columns with transB
+    "gemm1": 5 * 10,  # K = B's rows without transB
+    "matmul0": 3 * 5,
+}
+EXPECTED_PARAMS = {  # weights + biases
+    "conv0": 8 * 3 * 3 * 3 + 8, "conv1": 16 * 4 * 3 * 3 + 16, "conv2": 4 * 16 + 4,
+    "convtranspose0": 4 * 6 * 2 * 2 + 6, "gemm0": 10 * 6 + 10, "gemm1": 10 * 5 + 5, "matmul0": 5 * 3,
+}
+
+
+def test_absolute_macs_and_params_of_known_layers():
+    cost = cost_of(every_costed_layer())
+    assert {n.node: n.macs for n in cost.nodes} == EXPECTED_MACS
+    assert {n.node: n.params for n in cost.nodes} == EXPECTED_PARAMS
+    assert cost.macs == sum(EXPECTED_MACS.values())
+    assert cost.params == sum(EXPECTED_PARAMS.values()) + 3  # + the MatMul's bias, read by its Add
+
+
+def test_a_fixed_batch_multiplies_the_macs_not_the_params():
+    model = every_costed_layer()
+    one, four = cost_of(model), cost_of(model, {"input": (4, 3, 8, 8)})
+    assert four.macs == 4 * one.macs == 4 * sum(EXPECTED_MACS.values())
+    assert four.params == one.params
+
+
+def test_params_count_float_initializers_once_and_nothing_else():
+    """A weight read by two nodes counts once; integer constants (a Reshape's shape) do not count."""
+    b = NetBuilder(3, hw=4, seed=0)
+    x = b.conv("input", 5, k=1)
+    y = b.conv("input", 5, k=1)
+    b.nodes[-1].input[1] = "conv0.weight"  # conv1 reads conv0's weight too
+    b.initializers = [i for i in b.initializers if i.name != "conv1.weight"]
+    model = b.model(b.reshape_flatten(b.add(x, y)))
+    cost = cost_of(model)
+    assert cost.params == 5 * 3 + 5 + 5  # one shared weight, two biases; the int64 shape is not counted
+    assert [n.macs for n in cost.nodes] == [5 * 16 * 3, 5 * 16 * 3]
+
+
+def test_matmul_counts_the_inner_dimension():
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", 1, [2, 7])], [helper.make_tensor_value_info("y", 1, [2, 3])],
+        [numpy_helper.from_array(np.zeros((7, 3), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    cost = cost_of(model)
+    assert cost.macs == 2 * 3 * 7 and cost.params == 21
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "densenet_like", "inception_like", "c2f_like",
+                                  "mobilenetv2_block_net", "se_net", "flatten_gemm_net", "convtranspose_net",
+                                  "matmul_head_net"])
+def test_predictors_match_a_recount_of_the_pruned_model(name):
+    """The MAC and parameter predictors (which fit --keep-flops and --keep-params) agree exactly
+    with counting the model the surgery writes, at several depths."""
+    normalized, _ = normalize(FACTORIES[name]())
+    analysis = analyze(normalized)
+    macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes)).macs
+    params = ParamPredictor(analysis).params
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    scores = l1_scores(analysis)
+    for ratio in (0.0, 0.3, 0.6):
+        keep = select(analysis, scores, uniform(channels, ratio))
+        recount = cost_of(prune_channels(normalized, analysis, keep))
+        removed = analysis.removed_mask(keep)
+        assert (macs(removed), params(removed)) == (recount.macs, recount.params), ratio
+
+
+def test_unknown_dims_are_an_error_that_says_how_to_fix_them():
+    """A dynamic spatial dim leaves a Conv's output shape unknown: counting asks for --input-shape,
+    and with the dim fixed it counts."""
+    model = every_costed_layer()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[2].dim_param, dims[3].dim_param = "H", "W"
+    with pytest.raises(OnnxPruneError, match="cannot count MACs of Conv node 'conv0'.*--input-shape"):
+        cost_of(model)
+    assert cost_of(model, {"input": (1, 3, 8, 8)}).macs == sum(EXPECTED_MACS.values())
+
+
+def test_gemm_with_transposed_a_counts_b_inner_dimension():
+    """Gemm(A^T, B): A is [K, M] = [7, 2], so K comes from B, not from A's last dim."""
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["a", "b"], ["y"], name="gemm", transA=1)], "g",
+        [helper.make_tensor_value_info("a", 1, [7, 2])], [helper.make_tensor_value_info("y", 1, [2, 3])],
+        [numpy_helper.from_array(np.zeros((7, 3), np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert cost_of(model).macs == 2 * 3 * 7
+
+
+def test_ops_that_are_not_counted_cost_zero_macs():
+    model = every_costed_layer()
+    graph, shapes = to_graph(model), infer_shapes(model)
+    counted = {n.name: node_macs(n, shapes) for n in graph.nodes}
+    assert {name: m for name, m in counted.items() if m != 0} == EXPECTED_MACS
+    assert all(counted[n.name] == 0 for n in graph.nodes if n.op in ("Relu", "GlobalAveragePool", "Flatten", "Add"))
