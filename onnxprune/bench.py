@@ -35,8 +35,9 @@ class Latency:
 
 def optimized_session(model: onnx.ModelProto, providers: list[str], threads: int = 0,
                       name: str = "the model") -> ort.InferenceSession:
-    """A session as deployment would use it: all graph optimisations on, idle threads spinning."""
-    return loaded(model, name, providers, threads=threads, spin=True)
+    """A session as deployment would use it, all graph optimisations on; idle threads do not spin
+    (spinning pools of the interleaved sessions made the timings bimodal: docs/LATENCY.md)."""
+    return loaded(model, name, providers, threads=threads)
 
 
 def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarray] | None = None,

@@ -295,13 +295,14 @@ def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, 
     _check_outputs(inputs, [], output=output)
     normalized, _ = normalize(loaded)
     check_runs(normalized)
-    analysis = analyze(normalized, parse_input_shapes(input_shapes))
+    shapes = parse_input_shapes(input_shapes)
+    analysis = analyze(normalized, shapes)
     skip = excluded_groups(analysis, tuple(exclude))
     channels = {g.id: g.channels for g in analysis.groups if g.prunable and g.id not in skip}
     if not channels:
         raise OnnxPruneError("no prunable channel group in this model (see `onnxprune inspect` for the reasons)")
-    table = profile(normalized, analysis, channels, Target(tuple(providers(Device(device))), threads, batch),
-                    round_to, runs)
+    table = profile(normalized, analysis, channels,
+                    Target(tuple(providers(Device(device))), threads, batch, tuple(shapes.items())), round_to, runs)
     data = table.to_json()
     with Staging() as staging:
         staging.write(output, (json.dumps(data, indent=1) + "\n").encode())

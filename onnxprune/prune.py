@@ -115,7 +115,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         counts = uniform(channels, config.ratio, config.round_to)
     elif config.keep_latency is not None:
         goal = LatencyGoal(config.keep_latency, Target(tuple(providers(config.device)), config.threads,
-                                                       config.latency_batch),
+                                                       config.latency_batch, tuple(config.input_shapes.items())),
                            config.round_to, config.latency_table, config.pro, config.pro_samples)
         counts, trace, latency = latency_counts(normalized, analysis, method, channels, goal, calibration, progress,
                                                 keep_for)

@@ -206,3 +206,21 @@ def test_a_data_method_meets_a_latency_target_with_and_without_pro(tmp_path, pro
     assert report["latency"]["predicted_fraction"] <= 0.7 + 1e-9 and report["reconstruction"]
     assert bool(report["pro"]) == pro
     assert report["macs_after"] < report["macs_before"]
+
+
+def test_dynamic_dims_are_fixed_for_timing_by_input_shape(tmp_path):
+    model = FACTORIES["conv_chain"]()
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    fixed = [d.dim_value for d in dims]
+    for d, name in zip(dims, ["N", "C", "H", "W"]):
+        if name in "NHW":
+            d.dim_param = name
+    path = tmp_path / "dynamic.onnx"
+    onnx.save(model, path)
+    shape = "input=1," + ",".join(map(str, fixed[1:]))
+    refused = invoke("profile", path, "-o", tmp_path / "t.json", "--runs", "3")
+    assert refused.exit_code == 2 and "--input-shape" in refused.output
+    result = invoke("profile", path, "-o", tmp_path / "t.json", "--runs", "3", "--input-shape", shape)
+    assert result.exit_code == 0, result.output
+    pruned = invoke("prune", path, "-o", tmp_path / "o.onnx", "--keep-latency", "1.0", "--input-shape", shape, "-q")
+    assert pruned.exit_code == 0, pruned.output

@@ -26,18 +26,18 @@ class Device(str, enum.Enum):
 
 
 def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | None = None, *, optimize: bool = True,
-            threads: int = 0, spin: bool = False, log_level: int = 3) -> ort.InferenceSession:
+            threads: int = 0, log_level: int = 3) -> ort.InferenceSession:
     """An onnxruntime session of ``model`` (of any size) on ``providers`` (CPU by default).
 
     ``optimize``: all graph optimisations (fusions, layouts) or none, which keeps every
     intermediate exact. ``threads``: intra-op threads (0: onnxruntime's choice), one inter-op.
-    ``spin``: idle threads busy-wait for the next run, onnxruntime's default and what a
-    deployed session does, so latency is timed that way; off for calibration, whose short
-    runs alternate with numpy work that needs the cores."""
+    Idle threads never spin (onnxruntime's default is to busy-wait for the next run):
+    calibration's short runs alternate with numpy work that needs the cores, and timings of
+    several sessions with spinning pools on a shared machine are bimodal (docs/LATENCY.md),
+    while without spinning they are stable and rank models alike."""
     options = ort.SessionOptions()
     options.log_severity_level = log_level
-    if not spin:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:

@@ -12,9 +12,8 @@ import onnxruntime as ort
 def interleaved(sessions: Sequence[ort.InferenceSession], feeds: Sequence[dict[str, np.ndarray]], runs: int,
                 warmup: int = 3) -> list[list[float]]:
     """Seconds of each run of each session. After ``warmup`` runs each, the sessions take turns
-    (A, B, C, A, B, C, ...), so the slow drifts of a shared machine hit every one alike. Compare
-    medians, never single runs or means: on a busy machine, runs of spinning sessions (as
-    deployed) sometimes wait a whole scheduler slice (docs/LATENCY.md: p90 up to 40x the median)."""
+    (A, B, C, A, B, C, ...), so the slow drifts of a shared machine hit every one alike: compare
+    medians, not single runs or means."""
     for run, feed in zip(sessions, feeds):
         for _ in range(warmup):
             run.run(None, feed)

@@ -60,6 +60,7 @@ class Target:
     providers: tuple[str, ...] = CPU
     threads: int = 0  # intra-op threads, 0: onnxruntime's choice
     batch: int = 1
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # dynamic input dims fixed (the batch is ``batch``)
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
             runs: int = 30, seed: int = 0) -> LatencyTable:
     """Measure the latency table of ``normalized`` for the groups in ``channels`` on ``target``."""
     start = time.perf_counter()
-    feeds = _feeds(normalized, target.batch, seed)
+    feeds = _feeds(normalized, target, seed)
     node_at = {n.name: i for i, n in enumerate(normalized.graph.node)}
     values = _activations(normalized, feeds, target)
     steps = {}
@@ -173,7 +174,7 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
         widths = ladder(n, round_to)
         segments = [_segment(prune_channels(normalized, analysis, {g: np.arange(k)}) if k < n else normalized,
                              nodes, node_at, values) for k in widths]
-        runs_ = [session(s, target.providers, threads=target.threads, spin=True) for s, _ in segments]
+        runs_ = [session(s, target.providers, threads=target.threads) for s, _ in segments]
         times = medians_ms(interleaved(runs_, [f for _, f in segments], runs))
         steps[g] = staircase(dict(zip(widths, times)))
     checks = {r: uniform(channels, r, round_to) for r in CHECK_RATIOS}
@@ -200,13 +201,14 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
 def measure(original: onnx.ModelProto, models: list[onnx.ModelProto], target: Target, runs: int = 30,
             seed: int = 0) -> list[float]:
     """Median latency (ms) of ``original`` and then of each of ``models`` (same inputs), interleaved."""
-    feeds = _feeds(original, target.batch, seed)
-    sessions = [session(m, target.providers, threads=target.threads, spin=True) for m in [original, *models]]
+    feeds = _feeds(original, target, seed)
+    sessions = [session(m, target.providers, threads=target.threads) for m in [original, *models]]
     return medians_ms(interleaved(sessions, [feeds] * len(sessions), runs))
 
 
-def _feeds(model: onnx.ModelProto, batch: int, seed: int) -> dict[str, np.ndarray]:
-    shapes = {name: (batch, *dims[1:]) for name, dims in fixed_input_shapes(model).items()}
+def _feeds(model: onnx.ModelProto, target: Target, seed: int) -> dict[str, np.ndarray]:
+    fixed = fixed_input_shapes(model, dict(target.input_shapes))
+    shapes = {name: (target.batch, *dims[1:]) for name, dims in fixed.items()}
     feeds = random_feeds(model, shapes, seed)
     if feeds is None:
         raise OnnxPruneError("latency: the model has dynamic input dims other than the batch; fix them with "
