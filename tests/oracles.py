@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from onnxprune.analysis.consumers import Consumer
-from onnxprune.methods.least_squares import (Elimination, Parts, Problem, error, objective, removals, ridge_solve,
-                                             unpack)
+from onnxprune.methods.least_squares import (Elimination, Parts, Problem, columns, error, objective, removals,
+                                             ridge_solve, unpack)
 
 
 def patches(x: np.ndarray, c: Consumer) -> np.ndarray:
@@ -63,3 +63,21 @@ def reap_order_naive(consumers: Sequence[Problem], n: int, alpha: float | Sequen
         order.append(c)
         errors.append(sum(error(stats, theta) for (stats, _, _, _), theta in zip(unpacked, fits(remaining))))
     return Elimination(np.array(order, dtype=np.intp), np.array(errors))
+
+
+def thinet_order_naive(problems: Sequence[tuple], n: int) -> tuple[list[int], list[float]]:
+    """ThiNet by brute force: greedy forward selection of R by E(R) = sum tr(W_R^T G_RR W_R), each
+    from scratch. A problem is (stats, K, theta0), or (stats, K, theta0, copies) with per channel the
+    number of K-blocks it owns (repeated reads)."""
+    def cost(removed):
+        total = 0.0
+        for stats, k, theta0, *copies in problems:
+            cols = columns(removed, k, *copies)[:-1]
+            total += np.sum(theta0[cols] * (stats.gram[np.ix_(cols, cols)] @ theta0[cols]))
+        return total
+
+    removed, errors = [], []
+    for _ in range(n - 1):
+        removed.append(min((c for c in range(n) if c not in removed), key=lambda c: cost([*removed, c])))
+        errors.append(cost(removed))
+    return removed, errors

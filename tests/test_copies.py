@@ -10,8 +10,8 @@ from onnxprune.methods.least_squares import Parts, columns, ridge_solve
 from onnxprune.methods.nu import nu_apply, nu_plan
 from onnxprune.methods.reap import reap_order, reap_steps
 from onnxprune.methods.thinet import thinet_order
-from oracles import reap_order_naive
-from test_selection import consumer, correlated, relative, thinet_brute
+from oracles import reap_order_naive, thinet_order_naive
+from test_selection import consumer, correlated, relative
 
 FEW = settings(max_examples=6, deadline=None)
 seeds = st.integers(0, 2**32 - 1)
@@ -86,27 +86,12 @@ def test_uniform_copies_are_channels_of_copies_times_k_columns(seed, n, copies):
                                rtol=1e-9, atol=1e-12)
 
 
-def thinet_brute_copies(problems, n):
-    def cost(removed):
-        total = 0.0
-        for stats, k, theta0, copies in problems:
-            cols = columns(removed, k, copies)[:-1]
-            total += np.sum(theta0[cols] * (stats.gram[np.ix_(cols, cols)] @ theta0[cols]))
-        return total
-
-    removed, errors = [], []
-    for _ in range(n - 1):
-        removed.append(min((c for c in range(n) if c not in removed), key=lambda c: cost([*removed, c])))
-        errors.append(cost(removed))
-    return removed, errors
-
-
 @FEW
 @given(seed=seeds, first=reads)
 def test_thinet_matches_brute_force_with_copies(seed, first):
     n = len(first)
     problems, _ = copies_problem(seed, n, (4, 1), [first, [1] * n])
-    order, errors = thinet_brute_copies(problems, n)
+    order, errors = thinet_order_naive(problems, n)
     result = thinet_order(problems, n)
     np.testing.assert_array_equal(result.order, order)
     np.testing.assert_allclose(result.errors, errors, rtol=1e-9)
@@ -115,7 +100,7 @@ def test_thinet_matches_brute_force_with_copies(seed, first):
 def test_copies_of_one_are_the_plain_problem():
     problems, _ = copies_problem(3, 5, (4, 1), [[1] * 5, [1] * 5], extra=2)
     plain = [p[:3] for p in problems]
-    assert thinet_brute(plain, 5)[0] == thinet_brute_copies(problems, 5)[0]
+    assert thinet_order_naive(plain, 5)[0] == thinet_order_naive(problems, 5)[0]
     np.testing.assert_array_equal(reap_order(problems, 5, 0.01).order, reap_order(plain, 5, 0.01).order)
     np.testing.assert_array_equal(nu_plan(problems, 5).order, nu_plan(plain, 5).order)
 

@@ -11,7 +11,7 @@ from onnxprune.methods.least_squares import (ALPHA_GRID, SELECTION_ALPHA, choose
 from onnxprune.methods.nu import nu_apply, nu_plan
 from onnxprune.methods.reap import reap_order, reap_steps
 from onnxprune.methods.thinet import thinet_order
-from oracles import reap_order_naive
+from oracles import reap_order_naive, thinet_order_naive
 
 SMALL = settings(max_examples=20, deadline=None)
 FEW = settings(max_examples=5, deadline=None)
@@ -295,27 +295,11 @@ def test_target_bounds():
 
 # ThiNet -----------------------------------------------------------------------------------------
 
-def thinet_brute(consumers, n):
-    """Greedy forward selection of R by E(R) = sum tr(W_R^T G_RR W_R), each from scratch."""
-    def cost(removed):
-        total = 0.0
-        for stats, k, theta0 in consumers:
-            cols = columns(removed, k)[:-1]
-            total += np.sum(theta0[cols] * (stats.gram[np.ix_(cols, cols)] @ theta0[cols]))
-        return total
-
-    removed, errors = [], []
-    for _ in range(n - 1):
-        removed.append(min((c for c in range(n) if c not in removed), key=lambda c: cost([*removed, c])))
-        errors.append(cost(removed))
-    return removed, errors
-
-
 @SMALL
 @given(seed=seeds, n=st.integers(2, 8), ks=st.sampled_from([(1,), (9,), (9, 4)]))
 def test_thinet_matches_brute_force(seed, n, ks):
     consumers, _ = problem(seed, n, ks)
-    order, errors = thinet_brute(consumers, n)
+    order, errors = thinet_order_naive(consumers, n)
     result = thinet_order(consumers, n)
     np.testing.assert_array_equal(result.order, order)
     np.testing.assert_allclose(result.errors, errors, rtol=1e-9)
