@@ -16,7 +16,7 @@ import onnxruntime as ort
 from .errors import OnnxPruneError
 from .graph.io import first_line
 from .graph.runtime import loaded
-from .graph.shapes import fixed_input_shapes, random_feeds
+from .graph.shapes import batch_feeds
 from .graph.timing import interleaved
 
 
@@ -46,8 +46,7 @@ def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarr
     input shapes with ``input_shapes`` fixing dynamic dims (their batch dim is replaced)."""
     if data is not None:
         return {k: np.resize(v, (batch, *v.shape[1:])) for k, v in data.items()}
-    fixed = fixed_input_shapes(model, {k: v for k, v in (input_shapes or {}).items()})
-    feeds = random_feeds(model, {name: (batch, *dims[1:]) for name, dims in fixed.items()}, seed)
+    feeds = batch_feeds(model, batch, input_shapes, seed)
     if feeds is None:
         raise OnnxPruneError("bench: the model has dynamic input dims other than the batch; give --data or "
                              "--input-shape")

@@ -82,8 +82,6 @@ def _any_size(model: onnx.ModelProto, options: ort.SessionOptions, providers: li
     return made
 
 
-
-
 def providers(device: Device) -> list[str]:
     """onnxruntime execution providers for ``device`` (CUDA where onnxruntime-gpu finds a GPU)."""
     if device is Device.CPU:

@@ -50,6 +50,14 @@ def random_feeds(model: onnx.ModelProto, input_shapes=None, seed: int = 0) -> di
     return feeds
 
 
+def batch_feeds(model: onnx.ModelProto, batch: int, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                seed: int = 0) -> dict[str, np.ndarray] | None:
+    """Random inputs of ``batch`` samples: the model's input shapes with ``input_shapes`` fixing
+    dynamic dims and the batch dim replaced; None if some other dim is still unknown."""
+    fixed = fixed_input_shapes(model, input_shapes)
+    return random_feeds(model, {name: (batch, *dims[1:]) for name, dims in fixed.items()}, seed)
+
+
 def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:
     """Parse ``NAME=d0,d1,...`` strings (as given to ``--input-shape``)."""
     shapes = {}

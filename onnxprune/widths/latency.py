@@ -40,7 +40,7 @@ from ..analysis.groups import Analysis
 from ..errors import OnnxPruneError
 from ..graph.probe import probe_model
 from ..graph.runtime import CPU, run_all, session
-from ..graph.shapes import fixed_input_shapes, random_feeds
+from ..graph.shapes import batch_feeds
 from ..graph.timing import interleaved, medians_ms
 from ..passes.surgery import prune_channels
 from ..progress import Progress
@@ -166,14 +166,13 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
     """Measure the latency table of ``normalized`` for the groups in ``channels`` on ``target``."""
     start = time.perf_counter()
     feeds = _feeds(normalized, target, seed)
-    node_at = {n.name: i for i, n in enumerate(normalized.graph.node)}
     values = _activations(normalized, feeds, target)
     steps = {}
     for g, n in channels.items():
         nodes = touched_nodes(analysis, g)
         widths = ladder(n, round_to)
         segments = [_segment(prune_channels(normalized, analysis, {g: np.arange(k)}) if k < n else normalized,
-                             nodes, node_at, values) for k in widths]
+                             nodes, values) for k in widths]
         runs_ = [session(s, target.providers, threads=target.threads) for s, _ in segments]
         times = medians_ms(interleaved(runs_, [f for _, f in segments], runs))
         steps[g] = staircase(dict(zip(widths, times)))
@@ -211,9 +210,7 @@ def measure(original: onnx.ModelProto, models: list[onnx.ModelProto], target: Ta
 
 
 def _feeds(model: onnx.ModelProto, target: Target, seed: int) -> dict[str, np.ndarray]:
-    fixed = fixed_input_shapes(model, dict(target.input_shapes))
-    shapes = {name: (target.batch, *dims[1:]) for name, dims in fixed.items()}
-    feeds = random_feeds(model, shapes, seed)
+    feeds = batch_feeds(model, target.batch, dict(target.input_shapes), seed)
     if feeds is None:
         raise OnnxPruneError("latency: the model has dynamic input dims other than the batch; fix them with "
                              "--input-shape")
@@ -227,7 +224,7 @@ def _activations(model: onnx.ModelProto, feeds: dict[str, np.ndarray], target: T
     return {**feeds, **values}
 
 
-def _segment(model: onnx.ModelProto, nodes: set[str], node_at: dict[str, int], values: dict[str, np.ndarray],
+def _segment(model: onnx.ModelProto, nodes: set[str], values: dict[str, np.ndarray],
              ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The sub-model of ``nodes`` (cut out of ``model``) and its inputs: the tensors they read
     that none of them writes, from the unpruned model's run (their shapes do not depend on
