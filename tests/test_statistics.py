@@ -61,12 +61,17 @@ def test_statistics_add_up_over_any_batch_split_and_host_equals_graph(factory):
     reference, _ = collect(normalized, normalized, consumers, batches_of(feeds, [8]))
     for sizes, mode in (([1] * 8, StatsMode.HOST), ([3, 5], StatsMode.HOST), ([8], StatsMode.GRAPH), ([2, 6], StatsMode.GRAPH)):
         stats, _ = collect(normalized, normalized, consumers, batches_of(feeds, sizes), mode)
-        for c in consumers:
-            a, b = reference[c.node], stats[c.node]
-            assert a.rows == b.rows
-            np.testing.assert_allclose(b.gram, a.gram, rtol=1e-9, atol=1e-9 * np.abs(a.gram).max())
-            np.testing.assert_allclose(b.cross, a.cross, rtol=1e-9, atol=1e-9 * np.abs(a.cross).max())
-            np.testing.assert_allclose(b.yy, a.yy, rtol=1e-9)
+        assert_same_stats(stats, reference, consumers)
+
+
+def assert_same_stats(stats, reference, consumers):
+    """Every consumer's statistics equal the reference's (rows exactly, sums to rounding)."""
+    for c in consumers:
+        a, b = reference[c.node], stats[c.node]
+        assert a.rows == b.rows
+        np.testing.assert_allclose(b.gram, a.gram, rtol=1e-9, atol=1e-9 * np.abs(a.gram).max())
+        np.testing.assert_allclose(b.cross, a.cross, rtol=1e-9, atol=1e-9 * np.abs(a.cross).max())
+        np.testing.assert_allclose(b.yy, a.yy, rtol=1e-9)
 
 
 @pytest.mark.parametrize("sizes", [[1] * 8, [2, 1, 3, 2], [3, 5]])
@@ -83,12 +88,7 @@ def test_fit_and_holdout_are_the_statistics_of_their_batches_whatever_the_split(
     for stats, samples in ((holdout, held), (fit, rest)):
         alone, _ = collect(normalized, normalized, consumers,
                            batches_of({k: v[samples] for k, v in feeds.items()}, [len(samples)]))
-        for c in consumers:
-            a, b = alone[c.node], stats[c.node]
-            assert a.rows == b.rows
-            np.testing.assert_allclose(b.gram, a.gram, rtol=1e-9, atol=1e-9 * np.abs(a.gram).max())
-            np.testing.assert_allclose(b.cross, a.cross, rtol=1e-9, atol=1e-9 * np.abs(a.cross).max())
-            np.testing.assert_allclose(b.yy, a.yy, rtol=1e-9)
+        assert_same_stats(stats, alone, consumers)
 
 
 def test_holdout_takes_every_nth_batch():
