@@ -117,8 +117,9 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         goal = LatencyGoal(config.keep_latency, Target(tuple(providers(config.device)), config.threads,
                                                        config.latency_batch, tuple(config.input_shapes.items())),
                            config.round_to, config.latency_table, config.pro, config.pro_samples)
+        macs = MacPredictor(analysis, before).macs
         counts, trace, latency = latency_counts(normalized, analysis, method, channels, goal, calibration, progress,
-                                                keep_for)
+                                                keep_for, lambda keep: macs(analysis.removed_mask(keep)))
     else:
         by_params = config.keep_params is not None
         predict = ParamPredictor(analysis).params if by_params else MacPredictor(analysis, before).macs
@@ -126,9 +127,10 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         budget = fraction * (original.params if by_params else original.macs)
         option = "--keep-params" if by_params else "--keep-flops"
         if config.pro:
-            counts, trace = optimize_counts(
+            choice = optimize_counts(
                 normalized, analysis, method, channels, lambda keep: predict(analysis.removed_mask(keep)),
                 budget, calibration, config.round_to, config.pro_samples, progress)
+            counts, trace = choice.counts, choice.steps
         else:
             counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget,
                                 config.round_to)

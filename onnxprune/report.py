@@ -137,6 +137,10 @@ def latency_lines(latency: dict) -> list[str]:
     else:
         lines.append("  not measured here: the table was made on the target; time the result there "
                      "(`onnxprune bench`)")
+    if latency.get("pro_rankings"):
+        chosen = min(latency["pro_rankings"], key=latency["pro_rankings"].get)
+        errors = ", ".join(f"{name} {error:.4g}" for name, error in latency["pro_rankings"].items())
+        lines.append(f"  PRO ranked steps by error {chosen} saved (final-output error: {errors})")
     return lines
 
 

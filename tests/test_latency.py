@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onnxprune import OnnxPruneError, normalize
+from onnxprune import OnnxPruneError, analyze, normalize
 from onnxprune.cli import main
 from onnxprune.widths import latency
 from onnxprune.widths.budget import fit_budget
@@ -225,3 +225,37 @@ def test_dynamic_dims_are_fixed_for_timing_by_input_shape(tmp_path):
     assert result.exit_code == 0, result.output
     pruned = invoke("prune", path, "-o", tmp_path / "o.onnx", "--keep-latency", "1.0", "--input-shape", shape, "-q")
     assert pruned.exit_code == 0, pruned.output
+
+
+def test_pro_keeps_the_ranking_whose_widths_have_the_smaller_error(tmp_path, monkeypatch):
+    """--keep-latency with PRO runs it ranked per microsecond and per MAC, to the same budget,
+    and keeps the widths with the smaller final-output error; the report gives both errors."""
+    path, calib = tmp_path / "net.onnx", tmp_path / "calib.npz"
+    model = FACTORIES["conv_chain"](widths=(32, 48, 32), k=3)
+    onnx.save(model, path)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((32, *shape[1:])).astype(np.float32))
+    analysis = analyze(normalize(model)[0])
+    # time linear in width, the last group's 3x the others': here the two rankings part ways
+    steps = {g.id: {k: weight * k / g.channels for k in latency.ladder(g.channels, 8)}
+             for weight, g in zip((1.0, 1.0, 3.0), [g for g in analysis.groups if g.prunable])}
+    monkeypatch.setattr(latency, "profile", lambda *a, **k: table_of(steps, full=5.0))
+    monkeypatch.setattr(latency, "measure", lambda original, models, *a, **k: [1.0] + [0.0] * len(models))
+    runs = []
+    optimize = latency.optimize_counts
+
+    def recorded(*args, **kwargs):
+        runs.append(optimize(*args, **kwargs))
+        return runs[-1]
+
+    monkeypatch.setattr(latency, "optimize_counts", recorded)
+    result = invoke("prune", path, "-o", tmp_path / "out.onnx", "--method", "reap", "--calib", calib,
+                    "--keep-latency", "0.6", "--pro-samples", "16", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert len(runs) == 2 and runs[0].counts != runs[1].counts
+    errors = report["latency"]["pro_rankings"]
+    assert list(errors) == ["per microsecond", "per MAC"]
+    assert list(errors.values()) == pytest.approx([r.error for r in runs])
+    best = min(runs, key=lambda r: r.error)
+    assert {g["id"]: g["channels_after"] for g in report["groups"] if g["id"] in best.counts} == best.counts

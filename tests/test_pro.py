@@ -123,6 +123,9 @@ class KnownErrors:
     def commit(self, counts, group):
         pass
 
+    def at(self, counts):
+        return self.evaluate(counts, None)
+
 
 class ByIndex:
     """A data-free method whose removal order is the channels' index order."""
@@ -133,7 +136,8 @@ class ByIndex:
         return {g: np.arange(n) for g, n in channels.items()}
 
 
-def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkeypatch, budget=None):
+def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkeypatch, budget=None, rank=None,
+           choice=False):
     """PRO's widths on two independent groups whose MACs and error per channel are known."""
     model = FACTORIES["conv_chain"]()
     samples = 4
@@ -142,8 +146,9 @@ def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkey
     cost = lambda kept: sum(macs_per_channel[g] * len(k) for g, k in kept.items())  # noqa: E731
     total = sum(macs_per_channel[g] * n for g, n in channels.items())
     budget = keep * total if budget is None else budget
-    return optimize_counts(model, None, ByIndex(), channels, cost, budget, calibration(model, samples),
-                           round_to, samples)
+    result = optimize_counts(model, None, ByIndex(), channels, cost, budget, calibration(model, samples),
+                             round_to, samples, rank=rank)
+    return result if choice else (result.counts, result.steps)
 
 
 def test_pro_ranks_steps_by_error_per_mac_saved(monkeypatch):
@@ -170,6 +175,39 @@ def test_pro_gives_back_what_the_last_step_overshot(monkeypatch):
     assert counts == {0: 40, 1: 64}  # steps of 8; 48 would cost 4864
     counts, _ = choose({0: 64, 1: 64}, {0: 100, 1: 1}, {0: 1.0, 1: 10.0}, None, 1, monkeypatch, budget=4764)
     assert counts == {0: 47, 1: 64}  # exactly the budget is within it
+
+
+def test_pro_ranks_by_another_cost_and_stops_on_its_own(monkeypatch):
+    """Ranked per channel (not per MAC), group 1's steps are cheaper (0.1 < 1.0 per channel): all
+    15 go first although they save only 15 MACs, then group 0 until the MAC budget (1212)
+    holds: 12 * 100 + 1 = 1201; then group 1 gets 11 channels back (1200 + 12 <= 1212)."""
+    per_channel = lambda kept: sum(len(k) for k in kept.values())  # noqa: E731
+    result = choose({0: 16, 1: 16}, {0: 100, 1: 1}, {0: 1.0, 1: 0.1}, 0.75, 1, monkeypatch, rank=per_channel,
+                    choice=True)
+    assert [step.group for step in result.steps] == [1] * 15 + [0] * 4
+    assert result.counts == {0: 12, 1: 12}
+    # the error is that of the final counts, after the give-back: 4 * 1.0 + 4 * 0.1
+    assert result.steps[-1].error == pytest.approx(4 * 1.0 + 15 * 0.1)
+    assert result.error == pytest.approx(4 * 1.0 + 4 * 0.1)
+
+
+def test_the_final_error_is_that_of_the_chosen_widths():
+    """l1 + PRO: ProChoice.error recounts as the final-output error of the model pruned to its counts."""
+    model = FACTORIES["conv_chain"](widths=(16, 32, 16))
+    cal = calibration(model)
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes, analysis.unknown_after)).macs
+    cost = lambda keep: macs(analysis.removed_mask(keep))  # noqa: E731
+    result = optimize_counts(normalized, analysis, methods.get("l1"), channels, cost,
+                             0.55 * cost({g: np.arange(n) for g, n in channels.items()}), cal, 4, 24)
+    feeds = {"input": np.concatenate([b["input"] for b in cal.batches()])[:24]}
+    pruned = prune_channels(normalized, analysis, select(analysis, l1_scores(analysis), result.counts))
+    reference = run(normalized, feeds)[0].astype(np.float64)
+    out = run(pruned, feeds)[0].astype(np.float64)
+    assert result.error == pytest.approx(np.mean(np.sum((out - reference) ** 2, axis=1)), rel=1e-5)
+    assert result.counts != channels
 
 
 @pytest.mark.parametrize("name", ["densenet_like", "inception_like"])

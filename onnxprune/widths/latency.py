@@ -45,7 +45,7 @@ from ..graph.timing import interleaved, medians_ms
 from ..passes.surgery import prune_channels
 from ..progress import Progress
 from .budget import Counts, fit_budget, uniform
-from .pro import allowed_counts, optimize_counts
+from .pro import Keep, Reconstructions, allowed_counts, optimize_counts
 
 FORMAT = "onnxprune-latency-table/1"
 CHECK_RATIOS = (0.25, 0.5, 0.75)  # uniform widths whose whole models are timed to fit and check the scale
@@ -274,6 +274,7 @@ class LatencyFit:
     attempts: list[dict] = field(default_factory=list)  # each fitted budget and what it measured
     measured_original_ms: float | None = None  # the final model against the original, one interleaved run
     measured_ms: float | None = None
+    rankings: dict[str, float] = field(default_factory=dict)  # with PRO: final-output error of each ranking's widths
 
     def measure_result(self, original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
         """Time the pruned model against the original, where the table was measured here."""
@@ -293,6 +294,7 @@ class LatencyFit:
             "measured_fraction": (self.measured_ms / self.measured_original_ms
                                   if self.measured_ms is not None and self.measured_original_ms else None),
             "attempts": self.attempts,
+            "pro_rankings": self.rankings,
             "groups": [{"group": g, "channels": k, "ms": table.group_ms(g, k),
                         "full_ms": table.group_ms(g, max(table.steps[g]))} for g, k in sorted(self.counts.items())],
         }
@@ -300,12 +302,15 @@ class LatencyFit:
 
 def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, channels: Counts, goal: LatencyGoal,
                    calibration, progress: Progress, keep_for: Callable[[Counts], dict[int, np.ndarray]],
-                   ) -> tuple[Counts, list, LatencyFit]:
+                   macs: Callable[[Keep], int]) -> tuple[Counts, list, LatencyFit]:
     """Counts whose latency is at most ``goal.fraction`` of the original's.
 
     The table is measured here (``profile``) or read from ``goal.table``. Widths are fitted on
-    the table's prediction (uniform bisection and give-back, or PRO ranking steps by final-output
-    error per microsecond saved). Measured here, the chosen widths are also timed as a whole
+    the table's prediction: uniform bisection and give-back, or PRO. PRO runs twice, ranking
+    steps by final-output error per microsecond saved and per MAC saved (``macs``), both down
+    to the same predicted latency, and keeps the widths with the smaller error: per microsecond
+    is the natural rank, but the table's noise can make it cut a layer whose error per MAC is
+    high, and then per MAC is the better route to the same speed. Measured here, the chosen widths are also timed as a whole
     model; while that misses the target by more than 2 %, the budget is scaled by the miss and the
     widths fitted again (at most 3 times; PRO once more only if the miss is over 10 %)."""
     if goal.table is None:
@@ -331,18 +336,27 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
             f"frozen groups untouched) keeps {fastest:.3f} of the latency "
             f"({'measured' if goal.table is None else 'predicted'}, batch {goal.target.batch})")
     trace: list = []
+    rankings: dict[str, float] = {}
+    rebuilt = None  # the data method's reconstructions, shared by every PRO run
 
     def fit(budget_ms: float) -> Counts | None:
-        nonlocal trace
+        nonlocal trace, rebuilt
         if not goal.pro:
             return fit_budget(channels, table.predict, budget_ms, goal.round_to)
+        if method.reconstructs and rebuilt is None:
+            rebuilt = Reconstructions(normalized, analysis, method, channels, calibration, progress)
         microseconds = lambda keep: round(1000 * table.predict({g: len(k) for g, k in keep.items()}))  # noqa: E731
-        counts, trace = optimize_counts(normalized, analysis, method, channels, microseconds, 1000 * budget_ms,
-                                        calibration, goal.round_to, goal.pro_samples, progress)
-        return counts
+        runs = {name: optimize_counts(normalized, analysis, method, channels, microseconds, 1000 * budget_ms,
+                                      calibration, goal.round_to, goal.pro_samples, progress, rank, rebuilt)
+                for name, rank in (("per microsecond", microseconds), ("per MAC", macs))}
+        rankings.clear()
+        rankings.update({name: choice.error for name, choice in runs.items()})
+        best = runs[min(rankings, key=rankings.get)]
+        trace = best.steps
+        return best.counts
 
     counts = fit(budget)
-    result = LatencyFit(goal, table, counts, table.predict(counts), goal.table is None)
+    result = LatencyFit(goal, table, counts, table.predict(counts), goal.table is None, rankings=dict(rankings))
     if goal.table is None and any(counts[g] < n for g, n in channels.items()):
         for attempt in range(3):
             full_ms, got_ms = measure(normalized, [prune_channels(normalized, analysis, keep_for(counts))],
@@ -356,5 +370,5 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
             if table.predict(deepest) > budget:
                 break
             counts = fit(budget)
-        result.counts, result.predicted_ms = counts, table.predict(counts)
+        result.counts, result.predicted_ms, result.rankings = counts, table.predict(counts), dict(rankings)
     return counts, trace, result

@@ -6,9 +6,12 @@ statistics of the original model, ``Reconstructions``; l1: filter norms). Then, 
     for every group g: candidate = one more step of g's order removed (its consumers
                        reconstructed independently, from the original model's statistics)
     increase(g) = mean ||f(x) - f_candidate(x)||^2 - mean ||f(x) - f_current(x)||^2
-    commit argmin_g increase(g) / (cost(current) - cost(candidate))
+    commit argmin_g increase(g) / (rank(current) - rank(candidate))
 
-until the cost (MACs or parameters) is within the target. Lazy evaluation keeps it
+until the cost (MACs, parameters or predicted latency) is within the target; ``rank`` is
+the cost itself unless another is given (--keep-latency also tries ranking by MACs and
+keeps whichever ends with the smaller error: per microsecond, a noisy table can favour
+steps that cost more accuracy). Lazy evaluation keeps it
 fast: after a commit only the committed group's next step is re-measured, and every
 group is re-measured every few commits (the others' increases change little). For a
 method that reconstructs, a candidate is a weight variant (variants.py: zero rows for
@@ -58,6 +61,13 @@ class ProStep:
     error: float  # mean squared final-output error after this step
 
 
+@dataclass(frozen=True)
+class ProChoice:
+    counts: Counts
+    steps: list[ProStep]  # the commits, before channels were given back
+    error: float  # mean squared final-output error at ``counts`` (independent reconstruction)
+
+
 def allowed_counts(n: int, round_to: int, step: int) -> list[int]:
     """Counts a group may take on its way down: n, then multiples of round_to, ``step`` apart at least."""
     counts, k = [n], n
@@ -78,16 +88,24 @@ class Candidates(Protocol):
     def commit(self, counts: Counts, group: int) -> None:
         """Make ``counts`` (changed in ``group``) the committed widths."""
 
+    def at(self, counts: Counts) -> np.ndarray:
+        """The output with ``counts``, which may differ from the committed ones anywhere."""
+
 
 def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
                     cost: Callable[[Keep], int], budget: float, calib: Calibration, round_to: int, samples: int,
-                    progress: Progress = no_progress) -> tuple[Counts, list[ProStep]]:
-    """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO."""
+                    progress: Progress = no_progress, rank: Callable[[Keep], int] | None = None,
+                    rebuilt: Reconstructions | None = None) -> ProChoice:
+    """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO with
+    steps ranked by error added per ``rank`` saved (default: per ``cost`` saved). ``rebuilt``:
+    the data method's reconstructions, when a caller runs PRO more than once."""
+    rank = cost if rank is None else rank
     feeds = _first_samples(calib, samples)
     output = normalized.graph.output[0].name
     candidates: Candidates
     if method.reconstructs:
-        rebuilt = Reconstructions(normalized, analysis, method, channels, calib, progress)
+        if rebuilt is None:
+            rebuilt = Reconstructions(normalized, analysis, method, channels, calib, progress)
         orders = rebuilt.orders
     else:
         orders = method.orders(analysis, channels)
@@ -107,15 +125,19 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
         candidates = PrunedCandidates(normalized, analysis, channels, keep_of, feeds, output, calib)
     reference = candidates.evaluate({}, None).astype(np.float64)
 
-    def error(counts: Counts, changed: int) -> float:
-        out = candidates.evaluate(counts, changed).astype(np.float64)
+    def distance(out: np.ndarray) -> float:
+        out = out.astype(np.float64)
         return float(np.mean(np.sum((out - reference) ** 2, axis=tuple(range(1, out.ndim)))))
 
+    def error(counts: Counts, changed: int) -> float:
+        return distance(candidates.evaluate(counts, changed))
+
     current_cost = cost(keep_of(counts_at(position)))
+    current_rank = rank(keep_of(counts_at(position)))
     current_error = 0.0
     commits = 0
-    # group -> (increase per cost saved, cost, error, commits when measured)
-    measured: dict[int, tuple[float, int, float, int]] = {}
+    # group -> (increase per rank saved, cost, rank, error, commits when measured)
+    measured: dict[int, tuple[float, int, int, float, int]] = {}
     trace: list[ProStep] = []
 
     def measure(g: int) -> None:
@@ -123,8 +145,10 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
             measured.pop(g, None)
             return
         trial = counts_at({**position, g: position[g] + 1})
-        c, e = cost(keep_of(trial)), error(trial, g)
-        measured[g] = ((e - current_error) / max(current_cost - c, 1), c, e, commits)
+        keep = keep_of(trial)
+        c, e = cost(keep), error(trial, g)
+        r = c if rank is cost else rank(keep)
+        measured[g] = ((e - current_error) / max(current_rank - r, 1), c, r, e, commits)
 
     with progress("PRO: choosing per-layer widths", max(1, int(current_cost - budget))) as advance:
         while current_cost > budget:
@@ -135,10 +159,10 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
                 if not measured:
                     raise OnnxPruneError("PRO cannot reach the target: every group is at its smallest width")
                 g = min(measured, key=lambda k: measured[k][0])
-                if measured[g][3] == commits:
+                if measured[g][4] == commits:
                     break
                 measure(g)
-            _, new_cost, current_error, _ = measured.pop(g)
+            _, new_cost, current_rank, current_error, _ = measured.pop(g)
             advance(int(current_cost - new_cost))
             current_cost = new_cost
             position[g] += 1
@@ -156,7 +180,8 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
                 trial = {**counts, g: min(channels[g], counts[g] + round_to)}
                 if cost(keep_of(trial)) <= budget:
                     counts, grew = trial, True
-    return counts, trace
+    given_back = counts != counts_at(position)
+    return ProChoice(counts, trace, distance(candidates.at(counts)) if given_back else current_error)
 
 
 class Reconstructions:
@@ -262,6 +287,10 @@ class VariantCandidates:
         else:
             self.variants.commit(self.params(counts, group))
 
+    def at(self, counts: Counts) -> np.ndarray:
+        self.rebase(counts)
+        return self.evaluate(counts, None)
+
 
 class PrunedCandidates:
     """Candidates as pruned models, each run from the first node its group touches."""
@@ -281,6 +310,9 @@ class PrunedCandidates:
 
     def commit(self, counts: Counts, group: int) -> None:
         self.cuts.update(prune_channels(self.normalized, self.analysis, self.keep_of(counts)), self.cut[group])
+
+    def at(self, counts: Counts) -> np.ndarray:
+        return self.cuts.run(prune_channels(self.normalized, self.analysis, self.keep_of(counts)), 0, [self.output])[0]
 
 
 def _first_samples(calib: Calibration, samples: int) -> dict[str, np.ndarray]:
