@@ -13,12 +13,17 @@ set. Models under tests/data/real (no labels) and a YOLOv8n-architecture model m
 tools/make_yolo.py can be added with --extra PATH[:INPUT=D0,D1,...] (the shape fixes dynamic
 dims, batch first): they are pruned with 64 random calibration inputs and compared by speed
 and output agreement with the original on those inputs. Writes a markdown page.
+
+On a shared machine, --timing-prefix runs only the commands that time models (the latency
+prunes and the bench runs) under a prefix, e.g. one that raises their priority or pauses
+other work (`--timing-prefix "nice -n -10"`); pruning by MACs and evaluation run plainly.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -32,8 +37,13 @@ CALIB = ROOT / "models" / "fmnist_calib.npz"
 TEST = ROOT / "models" / "fmnist_test.npz"
 
 
-def onnxprune(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True, text=True)
+PREFIX: list[str] = []  # --timing-prefix
+
+
+def onnxprune(*args: str, timed: bool = False) -> subprocess.CompletedProcess:
+    prefix = PREFIX if timed else []
+    return subprocess.run([*prefix, sys.executable, "-m", "onnxprune", *map(str, args)], capture_output=True,
+                          text=True)
 
 
 def random_calib(model: Path, folder: Path, shape: str | None, samples: int = 64) -> Path:
@@ -56,10 +66,11 @@ def random_calib(model: Path, folder: Path, shape: str | None, samples: int = 64
 
 
 def prune(model: Path, out: Path, calib: Path, target: list[str], threads: int, round_to: int,
-          shape: list[str]) -> dict:
+          shape: list[str], pro_samples: int, method: str = "reap") -> dict:
     start = time.perf_counter()
-    done = onnxprune("prune", model, "-o", out, "--method", "reap", "--pro", "--calib", calib, *target,
-                     "--round-to", round_to, "--threads", threads, *shape, "--json", "-q")
+    data = ["--pro", "--calib", calib, "--pro-samples", pro_samples] if method != "l1" else []
+    done = onnxprune("prune", model, "-o", out, "--method", method, *data, *target, "--round-to", round_to,
+                     "--threads", threads, *shape, "--json", "-q", timed="--keep-latency" in target)
     if done.returncode:
         return {"error": done.stderr.strip().removeprefix("error: ")}
     report = json.loads(done.stdout)
@@ -73,11 +84,18 @@ def main() -> None:
     p.add_argument("--extra", nargs="*", default=[], help="unlabelled models PATH[:INPUT=D0,D1,...]")
     p.add_argument("--keep", nargs="+", type=float, default=[0.5, 0.35])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--runs", type=int, default=50)
+    p.add_argument("--runs", type=int, default=50, help="bench runs per model at batch 1")
+    p.add_argument("--runs32", type=int, default=10, help="bench runs per model at batch 32")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--samples", type=int, default=64, help="random calibration inputs for --extra models")
+    p.add_argument("--pro-samples", type=int, default=256)
+    p.add_argument("--timing-prefix", default="", help="command prefix for the runs that time models")
+    p.add_argument("--extra-method", default="reap", choices=["reap", "l1"],
+                   help="method for --extra models (l1: no data, no PRO: widths from the table alone, for speed)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "KEEP_LATENCY.md")
     p.add_argument("--plot", type=Path)
     args = p.parse_args()
+    PREFIX[:] = shlex.split(args.timing_prefix)
     command = "python tools/bench_keep_latency.py " + " ".join(sys.argv[1:])
     rows, points = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,22 +104,26 @@ def main() -> None:
         for extra in args.extra:
             path, _, shape = extra.partition(":")
             path = Path(path)
-            sources.append((path.stem, path, random_calib(path, tmp, shape or None), False, shape or None))
+            sources.append((path.stem, path, random_calib(path, tmp, shape or None, args.samples), False, shape or None))
         for name, model, calib, labelled, shape in sources:
             shape_args = ["--input-shape", shape] if shape else []
             variants = []
             for keep in args.keep:
                 out = tmp / f"{name}_lat{keep}.onnx"
-                report = prune(model, out, calib, ["--keep-latency", str(keep)], args.threads, 8, shape_args)
+                method = "reap" if labelled else args.extra_method
+                report = prune(model, out, calib, ["--keep-latency", str(keep)], args.threads, 8, shape_args,
+                               args.pro_samples, method)
                 if "error" in report:
                     rows.append((name, f"latency {keep}", report["error"], *[""] * 7))
                     continue
-                variants.append((f"latency {keep}", out, report))
+                rankings = report["latency"].get("pro_rankings") or {}
+                ranked = f" ({min(rankings, key=rankings.get)})" if rankings else ""
+                variants.append((f"latency {keep}{ranked}", out, report))
                 macs = report["macs_after"] / report["macs_before"]
                 for round_to in (8, 16):
                     out_m = tmp / f"{name}_mac{keep}_{round_to}.onnx"
                     mac_report = prune(model, out_m, calib, ["--keep-flops", f"{macs:.4f}"], args.threads, round_to,
-                                       shape_args)
+                                       shape_args, args.pro_samples, method)
                     if "error" in mac_report:
                         rows.append((name, f"flops {macs:.3f}, round-to {round_to}", mac_report["error"], *[""] * 7))
                     else:
@@ -110,10 +132,11 @@ def main() -> None:
                 continue
             speed: dict[tuple[str, int], list[float]] = {}
             for _ in range(args.repeats):
-                bench = onnxprune("bench", model, *[v[1] for v in variants], "--runs", args.runs, "--threads",
-                                  args.threads, "--batch", 1, "--batch", 32, *shape_args, "--json")
-                for r in json.loads(bench.stdout):
-                    speed.setdefault((r["model"], r["batch"]), []).append(r["speedup"])
+                for batch, runs in ((1, args.runs), (32, args.runs32)):
+                    bench = onnxprune("bench", model, *[v[1] for v in variants], "--runs", runs, "--threads",
+                                      args.threads, "--batch", batch, *shape_args, "--json", timed=True)
+                    for r in json.loads(bench.stdout):
+                        speed.setdefault((r["model"], r["batch"]), []).append(r["speedup"])
             original = json.loads(onnxprune("eval", model, "--data", TEST, "--json").stdout) if labelled else None
             for label, out, report in variants:
                 if labelled:
@@ -136,11 +159,14 @@ def main() -> None:
                     points.append((name, label.split()[0], float(np.median(b1)), quality))
     lines = ["# Pruning to a latency target", "",
              f"Produced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}, on this 2-core machine: onnxruntime "
-             f"CPU provider, all graph optimisations, {args.threads} threads. Every row is REAP + PRO with 1,024 "
-             "calibration images (random inputs for unlabelled models). `latency F` prunes to --keep-latency F "
-             "(table measured here at batch 1); `flops M` prunes to --keep-flops M, the MAC fraction the latency "
+             f"CPU provider, all graph optimisations, {args.threads} threads. Every row is REAP + PRO "
+             f"(--extra models: {'l1, no PRO' if args.extra_method == 'l1' else 'REAP + PRO'}) "
+             f"({args.pro_samples} PRO samples) with 1,024 calibration images ({args.samples} random inputs for "
+             "unlabelled models). `latency F` prunes to --keep-latency F (table measured here at batch 1; in "
+             "brackets the PRO ranking it kept); `flops M` prunes to --keep-flops M, the MAC fraction the latency "
              "prune kept, so the two have the same MAC budget. Speedups are medians of "
-             f"{args.repeats} interleaved `onnxprune bench` runs ({args.runs} runs each) with their range; "
+             f"{args.repeats} interleaved `onnxprune bench` runs ({args.runs} runs each at batch 1, {args.runs32} "
+             "at batch 32) with their range; "
              "'in prune' is what --keep-latency measured on its own at the end of the prune.", "",
              "| model | target | MACs kept | predicted | in prune | speedup batch 1 | speedup batch 32 | accuracy "
              "(vs original) | prune time | table time |",
