@@ -85,16 +85,19 @@ class NetBuilder:
             pads=[pad] * 4, dilations=[dilation] * 2, group=group,
         )
 
-    def conv_transpose(self, x, cout, k=2, stride=2, bias=True):
-        """ConvTranspose without padding, weights [cin, cout, k, k]."""
+    def conv_transpose(self, x, cout, k=2, stride=2, bias=True, pad=0, output_padding=0, dilation=1):
+        """ConvTranspose, weights [cin, cout, k, k]; by default without padding."""
         name, cin = self._fresh("convtranspose"), self.channels[x]
         weight = self.rng.normal(0, np.sqrt(2 / (cin * k * k)), (cin, cout, k, k))
         inputs = [x, self._const(f"{name}.weight", weight)]
         if bias:
             inputs.append(self._const(f"{name}.bias", self.rng.normal(0, 0.1, cout)))
-        hw = (self.hw[x] - 1) * stride + k
+        hw = (self.hw[x] - 1) * stride + (k - 1) * dilation + 1 - 2 * pad + output_padding
+        extra = {"pads": [pad] * 4} if pad else {}
+        extra.update({"output_padding": [output_padding] * 2} if output_padding else {})
+        extra.update({"dilations": [dilation] * 2} if dilation != 1 else {})
         return self._emit(
-            "ConvTranspose", name, inputs, cout, hw, kernel_shape=[k, k], strides=[stride] * 2
+            "ConvTranspose", name, inputs, cout, hw, kernel_shape=[k, k], strides=[stride] * 2, **extra
         )
 
     def bn(self, x):
@@ -505,6 +508,18 @@ def convtranspose_net(channels=8, seed=0):
     return _classifier(b, b.conv_bn_act(x, channels))
 
 
+def unet_like(channels=8, seed=0):
+    """A U-Net-style decoder: conv-bn-relu (the skip) -> stride-2 conv-bn-relu -> ConvTranspose(3x3,
+    stride 2, pad 1, output_padding 1)-bn-relu, concatenated with the skip -> conv-bn-relu ->
+    ConvTranspose(2x2, stride 2)-relu (16x16); every group is read by a ConvTranspose or next to one."""
+    b = NetBuilder(3, seed=seed)
+    skip = b.conv_bn_act("input", channels)
+    x = b.conv_bn_act(skip, 2 * channels, stride=2)
+    x = b.relu(b.bn(b.conv_transpose(x, channels, k=3, stride=2, pad=1, output_padding=1)))
+    x = b.conv_bn_act(b.concat([x, skip]), channels)
+    return _classifier(b, b.relu(b.conv_transpose(x, channels, k=2, stride=2)))
+
+
 def matmul_head_net(channels=8, seed=0):
     """conv-bn-relu -> GAP -> Reshape [0, -1] -> MatMul(10) + bias (no Gemm)."""
     b = NetBuilder(3, seed=seed)
@@ -517,7 +532,7 @@ FACTORIES = {
     for f in (
         conv_chain, basic_block_net, bottleneck_net, densenet_like, inception_like, c2f_like, sppf_like,
         mobilenetv2_block_net, se_net, flatten_gemm_net, grouped_conv_net, shuffle_net,
-        convtranspose_net, matmul_head_net,
+        convtranspose_net, unet_like, matmul_head_net,
     )
 }
 
@@ -564,6 +579,7 @@ _PARAMS = {
     "grouped_conv_net": st.fixed_dictionaries({"groups": _groups, "channels": _channels}),
     "shuffle_net": st.fixed_dictionaries({"groups": _groups, "channels": _channels}),
     "convtranspose_net": st.fixed_dictionaries({"channels": _channels}),
+    "unet_like": st.fixed_dictionaries({"channels": _channels}),
     "matmul_head_net": st.fixed_dictionaries({"channels": _channels}),
 }
 

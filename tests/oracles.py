@@ -13,7 +13,10 @@ from onnxprune.methods.least_squares import (Elimination, Parts, Problem, column
 
 def patches(x: np.ndarray, c: Consumer) -> np.ndarray:
     """im2col by loops: rows (sample, output row, output column), columns channel*K + tap, for a
-    Conv consumer; a flattened (sample, features) matrix for a Gemm/MatMul one."""
+    Conv consumer (a ConvTranspose one: ``transposed_patches``); a flattened (sample, features)
+    matrix for a Gemm/MatMul one."""
+    if c.op == "ConvTranspose":
+        return transposed_patches(x, c)
     if c.op != "Conv":
         return x.reshape(len(x), -1)
     (kh, kw), (sh, sw), (dh, dw) = c.kernel, c.strides, c.dilations
@@ -28,6 +31,27 @@ def patches(x: np.ndarray, c: Consumer) -> np.ndarray:
                 for b in range(kw):
                     r, s = i * sh + a * dh - pt, j * sw + b * dw - pl
                     if 0 <= r < h and 0 <= s < w:
+                        rows[:, i, j, :, a, b] = x[:, :, r, s]
+    return rows.reshape(n * ho * wo, ch * kh * kw)
+
+
+def transposed_patches(x: np.ndarray, c: Consumer) -> np.ndarray:
+    """A ConvTranspose consumer's patches by its definition: input pixel q of channel ch sends
+    tap t to output pixel p = q*s + t*d - begin pad (dropped outside the output); rows (sample,
+    output row, output column), columns ch*K + tap. ``c.pads`` ends are the end pads less
+    output_padding, so the output is s*(L-1) + (k-1)*d + 1 - begin - end long."""
+    (kh, kw), (sh, sw), (dh, dw) = c.kernel, c.strides, c.dilations
+    bt, bl, et, el = c.pads
+    n, ch, h, w = x.shape
+    ho = (h - 1) * sh + (kh - 1) * dh + 1 - bt - et
+    wo = (w - 1) * sw + (kw - 1) * dw + 1 - bl - el
+    rows = np.zeros((n, ho, wo, ch, kh, kw), dtype=x.dtype)
+    for r in range(h):
+        for s in range(w):
+            for a in range(kh):
+                for b in range(kw):
+                    i, j = r * sh + a * dh - bt, s * sw + b * dw - bl
+                    if 0 <= i < ho and 0 <= j < wo:
                         rows[:, i, j, :, a, b] = x[:, :, r, s]
     return rows.reshape(n * ho * wo, ch * kh * kw)
 

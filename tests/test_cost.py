@@ -83,7 +83,7 @@ def test_matmul_counts_the_inner_dimension():
 
 
 @pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "densenet_like", "inception_like", "c2f_like",
-                                  "mobilenetv2_block_net", "se_net", "flatten_gemm_net", "convtranspose_net",
+                                  "mobilenetv2_block_net", "se_net", "flatten_gemm_net", "convtranspose_net", "unet_like",
                                   "matmul_head_net"])
 def test_predictors_match_a_recount_of_the_pruned_model(name):
     """The MAC and parameter predictors (which fit --keep-flops and --keep-params) agree exactly

@@ -70,11 +70,12 @@ def test_redundant_channels_go_first_with_no_error(method, kind):
     assert rel_error(model, pruned, random_feeds(model, batch=8, seed=9)) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "flatten_gemm_net"])
+@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "flatten_gemm_net", "convtranspose_net"])
 def test_reap_keeps_what_brute_force_reap_keeps(name):
     """The first group is chosen from the original model's statistics (fit + holdout): REAP end to
     end keeps exactly the channels that REAP by brute force (a fresh ridge solve for every
-    candidate at every step) keeps, whatever its consumers (3x3 convs, 1x1 projections, a Gemm)."""
+    candidate at every step) keeps, whatever its consumers (3x3 convs, 1x1 projections, a Gemm,
+    a ConvTranspose)."""
     model = FACTORIES[name]()
     normalized, _ = normalize(model)
     analysis = analyze(normalized)
@@ -123,15 +124,18 @@ def test_graph_statistics_give_the_same_pruning_as_host_statistics(name):
 
 
 def test_groups_that_cannot_be_reconstructed_are_left_alone_and_reported():
-    model = FACTORIES["convtranspose_net"]()  # a ConvTranspose reads the first group
+    b = NetBuilder(3, seed=0)  # a MatMul without a bias Add reads the second group
+    x = b.reshape_flatten(b.gap(b.conv_bn_act(b.conv_bn_act("input", 8), 8)))
+    weight = b._const("head.weight", b.rng.normal(0, 0.5, (8, 10)))
+    model = b.model(b._emit("MatMul", "head", [x, weight], 10, None))
     normalized, _ = normalize(model)
     plans, reasons = reconstructable(analyze(normalized))
-    assert reasons and all("weights of this op are not reconstructed" in why for why in reasons.values())
+    assert reasons and all("has no bias Add after it" in why for why in reasons.values())
     result = prune(model, PruneConfig(method=Method.REAP, ratio=0.5, round_to=1), calibration(model))
     for change in result.groups:
         if change.group.id in reasons:
             assert change.channels_after == change.group.channels and change.not_reconstructable
-    assert "weights of this op are not reconstructed" in json.dumps(result.to_json())
+    assert "has no bias Add after it" in json.dumps(result.to_json())
 
 
 @pytest.mark.parametrize("name", ["densenet_like", "inception_like", "c2f_like", "c2f_slice", "sppf_like"])

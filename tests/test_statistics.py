@@ -32,7 +32,8 @@ def strided_conv_net():
 
 
 @pytest.mark.parametrize("model", [strided_conv_net(), FACTORIES["basic_block_net"](), FACTORIES["flatten_gemm_net"](),
-                                   FACTORIES["matmul_head_net"](), FACTORIES["mobilenetv2_block_net"]()])
+                                   FACTORIES["matmul_head_net"](), FACTORIES["mobilenetv2_block_net"](),
+                                   FACTORIES["unet_like"]()])
 def test_patches_times_weights_give_the_layer_output(model):
     normalized, analysis, consumers = setup(model)
     assert consumers
@@ -54,7 +55,7 @@ def batches_of(feeds, sizes):
     return batches
 
 
-@pytest.mark.parametrize("factory", ["basic_block_net", "flatten_gemm_net", "densenet_like"])
+@pytest.mark.parametrize("factory", ["basic_block_net", "flatten_gemm_net", "densenet_like", "unet_like"])
 def test_statistics_add_up_over_any_batch_split_and_host_equals_graph(factory):
     normalized, analysis, consumers = setup(FACTORIES[factory]())
     feeds = random_feeds(normalized, batch=8, seed=5)

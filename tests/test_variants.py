@@ -60,7 +60,7 @@ def check_variants(model, feeds, seed=0, steps=3, budget=1 << 30, rtol=1e-4, ato
 @pytest.mark.parametrize("budget", [0, 1 << 30])
 @pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "bottleneck_net", "flatten_gemm_net",
                                   "mobilenetv2_block_net", "matmul_head_net", "inception_like",
-                                  "densenet_like"])
+                                  "densenet_like", "unet_like"])
 def test_a_variant_equals_the_pruned_model(name, budget):
     model = FACTORIES[name]()
     assert check_variants(model, random_feeds(model, batch=3, seed=1), seed=2, steps=4, budget=budget) > 0

@@ -1,4 +1,8 @@
-"""Consumers: the layers that read a group's channels into their weights, described in im2col terms, and which groups the data methods can reconstruct."""
+"""Consumers: the layers that read a group's channels into their weights, described in im2col terms, and which groups the data methods can reconstruct.
+
+A ConvTranspose consumer is described by its own attributes, its pads made explicit
+(auto_pad and output_shape resolved as onnxruntime does); calibration/transposed.py turns it
+into the equivalent direct convolution."""
 
 from __future__ import annotations
 
@@ -15,14 +19,14 @@ class Consumer:
     """A layer that reads a group's channels into its weights, in im2col terms."""
 
     node: str
-    op: str  # Conv, Gemm or MatMul
+    op: str  # Conv, ConvTranspose, Gemm or MatMul
     input: str
     output: str
     channels: int  # n: input channels
     taps: int  # K
     kernel: tuple[int, ...] = ()
     strides: tuple[int, ...] = ()
-    pads: tuple[int, ...] = ()  # begin..., end...
+    pads: tuple[int, ...] = ()  # begin..., end... (ConvTranspose: end less output_padding, may be < 0)
     dilations: tuple[int, ...] = ()
 
     @property
@@ -47,6 +51,8 @@ def consumer_of(node: gs.Node, analysis: Analysis) -> Consumer | str:
         pads = _conv_pads(node, in_shape[2:], kernel, strides, dilations)
         return Consumer(node.name, "Conv", x.name, y.name, in_shape[1], int(np.prod(kernel)),
                         kernel, strides, pads, dilations)
+    if node.op == "ConvTranspose":
+        return _conv_transpose(node, in_shape, analysis.shapes.get(y.name))
     if node.op in ("Gemm", "MatMul"):
         if len(in_shape) != 2:
             return f"{node.op} node '{node.name}': input is not 2-D"
@@ -69,6 +75,47 @@ def _conv_pads(node: gs.Node, spatial, kernel, strides, dilations) -> tuple[int,
         begin.append(small if auto == "SAME_UPPER" else big)
         end.append(big if auto == "SAME_UPPER" else small)
     return tuple(begin + end)
+
+
+def _conv_transpose(node: gs.Node, in_shape, out_shape) -> Consumer | str:
+    x, y = node.inputs[0], node.outputs[0]
+    if int(node.attrs.get("group", 1)) != 1 or len(in_shape) != 4:
+        return f"ConvTranspose node '{node.name}': only 2-D transposed convolutions with group=1 are reconstructed"
+    kernel = tuple(int(k) for k in node.inputs[1].values.shape[2:])
+    strides = tuple(int(s) for s in node.attrs.get("strides", (1, 1)))
+    dilations = tuple(int(d) for d in node.attrs.get("dilations", (1, 1)))
+    pads = _transposed_pads(node, in_shape[2:], kernel, strides, dilations)
+    size = tuple(s * (n - 1) + (k - 1) * d + 1 - b - e
+                 for n, k, s, d, b, e in zip(in_shape[2:], kernel, strides, dilations, pads[:2], pads[2:]))
+    if out_shape is None or tuple(out_shape[2:]) != size:  # a resolution onnxruntime does not share
+        return f"ConvTranspose node '{node.name}': output size {out_shape} is not the {size} its attributes give"
+    return Consumer(node.name, "ConvTranspose", x.name, y.name, in_shape[1], int(np.prod(kernel)),
+                    kernel, strides, pads, dilations)
+
+
+def _transposed_pads(node: gs.Node, spatial, kernel, strides, dilations) -> tuple[int, ...]:
+    """A ConvTranspose's begin pads, then its end pads less output_padding, so that its output
+    size is s*(L-1) + (k-1)*d + 1 - begin - end. With output_shape (out) or auto_pad SAME the
+    total padding is t = s*(L-1) + output_padding + (k-1)*d + 1 - out, as onnxruntime takes it
+    (tests/test_conv_transpose.py checks it against onnxruntime): SAME takes out = L*s and
+    t >= 0; the begin pad is t//2 for SAME_UPPER, else t - t//2, 0 where t < 0 (an
+    output_shape beyond the unpadded output extends its end)."""
+    n = len(kernel)
+    extra = tuple(node.attrs.get("output_padding", (0,) * n))
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    shape = node.attrs.get("output_shape")
+    if shape is None and auto not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = (0,) * 2 * n if auto == "VALID" else tuple(node.attrs.get("pads", (0,) * 2 * n))
+        begin, end = pads[:n], pads[n:]
+    else:
+        outs = tuple(shape)[-n:] if shape is not None else tuple(size * s for size, s in zip(spatial, strides))
+        total = [s * (size - 1) + o + (k - 1) * d + 1 - out
+                 for size, k, s, d, o, out in zip(spatial, kernel, strides, dilations, extra, outs)]
+        total = total if shape is not None else [max(t, 0) for t in total]
+        begin = tuple(max(t, 0) // 2 if auto == "SAME_UPPER" else max(t, 0) - max(t, 0) // 2 for t in total)
+        end = tuple(t - b for t, b in zip(total, begin))
+    return tuple(int(b) for b in begin) + tuple(int(e - o) for e, o in zip(end, extra))
 
 
 def reconstructable(analysis: Analysis) -> tuple[dict[int, tuple[Consumer, ...]], dict[int, str]]:

@@ -1,10 +1,12 @@
 """Calibration statistics, streamed through onnxruntime: im2col second-order statistics per consumer, reduced on the host or in a graph.
 
-For a consumer (a Conv, or a Gemm/MatMul after Flatten) reading n channels with
-K taps each (kh*kw for a Conv, H*W for a flattened map):
+For a consumer (a Conv, a ConvTranspose, or a Gemm/MatMul after Flatten) reading n
+channels with K taps each (kh*kw for a Conv or ConvTranspose, H*W for a flattened map):
 
     X  = its input patches, one row per sample and output position (im2col),
-         columns c*K + tap (the order of W.reshape(m, n*K)), plus a ones column;
+         columns c*K + tap (the order of W.reshape(m, n*K); for a ConvTranspose, whose
+         W is (n, m, kh, kw), of W.transpose(0, 2, 3, 1).reshape(n*K, m), its patches
+         those of the direct convolution it equals: transposed.py), plus a ones column;
     Y  = the ORIGINAL model's consumer output (BatchNorm folded, before activation).
 
 Only second-order statistics leave a batch: G = X^T X, C = X^T Y, sum(Y^2) and the
@@ -32,6 +34,7 @@ from ..errors import OnnxPruneError
 from ..graph.probe import probe_model
 from ..graph.runtime import CPU, run_all, session
 from .layer_stats import LayerStats
+from .transposed import direct_input, direct_pads
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 HOLDOUT_EVERY = 4  # every 4th calibration batch is held out to choose the ridge
@@ -60,16 +63,21 @@ def augmented(x: np.ndarray, c: Consumer, dtype: np.dtype) -> np.ndarray:
     """Xa = [im2col(x) 1] of ``dtype``, written in one pass (the cast included): rows (sample,
     output position), columns channel*K + tap, then the ones column."""
     n = x.shape[0]
-    if c.op != "Conv":
+    if c.op not in ("Conv", "ConvTranspose"):
         out = np.empty((n, x[0].size + 1), dtype)
         out[:, :-1] = x.reshape(n, -1)
         out[:, -1] = 1
         return out
-    (kh, kw), (sh, sw), (dh, dw) = c.kernel, c.strides, c.dilations
-    pt, pl, pb, pr = c.pads
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    (kh, kw), (dh, dw) = c.kernel, c.dilations
+    if c.op == "ConvTranspose":  # a direct conv, stride 1, of the zero-inserted input (transposed.py)
+        xp, (sh, sw) = direct_input(x, c), (1, 1)
+    else:
+        pt, pl, pb, pr = c.pads
+        xp, (sh, sw) = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))), c.strides
     win = np.lib.stride_tricks.sliding_window_view(xp, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, Ho, Wo, kh, kw]
+    if c.op == "ConvTranspose":
+        win = win[..., ::-1, ::-1]  # the direct conv's kernel is flipped: column t is W[:, :, t]'s
     ch, ho, wo = win.shape[1:4]
     out = np.empty((n * ho * wo, ch * kh * kw + 1), dtype)
     body = out[:, :-1].view()
@@ -107,17 +115,30 @@ def stats_graph(c: Consumer, x_shape: tuple[int, ...], m: int, dtype=np.float32)
     """A small model computing one batch's statistics from inputs ``x`` and ``y`` in onnxruntime.
 
     Conv with one-hot kernels E[c*K + t, c, t] = 1 turns x into its patches exactly
-    (a copy: each output sums one value and zeros); G and C are float64 MatMuls.
+    (a copy: each output sums one value and zeros); G and C are float64 MatMuls. For a
+    ConvTranspose the Conv reads the zero-inserted, padded input (transposed.py) and its
+    kernels are flipped: E[c*K + t, c, K-1-t] = 1.
     """
     elem = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
     nodes, inits = [], []
-    if c.op == "Conv":
+    if c.op in ("Conv", "ConvTranspose"):
         n, k = c.channels, c.taps
+        taps = np.tile(np.arange(k), n)
+        if c.op == "ConvTranspose":
+            # Zeros inserted by a ConvTranspose with identity 1x1 kernels (a copy); Pad crops where < 0.
+            around = direct_pads(c)
+            inits += [numpy_helper.from_array(np.eye(n, dtype=dtype).reshape(n, n, 1, 1), "spread"),
+                      numpy_helper.from_array(np.array([0, 0, *around[:2], 0, 0, *around[2:]], np.int64), "around")]
+            nodes += [helper.make_node("ConvTranspose", ["x", "spread"], ["xu"], strides=list(c.strides)),
+                      helper.make_node("Pad", ["xu", "around"], ["xp"])]
+            source, strides, pads, taps = "xp", [1, 1], [0, 0, 0, 0], k - 1 - taps
+        else:
+            source, strides, pads = "x", list(c.strides), list(c.pads)
         eye = np.zeros((n * k, n, *c.kernel), dtype=dtype)
-        eye[np.arange(n * k), np.repeat(np.arange(n), k), *np.unravel_index(np.tile(np.arange(k), n), c.kernel)] = 1
+        eye[np.arange(n * k), np.repeat(np.arange(n), k), *np.unravel_index(taps, c.kernel)] = 1
         inits.append(numpy_helper.from_array(eye, "eye"))
         nodes += [
-            helper.make_node("Conv", ["x", "eye"], ["cols"], strides=list(c.strides), pads=list(c.pads),
+            helper.make_node("Conv", [source, "eye"], ["cols"], strides=strides, pads=pads,
                              dilations=list(c.dilations)),
             helper.make_node("Transpose", ["cols"], ["cols_t"], perm=[0, 2, 3, 1]),
             helper.make_node("Reshape", ["cols_t", "shape_x"], ["xr"]),

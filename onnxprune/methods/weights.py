@@ -16,6 +16,9 @@ def theta_of(node: gs.Node, c: Consumer) -> np.ndarray:
     if c.op == "Conv":
         weights = w.reshape(w.shape[0], -1).T
         bias = np.asarray(node.inputs[2].values, dtype=np.float64)
+    elif c.op == "ConvTranspose":  # W (n, m, kh, kw): row c*K + t, column o is W[c, o, t]
+        weights = w.reshape(w.shape[0], w.shape[1], -1).transpose(0, 2, 1).reshape(-1, w.shape[1])
+        bias = np.asarray(node.inputs[2].values, dtype=np.float64)
     elif c.op == "Gemm":
         alpha = float(node.attrs.get("alpha", 1.0))
         weights = alpha * (w.T if int(node.attrs.get("transB", 0)) else w)
@@ -45,6 +48,9 @@ def theta_params(c: Consumer, theta: np.ndarray, outputs: np.ndarray, weight: np
     body, last = theta[:-1], theta[-1]
     if c.op == "Conv":
         w[outputs] = body.T.reshape(len(outputs), *w.shape[1:])
+    elif c.op == "ConvTranspose":  # back from rows c*K + t to W[c, o, t]
+        w[:, outputs] = body.reshape(w.shape[0], -1, len(outputs)).transpose(0, 2, 1).reshape(
+            w.shape[0], len(outputs), *w.shape[2:])
     elif trans_b:
         w[outputs] = body.T
     else:
