@@ -126,6 +126,15 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         fraction = config.keep_params if by_params else config.keep_flops
         budget = fraction * (original.params if by_params else original.macs)
         option = "--keep-params" if by_params else "--keep-flops"
+        # checked before fitting: PRO would otherwise find out only at its smallest widths
+        deepest = predict(analysis.removed_mask(keep_for(uniform(channels, 1.0, config.round_to))))
+        if deepest > budget:
+            reference = original.params if by_params else original.macs
+            raise OnnxPruneError(
+                f"{option} {fraction}: unreachable; the deepest pruning allowed "
+                f"(--round-to {config.round_to}, frozen groups untouched) keeps {deepest / reference:.3f} of the "
+                f"{'parameters' if by_params else 'MACs'}"
+            )
         if config.pro:
             choice = optimize_counts(
                 normalized, analysis, method, channels, lambda keep: predict(analysis.removed_mask(keep)),
@@ -134,14 +143,6 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         else:
             counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget,
                                 config.round_to)
-        if counts is None:
-            deepest = predict(analysis.removed_mask(keep_for(uniform(channels, 1.0, config.round_to))))
-            reference = original.params if by_params else original.macs
-            raise OnnxPruneError(
-                f"{option} {fraction}: unreachable; the deepest pruning allowed "
-                f"(--round-to {config.round_to}, frozen groups untouched) keeps {deepest / reference:.3f} of the "
-                f"{'parameters' if by_params else 'MACs'}"
-            )
     done = method.prune(normalized, analysis, counts, calibration, progress)
     pruned, keep, notes = done.model, done.keep, done.notes
     validate(pruned, config.input_shapes)

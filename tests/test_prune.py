@@ -1,5 +1,7 @@
 """Choosing how many and which channels: ratios, --keep-flops, --round-to, L1."""
 
+import sys
+
 import numpy as np
 import pytest
 from builders import FACTORIES, NetBuilder, cnn_models, random_feeds
@@ -146,9 +148,15 @@ def test_keep_flops_on_generated_graphs(model, keep):
     assert result.macs_after <= keep * result.macs_before
 
 
-def test_keep_flops_unreachable_is_a_clear_error():
+def test_keep_flops_unreachable_is_a_clear_error(monkeypatch):
     with pytest.raises(OnnxPruneError, match="unreachable"):
         prune(FACTORIES["conv_chain"](widths=(8, 16, 8)), PruneConfig(keep_flops=0.01, round_to=8))
+    # with PRO too, and before PRO measures anything (it would only fail at its smallest widths)
+    model = FACTORIES["conv_chain"](widths=(8, 16, 8))
+    monkeypatch.setattr(sys.modules["onnxprune.prune"], "optimize_counts", lambda *a, **k: pytest.fail("PRO ran"))
+    with pytest.raises(OnnxPruneError, match="--keep-flops 0.01: unreachable; the deepest pruning allowed"):
+        prune(model, PruneConfig(method=Method.REAP, keep_flops=0.01, round_to=8, pro=True),
+              calibration(model))
 
 
 def test_keep_flops_one_prunes_nothing():
