@@ -20,7 +20,7 @@ from .methods.sequential import LayerNote
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import Progress, no_progress
-from .widths.budget import Counts, fit_budget, uniform
+from .widths.budget import Counts, block_steps, fit_budget, uniform
 from .graph.runtime import providers
 from .widths.latency import LatencyGoal, Target, latency_counts
 from .widths.pro import ProStep, optimize_counts
@@ -108,11 +108,12 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
                              + (f"; not reconstructable: {'; '.join(sorted(set(skipped.values())))}" if skipped else "")
                              + (f"; {len(excluded)} excluded by --exclude" if excluded else ""))
     keep_for = proxy_choice(analysis)
+    steps = block_steps(config.round_to, {g: analysis.groups[g].blocks for g in channels})
 
     trace: list[ProStep] = []
     latency = None
     if config.ratio is not None:
-        counts = uniform(channels, config.ratio, config.round_to)
+        counts = uniform(channels, config.ratio, steps)
     elif config.keep_latency is not None:
         goal = LatencyGoal(config.keep_latency, Target(tuple(providers(config.device)), config.threads,
                                                        config.latency_batch, tuple(config.input_shapes.items())),
@@ -129,13 +130,12 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         if config.pro:
             choice = optimize_counts(
                 normalized, analysis, method, channels, lambda keep: predict(analysis.removed_mask(keep)),
-                budget, calibration, config.round_to, config.pro_samples, progress)
+                budget, calibration, steps, config.pro_samples, progress)
             counts, trace = choice.counts, choice.steps
         else:
-            counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget,
-                                config.round_to)
+            counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget, steps)
         if counts is None:
-            deepest = predict(analysis.removed_mask(keep_for(uniform(channels, 1.0, config.round_to))))
+            deepest = predict(analysis.removed_mask(keep_for(uniform(channels, 1.0, steps))))
             reference = original.params if by_params else original.macs
             raise OnnxPruneError(
                 f"{option} {fraction}: unreachable; the deepest pruning allowed "

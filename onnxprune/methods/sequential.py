@@ -26,6 +26,7 @@ from ..calibration.cache import SegmentRunner, pairs
 from ..calibration.statistics import HOLDOUT_EVERY, Calibration, accumulate
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
+from .grouped import rounds
 from .least_squares import ConsumerFit, Parts, columns, error
 from .scores import l1_scores, select
 from .weights import overlay_weights, theta_of
@@ -69,7 +70,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         n = analysis.groups[gid].channels
         removed = analysis.removed_mask(keep)
         plan = [(c, *group_first(analysis, c, gid, removed, calib.sequential)) for c in plans[gid]]
-        parts = part_quotas(analysis, gid, proxy[gid])
+        parts = part_quotas(analysis, gid, proxy[gid]) or rounds(analysis, gid, len(proxy[gid]))
         target = counts[gid] if parts is None else len(proxy[gid])
         reads = [r for _, r, _, _, _, _ in plan]
         ins, outs = [c.input for c in reads], [c.output for c in reads]

@@ -38,11 +38,13 @@ from ..calibration.cache import Cuts
 from ..calibration.statistics import HOLDOUT_EVERY, Calibration, collect
 from ..errors import OnnxPruneError
 from ..methods.base import DataMethod, SelectionMethod
+from ..methods.grouped import rounds
 from ..methods.least_squares import ConsumerFit, columns
 from ..methods.sequential import group_first
 from ..methods.weights import overlay_weights, theta_of
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
+from .budget import Steps, step_of
 from .variants import Variants
 
 REFRESH_EVERY = 8  # commits between full re-measurements of every group
@@ -93,7 +95,7 @@ class Candidates(Protocol):
 
 
 def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
-                    cost: Callable[[Keep], int], budget: float, calib: Calibration, round_to: int, samples: int,
+                    cost: Callable[[Keep], int], budget: float, calib: Calibration, round_to: Steps, samples: int,
                     progress: Progress = no_progress, rank: Callable[[Keep], int] | None = None,
                     rebuilt: Reconstructions | None = None) -> ProChoice:
     """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO with
@@ -109,7 +111,8 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
         orders = rebuilt.orders
     else:
         orders = method.orders(analysis, channels)
-    ladders = {g: allowed_counts(n, round_to, max(round_to, n // 16)) for g, n in channels.items()}
+    steps = {g: step_of(round_to, g) for g in channels}
+    ladders = {g: allowed_counts(n, steps[g], max(steps[g], n // 16)) for g, n in channels.items()}
     position = {g: 0 for g in channels}  # index into the group's ladder
 
     def keep_of(counts: Counts) -> Keep:
@@ -177,7 +180,7 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
         grew = False
         for g in dict.fromkeys(step.group for step in reversed(trace)):
             if counts[g] < channels[g]:
-                trial = {**counts, g: min(channels[g], counts[g] + round_to)}
+                trial = {**counts, g: min(channels[g], counts[g] + steps[g])}
                 if cost(keep_of(trial)) <= budget:
                     counts, grew = trial, True
     given_back = counts != counts_at(position)
@@ -199,13 +202,22 @@ class Reconstructions:
                                              list(calib.providers), HOLDOUT_EVERY, advance)
         self.nodes = {n.name: n for n in analysis.graph.nodes}
         self.nothing = np.zeros(len(analysis.class_group), dtype=bool)
-        self.plans = {g: method.plan([self._problem(c, g) for c in self.consumers[g]], n) for g, n in channels.items()}
+        self.plans = {g: self._plan(g, n) for g, n in channels.items()}
         self.orders = {g: plan.order for g, plan in self.plans.items()}
         # Classes of other groups that g's consumers read (a Concat): the weights depend on which stay.
         self.others = {g: np.setdiff1d(np.concatenate([analysis.atom_class[analysis.layouts[c.input].atoms]
                                                        for c in self.consumers[g]]), analysis.group_classes[g])
                        for g in channels}
         self._cache: dict[tuple[int, int, bytes], Weights] = {}
+
+    def _plan(self, g: int, n: int):
+        """Group g's full removal order (in rounds, down to one channel per block, for a group
+        that grouped convs cut), chosen on its consumers' problems (``_problem``)."""
+        problems = [self._problem(c, g) for c in self.consumers[g]]
+        blocks = rounds(self.analysis, g, self.analysis.groups[g].blocks)
+        if blocks is None:
+            return self.method.plan(problems, n)
+        return self.method.plan(problems, n, target=self.analysis.groups[g].blocks, parts=blocks)
 
     def _problem(self, c: Consumer, g: int):
         """c's problem for choosing group g's order: its statistics on the original model, the
