@@ -1,5 +1,7 @@
 """Shared checks for the tests: run models in onnxruntime and compare them."""
 
+import math
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -74,9 +76,9 @@ def zero_rows(c, theta: np.ndarray, gone: np.ndarray, channels: int) -> np.ndarr
 
 
 def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params=None):
-    """The result's counts are allowed (multiples of ``round_to`` or all channels), within the
-    target, and as close to it as the rounding allows: no pruned group can take ``round_to``
-    more channels (or all of them) and stay within it."""
+    """The result's counts are allowed (multiples of ``round_to``, and of its blocks for a group that
+    grouped convs cut, or all channels), within the target, and as close to it as the rounding
+    allows: no pruned group can take one more step (or all of its channels) and stay within it."""
     normalized, _ = normalize(model)
     analysis = analyze(normalized)
     if keep_params is not None:
@@ -93,9 +95,10 @@ def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params
     assert cost(counts) == after
     assert any(counts[g] < channels[g] for g in counts)
     for g, k in counts.items():
-        assert k == channels[g] or k % round_to == 0, (g, k)
+        step = math.lcm(round_to, analysis.groups[g].blocks)
+        assert k == channels[g] or k % step == 0, (g, k)
         if k < channels[g]:
-            assert cost({**counts, g: min(channels[g], k + round_to)}) > budget, (g, k)
+            assert cost({**counts, g: min(channels[g], k + step)}) > budget, (g, k)
 
 
 def assert_refused(result, message):

@@ -31,6 +31,7 @@ from ..analysis.consumers import Consumer
 from ..errors import OnnxPruneError
 from ..graph.probe import probe_model
 from ..graph.runtime import CPU, run_all, session
+from .grouped import block_stats
 from .layer_stats import LayerStats
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -207,7 +208,7 @@ def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]
     for i, (xs, ys) in enumerate(runs):
         bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
         for c in consumers:
-            s = reduce(xs[c.input], ys[c.output], c)
+            s = reduce(xs[c.input], ys[c.output], c) if c.groups == 1 else block_stats(reduce, xs[c.input], ys[c.output], c)
             bucket[c.node] = s if c.node not in bucket else bucket[c.node] + s
         if on_batch is not None:
             on_batch(len(xs[consumers[0].input]))

@@ -38,8 +38,7 @@ from ..calibration.cache import Cuts
 from ..calibration.statistics import HOLDOUT_EVERY, Calibration, collect
 from ..errors import OnnxPruneError
 from ..methods.base import DataMethod, SelectionMethod
-from ..methods.grouped import rounds
-from ..methods.least_squares import ConsumerFit, columns
+from ..methods.grouped import Piece, join, pieces, restrict, rounds
 from ..methods.sequential import group_first
 from ..methods.weights import overlay_weights, theta_of
 from ..passes.surgery import prune_channels
@@ -212,21 +211,20 @@ class Reconstructions:
 
     def _plan(self, g: int, n: int):
         """Group g's full removal order (in rounds, down to one channel per block, for a group
-        that grouped convs cut), chosen on its consumers' problems (``_problem``)."""
-        problems = [self._problem(c, g) for c in self.consumers[g]]
+        that grouped convs cut), chosen on its consumers' pieces (``_pieces``)."""
+        problems = [p.problem() for c in self.consumers[g] for p in self._pieces(c, g, self.nothing)]
         blocks = rounds(self.analysis, g, self.analysis.groups[g].blocks)
         if blocks is None:
             return self.method.plan(problems, n)
         return self.method.plan(problems, n, target=self.analysis.groups[g].blocks, parts=blocks)
 
-    def _problem(self, c: Consumer, g: int):
-        """c's problem for choosing group g's order: its statistics on the original model, the
-        group's channels first, then the other channels it reads (group_first)."""
-        _, _, columns_, rows, copies = group_first(self.analysis, c, g, self.nothing, sequential=False)
-        fit, holdout = self.fit[c.node], self.holdout.get(c.node)
-        total = fit + holdout if holdout is not None else fit  # not kept: a Gram's size
-        return (total.permuted(columns_), c.taps, theta_of(self.nodes[c.node], c)[rows]) + (
-            () if copies is None else (copies,))
+    def _pieces(self, c: Consumer, g: int, removed: np.ndarray) -> list[Piece]:
+        """c's problems for group g (grouped.pieces): statistics of the original model, the group's
+        channels first, then the other channels it reads that ``removed`` keeps (group_first)."""
+        _, shape, columns_, rows, copies = group_first(self.analysis, c, g, removed, sequential=False)
+        theta = theta_of(self.nodes[c.node], c)
+        return pieces(self.analysis, c, shape, columns_, rows, copies, self.fit[c.node], self.holdout.get(c.node),
+                      theta, np.arange(theta.shape[1]))
 
     def weights(self, g: int, k: int, removed: np.ndarray | None = None) -> Weights:
         """Group g's consumers at k channels, the other groups' channels that ``removed`` (a
@@ -238,14 +236,10 @@ class Reconstructions:
             kept = np.sort(np.setdiff1d(np.arange(n), self.orders[g][: n - k]))
             result = {}
             for c in self.consumers[g]:
-                _, shape, columns_, rows, copies = group_first(self.analysis, c, g, removed, sequential=False)
-                h = self.holdout.get(c.node)
-                problem = ConsumerFit(self.fit[c.node].permuted(columns_), None if h is None else h.permuted(columns_),
-                                      c.taps, theta_of(self.nodes[c.node], c)[rows], shape.channels, copies)
-                theta, _ = self.method.rebuild(self.plans[g], problem, kept, n)
-                full = np.zeros((c.columns, theta.shape[1]))
-                full[rows] = theta
-                result[c.node] = (c, full, np.arange(theta.shape[1]))
+                parts = self._pieces(c, g, removed)
+                thetas = [self.method.rebuild(self.plans[g], p.consumer_fit(), kept, n)[0] for p in parts]
+                m = sum(len(p.outputs) for p in parts)
+                result[c.node] = (c, join(c, parts, thetas, m), np.arange(m))
             self._cache[key] = result
         return self._cache[key]
 
@@ -284,10 +278,11 @@ class VariantCandidates:
         changed = {}
         analysis = self.analysis
         for c, theta, _ in self.rebuilt.weights(g, counts[g], self.removed).values():
-            present = np.flatnonzero(~self.removed[analysis.atom_class[analysis.layouts[c.input].atoms]])
-            rows = columns(present, c.taps)
+            classes = analysis.atom_class[analysis.layouts[c.input].atoms]
+            present = np.flatnonzero(~self.removed[classes])
             outputs = kept_outputs(analysis, c, self.removed)
-            changed.update(self.variants.params(c, theta[np.ix_(rows, outputs)], np.arange(len(outputs))))
+            theta = restrict(c, theta, present, len(classes))[:, outputs]
+            changed.update(self.variants.params(c, theta, np.arange(len(outputs))))
         return changed
 
     def evaluate(self, counts: Counts, group: int | None) -> np.ndarray:
