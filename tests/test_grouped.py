@@ -263,3 +263,20 @@ def test_inspect_and_the_report_say_how_grouped_convs_cut_groups(tmp_path):
     assert "16 -> 8 channels (conv1); 2 of 4 in each of 4 blocks (grouped Conv conv2)" in result.stdout
     weight = next(numpy_helper.to_array(i) for i in onnx.load(out).graph.initializer if i.name.startswith("conv2"))
     assert weight.shape[:2] == (8, 2)
+
+
+def test_the_latency_table_times_widths_in_whole_blocks(tmp_path):
+    """`profile` times each group's segment at the widths PRO steps through, each a model with
+    only that group pruned: for a group in 4 blocks, multiples of lcm(round_to, 4), as many
+    channels in each block (the surgery refuses anything else)."""
+    path, out = tmp_path / "resnext.onnx", tmp_path / "table.json"
+    onnx.save(FACTORIES["resnext_like"](channels=8, groups=4, per_group=6, blocks=1), path)
+    result = CliRunner().invoke(main, ["profile", str(path), "-o", str(out), "--runs", "3", "--threads", "1",
+                                       "--round-to", "3"])
+    assert result.exit_code == 0, result.output
+    analysis = analyze(normalize(onnx.load(str(path)))[0])
+    steps = {int(g): [int(k) for k in widths] for g, widths in json.loads(out.read_text())["steps"].items()}
+    blocked = [g for g in steps if analysis.groups[g].blocks == 4]
+    assert len(blocked) == 2
+    for g in blocked:
+        assert sorted(steps[g]) == [12, 24]  # 24 channels, lcm(3, 4) = 12 apart

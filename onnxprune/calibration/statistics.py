@@ -201,7 +201,8 @@ def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]
                mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
                holdout_every: int = 0, on_batch: Callable[[int], None] | None = None,
                ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
-    """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``."""
+    """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``. A
+    grouped conv's are per block (grouped.BlockStats)."""
     reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
     fit: dict[str, LayerStats] = {}
     holdout: dict[str, LayerStats] = {}

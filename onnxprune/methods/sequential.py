@@ -9,7 +9,9 @@ gone), overlaid on the original model, and the surgery cuts the model from that,
 analysis serves every step.
 
 A consumer may read other groups' channels too (a Concat): they stay while this group is
-pruned and are refitted with it (``group_first``).
+pruned and are refitted with it (``group_first``). Each consumer is one least-squares piece,
+a grouped conv one per block (grouped.pieces), and a group that grouped convs cut in blocks
+is selected in rounds (grouped.Rounds).
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ class LayerNote:
     node: str
     rows: int
     columns: int
-    alpha: float
-    rel_error: float  # ||Y - X_S Theta||^2 / ||Y||^2 on the calibration data
+    alpha: float  # a grouped conv: the largest of its blocks'
+    rel_error: float  # ||Y - X_S Theta||^2 / ||Y||^2 on the calibration data (a grouped conv: all blocks)
 
 
 def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: dict[int, int],

@@ -19,7 +19,8 @@ removed channels) of a model pruned to an earlier commit's widths, run from its 
 first consumer on (``VariantCandidates``); for one that does not (l1), it is the pruned
 model, run from the first node its group touches (``PrunedCandidates``).
 A consumer that reads several groups (a Concat) is fitted, for a candidate, on the other
-groups' channels that the base still has.
+groups' channels that the base still has; a grouped conv block by block (methods/grouped.py),
+its rows restricted to the base's channels block by block.
 Channels are then given back, ``round_to`` at a time, while the cost stays within the
 target, and the real method prunes to the chosen counts (sequentially, for data methods).
 """
