@@ -91,6 +91,20 @@ def test_every_group_of_a_resnext_is_pruned_in_blocks(method):
         assert rel_error(model, result.model, feeds) < rel_error(model, l1.model, feeds)
 
 
+@pytest.mark.parametrize("method", [Method.REAP, Method.THINET, Method.NU])
+def test_a_group_read_by_a_grouped_conv_and_a_dense_layer_is_refitted_in_both(method):
+    """ShuffleNet's stem channels are read by a grouped 1x1 conv and, through the residual Add,
+    by the Gemm head, and cut in blocks by that conv and the last grouped conv: both consumers
+    are refitted (the dense one couples the blocks), and the blocks stay equal."""
+    model = FACTORIES["shuffle_net"](groups=2, channels=16)
+    result = prune(model, PruneConfig(method=method, ratio=0.5, round_to=1), calibration(model))
+    [change] = [c for c in result.groups if c.group.prunable]
+    assert change.channels_after == 8 and change.group.blocks == 2
+    assert {n.node for n in result.layers} == {"conv1", "gemm0"}
+    assert_grouped_and_equal(result.model, grouped_of(model))
+    run(result.model)
+
+
 @pytest.mark.parametrize("round_to", [1, 3, 8])
 def test_keep_flops_fits_widths_in_whole_blocks(round_to):
     """With --round-to r a group cut in b blocks moves by lcm(r, b) channels: the fit meets the
