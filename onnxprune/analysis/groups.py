@@ -739,7 +739,7 @@ class _Analyzer:
         for node, tensor, g in self.groupings:
             classes = atom_class[self.layouts[tensor].atoms]
             owners = np.unique(class_group[classes])
-            conv = f"grouped Conv '{node}' (group={g})"
+            conv = f"grouped Conv node '{node}' (group={g})"
             if len(owners) > 1:
                 for gid in owners[owners >= 0]:
                     freeze(gid, f"{conv} mixes its channels with other groups' in one tensor")
@@ -758,12 +758,12 @@ class _Analyzer:
         cells: dict[int, np.ndarray] = {}
         partial = self._read_in_parts(atom_class, class_group, group_classes) if blockings else set()
         for gid, found in blockings.items():
-            convs = ", ".join(f"'{n}'" for n in grouped_by[gid])
+            convs = ", ".join(f"node '{n}'" for n in grouped_by[gid])
             cell = grouped_cells(found)
             if gid in partial:
                 freeze(gid, f"read in parts (Split/Slice) and cut in blocks by grouped Conv {convs}")
             elif cell is None:
-                freeze(gid, f"grouped Convs {convs} cut it into blocks that do not line up")
+                freeze(gid, f"the blocks of grouped Conv {convs} do not line up")
             elif len(cell) == int(cell.max()) + 1:
                 freeze(gid, f"grouped Conv {convs} has one of its channels per block: removing any empties a block")
             else:
