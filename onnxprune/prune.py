@@ -20,7 +20,7 @@ from .methods.sequential import LayerNote
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import Progress, no_progress
-from .widths.budget import Counts, fit_budget, uniform
+from .widths.budget import Counts, block_steps, fit_budget, uniform
 from .graph.runtime import providers
 from .widths.latency import LatencyGoal, Target, latency_counts
 from .widths.pro import ProStep, optimize_counts
@@ -61,7 +61,7 @@ class PruneResult:
             "params_after": self.params_after,
             "groups": [
                 {"id": c.group.id, "channels_before": c.group.channels, "channels_after": c.channels_after,
-                 "reason": c.reason}
+                 "reason": c.reason, "blocks": c.group.blocks, "grouped_by": list(c.group.grouped_by)}
                 for c in self.groups
             ],
             "srn": self.srn,
@@ -108,11 +108,12 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
                              + (f"; not reconstructable: {'; '.join(sorted(set(skipped.values())))}" if skipped else "")
                              + (f"; {len(excluded)} excluded by --exclude" if excluded else ""))
     keep_for = proxy_choice(analysis)
+    steps = block_steps(config.round_to, {g: analysis.groups[g].blocks for g in channels})
 
     trace: list[ProStep] = []
     latency = None
     if config.ratio is not None:
-        counts = uniform(channels, config.ratio, config.round_to)
+        counts = uniform(channels, config.ratio, steps)
     elif config.keep_latency is not None:
         goal = LatencyGoal(config.keep_latency, Target(tuple(providers(config.device)), config.threads,
                                                        config.latency_batch, tuple(config.input_shapes.items())),
@@ -127,7 +128,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         budget = fraction * (original.params if by_params else original.macs)
         option = "--keep-params" if by_params else "--keep-flops"
         # checked before fitting: PRO would otherwise find out only at its smallest widths
-        deepest = predict(analysis.removed_mask(keep_for(uniform(channels, 1.0, config.round_to))))
+        deepest = predict(analysis.removed_mask(keep_for(uniform(channels, 1.0, steps))))
         if deepest > budget:
             reference = original.params if by_params else original.macs
             raise OnnxPruneError(
@@ -138,11 +139,10 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         if config.pro:
             choice = optimize_counts(
                 normalized, analysis, method, channels, lambda keep: predict(analysis.removed_mask(keep)),
-                budget, calibration, config.round_to, config.pro_samples, progress)
+                budget, calibration, steps, config.pro_samples, progress)
             counts, trace = choice.counts, choice.steps
         else:
-            counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget,
-                                config.round_to)
+            counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget, steps)
     done = method.prune(normalized, analysis, counts, calibration, progress)
     pruned, keep, notes = done.model, done.keep, done.notes
     validate(pruned, config.input_shapes)

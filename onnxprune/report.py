@@ -21,13 +21,20 @@ def _names(names, limit: int = 2) -> str:
     return text + (f" +{len(names) - limit}" if len(names) > limit else "") if names else "-"
 
 
+def blocks_text(blocks: int, grouped_by, channels: int) -> str:
+    """How grouped convs constrain a group: '4 blocks of 16, equal after pruning (grouped Conv c2)'."""
+    return (f"{blocks} blocks of {channels // blocks}, equal after pruning "
+            f"(grouped Conv {', '.join(grouped_by)})")
+
+
 def inspect_json(analysis: Analysis, cost: Cost) -> dict:
     data = {
         "macs": cost.macs,
         "params": cost.params,
         "groups": [
             {"id": g.id, "channels": g.channels, "prunable": g.prunable, "reason": g.reason,
-             "producers": list(g.producers), "consumers": list(g.consumers)}
+             "producers": list(g.producers), "consumers": list(g.consumers), "blocks": g.blocks,
+             "grouped_by": list(g.grouped_by)}
             for g in analysis.groups
         ],
     }
@@ -53,6 +60,12 @@ def inspect_table(analysis: Analysis, cost: Cost) -> str:
         lines.append(f"MACs not counted for {len(cost.not_counted)} layers ({_names(cost.not_counted, 3)}): "
                      f"their shapes are unknown after {', '.join(after)}, an op onnx does not know, "
                      "and onnxruntime did not work them out")
+    blocked = [g for g in analysis.groups if g.prunable and g.blocks > 1]
+    if blocked:
+        lines.append("")
+        lines.append("cut in blocks by grouped convolutions (each block loses as many channels):")
+        for g in blocked:
+            lines.append(f"  group {g.id} ({g.channels} ch): {blocks_text(g.blocks, g.grouped_by, g.channels)}")
     if frozen:
         lines.append("")
         lines.append("frozen groups:")
@@ -79,7 +92,10 @@ def prune_summary(result: PruneResult, source: str, output: str) -> str:
         + (f"{len(excluded)} excluded, " if excluded else "") + f"{len(frozen)} frozen",
     ]
     for c in changed:
-        lines.append(f"  group {c.group.id}: {c.group.channels} -> {c.channels_after} channels ({_names(c.group.producers)})")
+        g = c.group
+        blocks = (f"; {c.channels_after // g.blocks} of {g.channels // g.blocks} in each of {g.blocks} blocks "
+                  f"(grouped Conv {', '.join(g.grouped_by)})" if g.blocks > 1 else "")
+        lines.append(f"  group {g.id}: {g.channels} -> {c.channels_after} channels ({_names(g.producers)}){blocks}")
     if frozen:
         lines.append("frozen (left as they are):")
         for c in frozen:

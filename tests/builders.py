@@ -481,12 +481,30 @@ def flatten_gemm_net(channels=4, hidden=16, seed=0):
     return b.model(b.gemm(b.relu(b.gemm(x, hidden)), 10))
 
 
-def grouped_conv_net(groups=2, channels=8, seed=0):
-    """conv-bn-relu -> grouped 3x3 conv-bn-relu -> 1x1 conv-bn-relu."""
+def grouped_conv_net(groups=2, channels=8, out_channels=None, k=3, seed=0):
+    """conv-bn-relu -> grouped kxk conv-bn-relu (``channels`` -> ``out_channels`` channels, default
+    the same) -> 1x1 conv-bn-relu."""
     b = NetBuilder(3, seed=seed)
     x = b.conv_bn_act("input", channels)
-    x = b.conv_bn_act(x, channels, group=groups)
+    x = b.conv_bn_act(x, out_channels or channels, k=k, group=groups)
     return _classifier(b, b.conv_bn_act(x, channels, k=1))
+
+
+def resnext_like(channels=8, groups=4, per_group=4, blocks=2, seed=0):
+    """Stem conv-bn-relu, then ResNeXt bottlenecks: 1x1 conv-bn-relu to groups * per_group ->
+    grouped 3x3 conv-bn-relu (``groups`` groups of ``per_group`` channels, not depthwise) -> 1x1
+    conv-bn, residual Add, Relu. The last block (when blocks > 1) starts a new stage: stride 2,
+    twice the widths and a 1x1 conv-bn projection shortcut."""
+    b = NetBuilder(3, seed=seed)
+    x = b.conv_bn_act("input", channels)
+    for i in range(blocks):
+        wide = 2 if blocks > 1 and i == blocks - 1 else 1
+        stride, out, width = wide, channels * wide, groups * per_group * wide
+        h = b.conv_bn_act(x, width, k=1)
+        h = b.conv_bn_act(h, width, stride=stride, group=groups)
+        h = b.conv_bn_act(h, out, k=1, act=None)
+        x = b.relu(b.add(h, _shortcut(b, x, out, stride)))
+    return _classifier(b, x)
 
 
 def shuffle_net(groups=2, channels=8, seed=0):
@@ -498,6 +516,12 @@ def shuffle_net(groups=2, channels=8, seed=0):
     h = b.conv_bn_act(h, channels, group=channels, act=None)
     h = b.conv_bn_act(h, channels, k=1, group=groups, act=None)
     return _classifier(b, b.relu(b.add(x, h)))
+
+
+def unprunable_net(seed=0):
+    """A grouped 1x1 conv-bn-relu, a channel shuffle and the graph output: no group can be pruned."""
+    b = NetBuilder(3, seed=seed)
+    return b.model(b.channel_shuffle(b.conv_bn_act("input", 8, k=1, group=2), 2))
 
 
 def convtranspose_net(channels=8, seed=0):
@@ -531,7 +555,7 @@ FACTORIES = {
     f.__name__: f
     for f in (
         conv_chain, basic_block_net, bottleneck_net, densenet_like, inception_like, c2f_like, sppf_like,
-        mobilenetv2_block_net, se_net, flatten_gemm_net, grouped_conv_net, shuffle_net,
+        mobilenetv2_block_net, se_net, flatten_gemm_net, grouped_conv_net, resnext_like, shuffle_net,
         convtranspose_net, unet_like, matmul_head_net,
     )
 }
@@ -577,6 +601,10 @@ _PARAMS = {
     }),
     "flatten_gemm_net": st.fixed_dictionaries({"channels": _channels, "hidden": st.sampled_from([8, 16])}),
     "grouped_conv_net": st.fixed_dictionaries({"groups": _groups, "channels": _channels}),
+    "resnext_like": st.fixed_dictionaries({
+        "channels": st.sampled_from([4, 8]), "groups": st.sampled_from([2, 4, 8]),
+        "per_group": st.sampled_from([2, 3, 4]), "blocks": st.integers(1, 2),
+    }),
     "shuffle_net": st.fixed_dictionaries({"groups": _groups, "channels": _channels}),
     "convtranspose_net": st.fixed_dictionaries({"channels": _channels}),
     "unet_like": st.fixed_dictionaries({"channels": _channels}),

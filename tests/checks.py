@@ -1,5 +1,7 @@
 """Shared checks for the tests: run models in onnxruntime and compare them."""
 
+import math
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -40,24 +42,43 @@ def zero_consumer_weights(model: onnx.ModelProto, analysis: Analysis, keep: dict
     nodes = {n.name: n for n in graph.nodes}
     for edit in analysis.edits:
         node = nodes[edit.node]
-        if edit.kind is not EditKind.SLICE_CONST or edit.tensor not in [t.name for t in node.inputs]:
+        grouped = edit.kind is EditKind.SLICE_GROUPED
+        if not grouped and (edit.kind is not EditKind.SLICE_CONST or edit.tensor not in [t.name for t in node.inputs]):
             continue  # not a consumer reading the channels into its weights
         kept = analysis.kept_positions(edit.tensor, removed)
         if kept is None:
             continue
         w = np.array(node.inputs[edit.index].values)
-        dropped = np.setdiff1d(np.arange(w.shape[edit.axis]), kept)
-        index = [slice(None)] * w.ndim
-        index[edit.axis] = dropped
-        w[tuple(index)] = 0
+        if grouped:  # output block j's rows read input block j: its columns are positions - j * a
+            groups, channels = int(node.attrs["group"]), analysis.channel_count(edit.tensor)
+            a, rows = channels // groups, w.shape[0] // groups
+            for j in range(groups):
+                w[j * rows:(j + 1) * rows, np.setdiff1d(np.arange(j * a, (j + 1) * a), kept) - j * a] = 0
+        else:
+            dropped = np.setdiff1d(np.arange(w.shape[edit.axis]), kept)
+            index = [slice(None)] * w.ndim
+            index[edit.axis] = dropped
+            w[tuple(index)] = 0
         node.inputs[edit.index] = gs.Constant(node.inputs[edit.index].name + "_zeroed", w)
     return to_model(graph, model)
 
 
+def zero_rows(c, theta: np.ndarray, gone: np.ndarray, channels: int) -> np.ndarray:
+    """``theta`` (a consumer's, all its ``channels`` input channels) with the rows of the input
+    channels at ``gone`` zeroed; for a grouped conv, in each output block's columns, its block's."""
+    theta = theta.copy()
+    a = channels // c.groups
+    b = theta.shape[1] // c.groups
+    for j in range(c.groups):
+        mine = gone[gone // a == j] - j * a
+        theta[np.ix_((mine[:, None] * c.taps + np.arange(c.taps)).ravel(), np.arange(j * b, (j + 1) * b))] = 0.0
+    return theta
+
+
 def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params=None):
-    """The result's counts are allowed (multiples of ``round_to`` or all channels), within the
-    target, and as close to it as the rounding allows: no pruned group can take ``round_to``
-    more channels (or all of them) and stay within it."""
+    """The result's counts are allowed (multiples of ``round_to``, and of its blocks for a group that
+    grouped convs cut, or all channels), within the target, and as close to it as the rounding
+    allows: no pruned group can take one more step (or all of its channels) and stay within it."""
     normalized, _ = normalize(model)
     analysis = analyze(normalized)
     if keep_params is not None:
@@ -74,9 +95,10 @@ def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params
     assert cost(counts) == after
     assert any(counts[g] < channels[g] for g in counts)
     for g, k in counts.items():
-        assert k == channels[g] or k % round_to == 0, (g, k)
+        step = math.lcm(round_to, analysis.groups[g].blocks)
+        assert k == channels[g] or k % step == 0, (g, k)
         if k < channels[g]:
-            assert cost({**counts, g: min(channels[g], k + round_to)}) > budget, (g, k)
+            assert cost({**counts, g: min(channels[g], k + step)}) > budget, (g, k)
 
 
 def assert_refused(result, message):

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from builders import FACTORIES, random_feeds
+from builders import FACTORIES, random_feeds, unprunable_net
 from checks import assert_refused, assert_same_outputs
 from click.testing import CliRunner
 
@@ -175,7 +175,7 @@ def test_unwritable_output_is_refused(model_path, tmp_path, where):
 
 def test_unsupported_model_leaves_no_output(tmp_path):
     path = tmp_path / "shuffle.onnx"
-    onnx.save(FACTORIES["shuffle_net"](), path)
+    onnx.save(unprunable_net(), path)
     out = tmp_path / "out.onnx"
     result = CliRunner().invoke(main, ["prune", str(path), "-o", str(out), "--ratio", "0.5"])
     assert_refused(result, "no prunable channel group")

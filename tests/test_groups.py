@@ -69,11 +69,59 @@ def test_depthwise_conv_passes_channels_through():
     assert expand.consumers == ("conv3",)  # the depthwise conv in between is not a consumer
 
 
-def test_grouped_conv_and_channel_shuffle_are_frozen():
-    a = groups_of(FACTORIES["grouped_conv_net"](groups=2))
-    assert "grouped convolution" in group_with(a, "conv0").reason
-    a = groups_of(FACTORIES["shuffle_net"](groups=2))
-    assert not any(g.prunable for g in a.groups)
+def test_grouped_conv_cuts_what_it_reads_and_writes_in_blocks():
+    """ResNeXt: the 1x1 conv's channels (read by the grouped conv) and the grouped conv's own
+    channels are prunable in as many blocks as the conv has groups; the residual stream is not cut."""
+    a = groups_of(FACTORIES["resnext_like"](channels=8, groups=4, per_group=4, blocks=2))
+    for reader, grouped in (("conv1", "conv2"), ("conv4", "conv5")):
+        for g in (group_with(a, reader), group_with(a, grouped)):
+            assert g.prunable and g.blocks == 4 and g.grouped_by == (grouped,)
+            assert np.array_equal(np.bincount(a.cells[g.id]), [g.channels // 4] * 4)
+    stream = group_with(a, "conv0")
+    assert stream.prunable and stream.blocks == 1 and stream.id not in a.cells
+
+
+def test_channel_shuffle_stays_frozen_and_the_residual_is_cut_in_blocks():
+    """ShuffleNet: the shuffled channels stay (Reshape/Transpose); the stem's channels, read by the
+    first grouped 1x1 conv and added to the last one's, are cut in blocks by both."""
+    a = groups_of(FACTORIES["shuffle_net"](groups=2, channels=8))
+    assert "moves channels" in group_with(a, "conv1").reason
+    stem = group_with(a, "conv0")
+    assert stem.prunable and stem.blocks == 2 and set(stem.grouped_by) == {"conv1", "conv3"}
+
+
+def grouped_readers(groups, channels=12, mult=1, split=False, concat=False):
+    """conv(channels) -> one grouped 3x3 conv (``mult`` outputs per input channel) per entry of
+    ``groups`` (their outputs added); with
+    ``split``, a Split of the conv's channels is also read; with ``concat``, the grouped convs read a
+    Concat of the conv's channels and another conv's."""
+    b = NetBuilder(3)
+    x = b.conv("input", channels)
+    if concat:
+        x = b.concat([x, b.conv("input", channels)])
+    outs = [b.conv(x, b.channels[x] * mult, group=g) for g in groups]
+    y = outs[0]
+    for other in outs[1:]:
+        y = b.add(y, other)
+    if split:
+        y = b.add(y, b.concat(b.split(x, [b.channels[x] // 2] * 2)[::-1]))
+    return b.model(b.gemm(b.flatten(b.gap(y)), 4))
+
+
+@pytest.mark.parametrize("kwargs, blocks, reason", [
+    ({"groups": (2, 4)}, 4, None),  # nested blocks: the finer ones
+    ({"groups": (2, 3)}, 1, "do not line up"),  # blocks of 6 and of 4: cells of 4, 2, 2, 4
+    ({"groups": (12,), "mult": 2}, 1, "one of its channels per block"),  # depthwise with a multiplier
+    ({"groups": (2,), "split": True}, 1, "read in parts"),
+    ({"groups": (2,), "concat": True}, 1, "mixes its channels with other groups'"),
+])
+def test_blocks_that_cannot_be_kept_equal_freeze_the_group(kwargs, blocks, reason):
+    a = groups_of(grouped_readers(**kwargs))
+    g = group_with(a, "conv0")
+    if reason is None:
+        assert g.prunable and g.blocks == blocks
+    else:
+        assert not g.prunable and reason in g.reason
 
 
 def test_flatten_gemm_reads_blocks_of_hw_rows():

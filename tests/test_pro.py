@@ -302,11 +302,11 @@ def test_pro_needs_calibration(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["basic_block_net", "flatten_gemm_net", "mobilenetv2_block_net", "matmul_head_net",
-                                  "convtranspose_net"])
+                                  "convtranspose_net", "grouped_conv_net"])
 def test_candidates_on_a_pruned_base_measure_what_they_measure_on_the_original_shape(name, monkeypatch):
     """PRO runs candidates on a model pruned to the widths of an earlier commit (rebased
     whenever the cost falls below REBASE of the base's); rebasing at every commit or never
-    must give the same choices and errors."""
+    must give the same choices and errors (a grouped conv's rows restricted block by block)."""
     from onnxprune.widths import pro
 
     model = FACTORIES[name]()

@@ -4,7 +4,7 @@ import sys
 
 import numpy as np
 import pytest
-from builders import FACTORIES, NetBuilder, cnn_models, random_feeds
+from builders import FACTORIES, NetBuilder, cnn_models, random_feeds, unprunable_net
 from checks import assert_closest_allowed
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -208,7 +208,7 @@ def test_excluding_every_group_is_a_clear_error():
 
 def test_no_prunable_group_is_a_clear_error():
     with pytest.raises(OnnxPruneError, match="no prunable channel group"):
-        prune(FACTORIES["shuffle_net"](), PruneConfig(ratio=0.5))
+        prune(unprunable_net(), PruneConfig(ratio=0.5))
 
 
 @pytest.mark.parametrize(

@@ -113,7 +113,7 @@ def test_keep_flops_with_reap_meets_the_target():
     assert result.macs_after <= 0.5 * result.macs_before
 
 
-@pytest.mark.parametrize("name", ["conv_chain", "densenet_like"])
+@pytest.mark.parametrize("name", ["conv_chain", "densenet_like", "resnext_like"])
 def test_graph_statistics_give_the_same_pruning_as_host_statistics(name):
     model = FACTORIES[name]()
     host = prune(model, PruneConfig(method=Method.REAP, ratio=0.5, round_to=1), calibration(model))

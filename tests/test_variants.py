@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import FACTORIES, cnn_models, random_feeds, run
+from checks import zero_rows
 from hypothesis import given, settings
 
 from onnxprune import analyze, normalize
@@ -43,9 +44,8 @@ def check_variants(model, feeds, seed=0, steps=3, budget=1 << 30, rtol=1e-4, ato
         for c in plans[g]:
             theta = theta_of(nodes[c.node], c) * rng.uniform(0.5, 1.5)  # new weights for the kept rows
             removed = analysis.removed_mask({**keep, g: kept})  # a Concat's consumer: other groups' too
-            gone = np.flatnonzero(removed[analysis.atom_class[analysis.layouts[c.input].atoms]])
-            removed_rows = (gone[:, None] * c.taps + np.arange(c.taps)).ravel()
-            theta[removed_rows] = 0.0
+            classes = analysis.atom_class[analysis.layouts[c.input].atoms]
+            theta = zero_rows(c, theta, np.flatnonzero(removed[classes]), len(classes))
             columns = np.arange(theta.shape[1])
             candidate[c.node] = (c, theta, columns)
             changed.update(variants.params(c, theta, columns))
@@ -60,7 +60,7 @@ def check_variants(model, feeds, seed=0, steps=3, budget=1 << 30, rtol=1e-4, ato
 @pytest.mark.parametrize("budget", [0, 1 << 30])
 @pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "bottleneck_net", "flatten_gemm_net",
                                   "mobilenetv2_block_net", "matmul_head_net", "inception_like",
-                                  "densenet_like", "unet_like"])
+                                  "densenet_like", "unet_like", "resnext_like", "grouped_conv_net"])
 def test_a_variant_equals_the_pruned_model(name, budget):
     model = FACTORIES[name]()
     assert check_variants(model, random_feeds(model, batch=3, seed=1), seed=2, steps=4, budget=budget) > 0

@@ -28,10 +28,12 @@ class Consumer:
     strides: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()  # begin..., end... (ConvTranspose: end less output_padding, may be < 0)
     dilations: tuple[int, ...] = ()
+    groups: int = 1  # a grouped Conv: output block j reads input block j only (its weights per output: a block's)
 
     @property
     def columns(self) -> int:
-        return self.channels * self.taps + 1
+        """Rows of its theta: weights per output, and the bias."""
+        return self.channels // self.groups * self.taps + 1
 
 
 def consumer_of(node: gs.Node, analysis: Analysis) -> Consumer | str:
@@ -42,15 +44,15 @@ def consumer_of(node: gs.Node, analysis: Analysis) -> Consumer | str:
     if layout is None or in_shape is None or None in in_shape:
         return f"{node.op} node '{node.name}': input shape unknown"
     if node.op == "Conv":
-        if int(node.attrs.get("group", 1)) != 1 or len(in_shape) != 4:
-            return f"Conv node '{node.name}': only 2-D convolutions with group=1 are reconstructed"
+        if len(in_shape) != 4:
+            return f"Conv node '{node.name}': only 2-D convolutions are reconstructed"
         w = node.inputs[1].values
         kernel = tuple(int(k) for k in w.shape[2:])
         strides = tuple(node.attrs.get("strides", (1, 1)))
         dilations = tuple(node.attrs.get("dilations", (1, 1)))
         pads = _conv_pads(node, in_shape[2:], kernel, strides, dilations)
         return Consumer(node.name, "Conv", x.name, y.name, in_shape[1], int(np.prod(kernel)),
-                        kernel, strides, pads, dilations)
+                        kernel, strides, pads, dilations, int(node.attrs.get("group", 1)))
     if node.op == "ConvTranspose":
         return _conv_transpose(node, in_shape, analysis.shapes.get(y.name))
     if node.op in ("Gemm", "MatMul"):

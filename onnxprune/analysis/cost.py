@@ -120,8 +120,10 @@ def cost_of(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
 class MacPredictor:
     """MACs after removing channels, without rewriting the model.
 
-    A dense layer's MACs scale with (kept inputs / inputs) * (kept outputs / outputs);
-    a depthwise (or frozen grouped) conv's with its kept outputs only.
+    A layer that reads channels into its weights (a consumer: dense, or grouped, whose
+    C_in / group shrinks with C_in) scales with (kept inputs / inputs) * (kept outputs /
+    outputs); a depthwise conv, whose input channels are its output channels, with its kept
+    outputs only (as does a layer whose inputs are frozen).
     """
 
     def __init__(self, analysis: Analysis, cost: Cost):
@@ -130,8 +132,8 @@ class MacPredictor:
         self.terms = []
         for nc in cost.nodes:
             node = nodes[nc.node]
-            dense = int(node.attrs.get("group", 1)) == 1
-            self.terms.append((nc.macs, node.inputs[0].name if dense else None, node.outputs[0].name))
+            reads = nc.node in analysis.consumer_inputs
+            self.terms.append((nc.macs, node.inputs[0].name if reads else None, node.outputs[0].name))
 
     def macs(self, removed: np.ndarray) -> int:
         a = self.analysis
@@ -153,7 +155,7 @@ class ParamPredictor:
         self.analysis = analysis
         slices: dict[tuple[str, int], list[str]] = {}
         for e in analysis.edits:
-            if e.kind is EditKind.SLICE_CONST:
+            if e.kind in (EditKind.SLICE_CONST, EditKind.SLICE_GROUPED):
                 slices.setdefault((e.node, e.index), []).append(e.tensor)
         self.terms = []  # (size, tensors whose kept fraction scales it)
         counted: set[str] = set()

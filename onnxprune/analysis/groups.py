@@ -31,6 +31,8 @@ from scipy.sparse.csgraph import connected_components
 from ..graph.convert import to_graph
 from ..graph.io import default_opset
 from ..graph.shapes import infer_shapes, unknown_after
+from .grouped import block_of
+from .grouped import cells as grouped_cells
 
 
 @dataclass
@@ -44,6 +46,7 @@ class Layout:
 class EditKind(enum.Enum):
     SLICE_CONST = "slice constant input along an axis"
     SET_GROUP = "set a depthwise Conv's group attribute"
+    SLICE_GROUPED = "slice a grouped Conv's weight along its input axis, block by block"
     SPLIT_SIZES = "rewrite a channel Split's sizes"
     SLICE_RANGE = "rewrite a channel Slice's start and end"
     RESIZE_SIZES = "rewrite a Resize's output sizes"
@@ -80,6 +83,8 @@ class ChannelGroup:
     producers: tuple[str, ...]
     consumers: tuple[str, ...]
     reason: str | None  # why it is frozen; None when prunable
+    blocks: int = 1  # cells that must lose equally many channels (grouped convs: grouped.py)
+    grouped_by: tuple[str, ...] = ()  # the grouped convs that read or produce it
 
     @property
     def prunable(self) -> bool:
@@ -103,6 +108,8 @@ class Analysis:
     consumer_inputs: dict[str, str] = field(default_factory=dict)  # consumer node -> tensor it reads channels from
     # tensors of unknown shape behind an op onnx does not know -> that op (shapes.unknown_after)
     unknown_after: dict[str, str] = field(default_factory=dict)
+    # group -> cell of each channel, for groups that grouped convs cut in blocks (grouped.py)
+    cells: dict[int, np.ndarray] = field(default_factory=dict)
 
     def removed_mask(self, keep: dict[int, np.ndarray]) -> np.ndarray:
         """Boolean per class: True where ``keep`` (group id -> kept channel indices) drops it."""
@@ -171,6 +178,7 @@ class _Analyzer:
         self.frozen_atoms: list[tuple[np.ndarray, str]] = []
         self.edits: list[Edit] = []
         self.consumers: list[tuple[str, str]] = []  # (node, tensor) reading channels into weights
+        self.groupings: list[tuple[str, str, int]] = []  # (grouped conv, tensor it reads or writes, group)
 
     # -- building blocks -------------------------------------------------------------
 
@@ -308,7 +316,16 @@ class _Analyzer:
             self._slice_out(node, 2, 0)
             self.edits.append(Edit(EditKind.SET_GROUP, node.name, node.outputs[0].name))
         else:
-            self._opaque(node, f"grouped convolution, group={g}: its per-group widths must stay equal")
+            # Grouped: output block j reads input block j only, so each block of the input, and
+            # of the output, keeps as many channels as the others (grouped.py); group stays g.
+            if self._lay(x) is not None:
+                self.consumers.append((node.name, x.name))
+                self.edits.append(Edit(EditKind.SLICE_GROUPED, node.name, x.name, 1, 1))
+                self.groupings.append((node.name, x.name, g))
+            self._produce(node, cout)
+            self._slice_out(node, 1, 0)
+            self._slice_out(node, 2, 0)
+            self.groupings.append((node.name, node.outputs[0].name, g))
 
     def _conv_transpose(self, node: gs.Node) -> None:
         x, w = node.inputs[0], node.inputs[1]
@@ -678,26 +695,91 @@ class _Analyzer:
         class_group = np.array([group_id.get(int(g), -1) for g in class_raw_group], dtype=np.int64)
         class_index = np.zeros(n_classes, dtype=np.int64)
         group_classes = []
-        groups = []
-        for raw, gid in group_id.items():
-            classes = np.flatnonzero(class_group == gid)
+        for raw in group_id:
+            classes = np.flatnonzero(class_group == group_id[raw])
             classes = classes[np.argsort(first_atom_of_class[classes], kind="stable")]
             class_index[classes] = np.arange(len(classes))
             group_classes.append(classes)
-            why = reasons.get(raw)
+        why_of = {group_id[raw]: why for raw, why in reasons.items() if raw in group_id}
+        cells, grouped_by = self._blocks(atom_class, class_group, class_index, group_classes, why_of)
+        groups = []
+        for raw, gid in group_id.items():
+            why = why_of.get(gid)
             groups.append(ChannelGroup(
                 id=gid,
-                channels=len(classes),
+                channels=len(group_classes[gid]),
                 producers=tuple(producers[raw]),
                 consumers=tuple(consumers.get(raw, ())),
                 reason="; ".join(why[:3]) + (f" (+{len(why) - 3} more)" if len(why) > 3 else "") if why else None,
+                blocks=int(cells[gid].max()) + 1 if gid in cells else 1,
+                grouped_by=tuple(grouped_by.get(gid, ())),
             ))
         return Analysis(
             graph=self.graph, shapes=self.shapes, groups=groups, layouts=self.layouts, edits=self.edits,
             sources=self.sources, atom_class=atom_class, class_group=class_group,
             class_index=class_index, group_classes=group_classes, consumer_inputs=dict(self.consumers),
-            unknown_after=self.unknown,
+            unknown_after=self.unknown, cells=cells,
         )
+
+    def _blocks(self, atom_class: np.ndarray, class_group: np.ndarray, class_index: np.ndarray,
+                group_classes: list[np.ndarray], why: dict[int, list[str]],
+                ) -> tuple[dict[int, np.ndarray], dict[int, list[str]]]:
+        """The cells of each group that grouped convs cut in blocks (grouped.cells), and those
+        convs. A group gets a reason (it stays whole) where a grouped conv's input or output holds
+        other groups' channels, only some of its channels or some twice, where it is also read in
+        parts (Split/Slice), where the convs' blocks do not line up, or where a cell has one channel."""
+        blockings: dict[int, list[np.ndarray]] = {}
+        grouped_by: dict[int, list[str]] = {}
+
+        def freeze(gid: int, reason: str) -> None:
+            lst = why.setdefault(int(gid), [])
+            if reason not in lst:
+                lst.append(reason)
+
+        for node, tensor, g in self.groupings:
+            classes = atom_class[self.layouts[tensor].atoms]
+            owners = np.unique(class_group[classes])
+            conv = f"grouped Conv node '{node}' (group={g})"
+            if len(owners) > 1:
+                for gid in owners[owners >= 0]:
+                    freeze(gid, f"{conv} mixes its channels with other groups' in one tensor")
+                continue
+            gid = int(owners[0])
+            if gid < 0:
+                continue
+            if len(classes) != len(group_classes[gid]) or len(np.unique(classes)) != len(classes):
+                freeze(gid, f"{conv} holds only some of its channels, or some twice")
+                continue
+            block = np.empty(len(classes), dtype=np.intp)
+            block[class_index[classes]] = block_of(np.arange(len(classes)), len(classes), g)
+            blockings.setdefault(gid, []).append(block)
+            if node not in grouped_by.setdefault(gid, []):
+                grouped_by[gid].append(node)
+        cells: dict[int, np.ndarray] = {}
+        partial = self._read_in_parts(atom_class, class_group, group_classes) if blockings else set()
+        for gid, found in blockings.items():
+            convs = ", ".join(f"node '{n}'" for n in grouped_by[gid])
+            cell = grouped_cells(found)
+            if gid in partial:
+                freeze(gid, f"read in parts (Split/Slice) and cut in blocks by grouped Conv {convs}")
+            elif cell is None:
+                freeze(gid, f"the blocks of grouped Conv {convs} do not line up")
+            elif len(cell) == int(cell.max()) + 1:
+                freeze(gid, f"grouped Conv {convs} has one of its channels per block: removing any empties a block")
+            else:
+                cells[gid] = cell
+        return cells, grouped_by
+
+    def _read_in_parts(self, atom_class: np.ndarray, class_group: np.ndarray,
+                       group_classes: list[np.ndarray]) -> set[int]:
+        """Groups of which some tensor holds some channels but not all (a Split or Slice part)."""
+        sizes = np.array([len(c) for c in group_classes])
+        partial: set[int] = set()
+        for layout in self.layouts.values():
+            owners = class_group[np.unique(atom_class[layout.atoms])]
+            present = np.bincount(owners[owners >= 0], minlength=len(sizes))
+            partial.update(np.flatnonzero((present > 0) & (present < sizes)).tolist())
+        return partial
 
 
 def _constant_weight_and_bias(node: gs.Node) -> bool:

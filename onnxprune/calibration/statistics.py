@@ -33,6 +33,7 @@ from ..analysis.consumers import Consumer
 from ..errors import OnnxPruneError
 from ..graph.probe import probe_model
 from ..graph.runtime import CPU, run_all, session
+from .grouped import block_stats
 from .layer_stats import LayerStats
 from .transposed import direct_input, direct_pads
 
@@ -221,14 +222,15 @@ def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]
                mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
                holdout_every: int = 0, on_batch: Callable[[int], None] | None = None,
                ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
-    """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``."""
+    """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``. A
+    grouped conv's are per block (grouped.BlockStats)."""
     reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
     fit: dict[str, LayerStats] = {}
     holdout: dict[str, LayerStats] = {}
     for i, (xs, ys) in enumerate(runs):
         bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
         for c in consumers:
-            s = reduce(xs[c.input], ys[c.output], c)
+            s = reduce(xs[c.input], ys[c.output], c) if c.groups == 1 else block_stats(reduce, xs[c.input], ys[c.output], c)
             bucket[c.node] = s if c.node not in bucket else bucket[c.node] + s
         if on_batch is not None:
             on_batch(len(xs[consumers[0].input]))

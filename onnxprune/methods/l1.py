@@ -16,7 +16,7 @@ from ..calibration.statistics import Calibration
 from ..passes.surgery import prune_channels
 from ..progress import Progress
 from .base import Pruned, SelectionMethod, register
-from .scores import l1_scores, select
+from .scores import l1_scores, removal_order, select
 
 
 @register
@@ -30,6 +30,7 @@ class L1(SelectionMethod):
         return Pruned(prune_channels(normalized, analysis, keep), keep)
 
     def orders(self, analysis: Analysis, groups) -> dict[int, np.ndarray]:
-        """Each group's removal order: the lowest score first."""
+        """Each group's removal order: the lowest score first (in rounds over the blocks of a group
+        that grouped convs cut, so every count PRO steps through keeps them equal)."""
         scores = l1_scores(analysis)
-        return {g: np.argsort(scores[g], kind="stable") for g in groups}
+        return {g: removal_order(analysis, scores, g) for g in groups}

@@ -60,13 +60,15 @@ def _unify_owned(theta: np.ndarray, oj: np.ndarray, oi: np.ndarray, alpha: float
 class _Unifier:
     """One consumer in NU: the invariants of its statistics and its current (virtual) weights.
 
-    With ``copies`` (channel c owns copies[c] K-blocks, possibly none) each channel's columns are
-    padded to the widest with column p, a zero row and column appended to G and theta, so the
-    formulas below apply unchanged; only channels owning equally many columns in every consumer
-    are unified (nu_plan), copy by copy and tap by tap."""
+    With ``copies`` (channel c owns copies[c] K-blocks, possibly none) the columns of each channel
+    it reads (``read``) are padded to the widest with column p, a zero row and column appended to
+    G and theta, so the formulas below apply unchanged on those channels; a channel it does not
+    read adds nothing here (zero weights), so its rows and columns of the results are 0. Only
+    channels owning equally many columns in every consumer are unified (nu_plan), copy by copy
+    and tap by tap."""
 
     def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray, n: int, copies: np.ndarray | None = None):
-        self.K, self.rows = K, stats.rows
+        self.K, self.rows, self.n = K, stats.rows, n
         self.padded = copies is not None
         if not self.padded:
             self.gram = stats.gram
@@ -80,29 +82,53 @@ class _Unifier:
             self.theta = np.vstack([theta0, np.zeros((1, theta0.shape[1]))])
             self.bias = p - 1
             owned = owned_columns(copies[:n], K)
-            self.taps = np.full((n, max(1, max(len(o) for o in owned))), p, dtype=np.intp)
-            for a, o in enumerate(owned):
-                self.taps[a, :len(o)] = o
             self.width = np.array([len(o) for o in owned])
-        self.blocks = self.gram[self.taps[:, :, None], self.taps[:, None, :]]  # G_aa (n, K, K)
-        self.sums = self.gram[self.taps, self.bias]  # s_a = X_a^T 1 (n, K)
+            self.read = np.flatnonzero(self.width)
+            self.local = np.full(n, -1, dtype=np.intp)  # channel -> its row of taps, -1 if unread
+            self.local[self.read] = np.arange(len(self.read))
+            self.taps = np.full((len(self.read), max(1, self.width.max(initial=0))), p, dtype=np.intp)
+            for a, c in enumerate(self.read):
+                self.taps[a, :self.width[c]] = owned[c]
+        self.blocks = self.gram[self.taps[:, :, None], self.taps[:, None, :]]  # G_aa (channels read, K, K)
+        self.sums = self.gram[self.taps, self.bias]  # s_a = X_a^T 1 (channels read, K)
 
     def unify(self, j: int, i: int, alpha: float, beta: float) -> None:
         if not self.padded:
             return _unify(self.theta, self.K, j, i, alpha, beta)
         width = self.width[j]
-        _unify_owned(self.theta, self.taps[j, :width], self.taps[i, :width], alpha, beta, self.bias)
+        if width:
+            _unify_owned(self.theta, self.taps[self.local[j], :width], self.taps[self.local[i], :width], alpha, beta,
+                         self.bias)
 
     def tap_sums(self) -> tuple[np.ndarray, np.ndarray, int | np.ndarray]:
         """S_ab = sum_t G[(a,t), (b,t)], s_a = sum_t X_(a,t)^T 1, and the count N K: the
         channels' activations pooled over samples, positions and taps (with copies, the count
         per channel: N times its columns)."""
         pair = self.gram[self.taps[:, None, :], self.taps[None, :, :]].sum(axis=2)
-        return pair, self.sums.sum(axis=1), self.rows * (self.width if self.padded else self.K)
+        if not self.padded:
+            return pair, self.sums.sum(axis=1), self.rows * self.K
+        full, sums = np.zeros((self.n, self.n)), np.zeros(self.n)
+        full[np.ix_(self.read, self.read)] = pair
+        sums[self.read] = self.sums.sum(axis=1)
+        return full, sums, self.rows * self.width
 
     def costs(self, js: np.ndarray, alpha: np.ndarray, beta: np.ndarray) -> np.ndarray:
-        """Added output error e[j, i] of unifying j -> i, for the channels js (rows) and every i:
-        with R = X_j - alpha X_i - beta (N x K patches), M_j = W_j W_j^T, t_j = W_j^T 1, v_j = W_j t_j,
+        """Added output error e[j, i] of unifying j -> i, for the channels js (rows) and every i
+        (0 where this consumer does not read both: pairs it reads unlike are never unified)."""
+        if not self.padded:
+            return self._costs(js, alpha[js], beta[js])
+        out = np.zeros((len(js), self.n))
+        rows = self.local[js]
+        mine = rows >= 0
+        if mine.any():
+            read = self.read
+            out[np.ix_(mine, read)] = self._costs(rows[mine], alpha[np.ix_(js[mine], read)],
+                                                  beta[np.ix_(js[mine], read)])
+        return out
+
+    def _costs(self, js: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """e[j, i] for rows js of ``taps`` and every row i, alpha ``a`` and beta ``b`` [j, i]: with
+        R = X_j - a X_i - b (N x K patches), M_j = W_j W_j^T, t_j = W_j^T 1, v_j = W_j t_j,
 
             e = <R^T R, M_j> = <G_jj,M_j> - 2a <G_ij,M_j> + a^2 <G_ii,M_j>
                                - 2b s_j.v_j + 2ab s_i.v_j + b^2 N |t_j|^2."""
@@ -114,7 +140,6 @@ class _Unifier:
         g_ij = np.einsum("ikjl,jkl->ji", self.gram[self.taps[:, :, None, None], self.taps[js][None, None]], m_j)
         s_v = v @ self.sums.T  # [j, i] = s_i . v_j
         own = np.arange(len(js)), js
-        a, b = alpha[js], beta[js]
         return (g_ii[own][:, None] - 2 * a * g_ij + a**2 * g_ii
                 - 2 * b * s_v[own][:, None] + 2 * a * b * s_v + b**2 * self.rows * np.sum(t**2, axis=1)[:, None])
 

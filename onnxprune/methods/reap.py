@@ -42,9 +42,11 @@ class _Downdater:
     construction. Rows of removed channels are exactly zero in Z and theta.
 
     With ``copies`` a channel owns copies[c] K-blocks (its rows at every offset it is read at),
-    possibly none (a part this consumer does not read: removing it costs nothing here). ``taps``
-    then lists each of the group's channels' columns, padded to the widest with column p (a
-    zero row of theta, an identity row of its H block), so the same batched algebra applies."""
+    possibly none (a part this consumer does not read, another block of a grouped conv: removing
+    it costs nothing here). ``taps`` then lists the columns of each channel it reads (``read``;
+    ``local`` maps a channel to its row, -1 if unread), padded to the widest with column p (a
+    zero row of theta, an identity row of its H block), so the same batched algebra applies and
+    a step costs O(channels read), not O(n), per consumer."""
 
     def __init__(self, stats: LayerStats, K: int, theta0: np.ndarray, alpha: float, removals: int,
                  copies: np.ndarray | None = None, n: int = 0):
@@ -64,9 +66,12 @@ class _Downdater:
         else:
             self.owned = owned_columns(copies[:n], K)
             sizes = np.array([len(o) for o in self.owned])
-            self.taps = np.full((n, max(1, sizes.max(initial=0))), p, dtype=np.intp)  # p: padding
-            for a, o in enumerate(self.owned):
-                self.taps[a, :len(o)] = o
+            self.read = np.flatnonzero(sizes)
+            self.local = np.full(n, -1, dtype=np.intp)
+            self.local[self.read] = np.arange(len(self.read))
+            self.taps = np.full((len(self.read), max(1, sizes.max(initial=0))), p, dtype=np.intp)  # p: padding
+            for a, c in enumerate(self.read):
+                self.taps[a, :sizes[c]] = self.owned[c]
             self.real = self.taps < p
             inside = np.minimum(self.taps, p - 1)
             pair = self.real[:, :, None] & self.real[:, None, :]
@@ -82,15 +87,21 @@ class _Downdater:
         """Increase of J when removing each remaining channel c:
         dE_c = tr(theta_c^T H_cc^-1 theta_c) = tr(H_cc^-1 theta_c theta_c^T), K x K per channel
         (theta_c is K x m: m-wide copies of it cost O(n K m) memory traffic per step)."""
-        if self.padded:
-            body = self._padded(self.theta)
-        else:
-            body = self.theta[:-1].reshape(len(self.taps), -1, self.theta.shape[1])  # (n, K, m), a view
+        if self.padded:  # only the channels it reads cost anything here
+            rows = self.local[remaining]
+            mine = rows >= 0
+            out = np.zeros(len(remaining))
+            if mine.any():
+                body = self._padded(self.theta)[rows[mine]]
+                outer = np.matmul(body, body.transpose(0, 2, 1))
+                out[mine] = np.einsum("akk->a", np.linalg.solve(self.blocks[rows[mine]], outer))
+            return out
+        body = self.theta[:-1].reshape(len(self.taps), -1, self.theta.shape[1])  # (n, K, m), a view
         outer = np.matmul(body, body.transpose(0, 2, 1))[remaining]
         return np.einsum("akk->a", np.linalg.solve(self.blocks[remaining], outer))
 
     def _padded(self, a: np.ndarray) -> np.ndarray:
-        """Rows of ``a`` per channel, (n, width, ...), zero at the padding."""
+        """Rows of ``a`` per channel read, (channels read, width, ...), zero at the padding."""
         rows = a[np.minimum(self.taps, len(a) - 1)]
         rows[~self.real] = 0
         return rows
@@ -101,7 +112,7 @@ class _Downdater:
         if len(idx) == 0:  # a channel this consumer does not read
             return
         u = self.u[:, :self.used]
-        low = np.linalg.cholesky(self.blocks[c][:len(idx), :len(idx)])
+        low = np.linalg.cholesky(self.blocks[self.local[c] if self.padded else c][:len(idx), :len(idx)])
         z = sla.solve_triangular(low, (self.h0[:, idx] - u @ u[idx].T).T, lower=True).T
         z[self.gone] = 0
         self.theta -= np.matmul(z, sla.solve_triangular(low, self.theta[idx], lower=True), out=self.step)

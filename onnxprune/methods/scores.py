@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..analysis.grouped import in_rounds, round_up
 from ..analysis.groups import Analysis
 
 Keep = dict[int, np.ndarray]  # group id -> the kept channels' indices, sorted
@@ -27,10 +28,24 @@ def l1_scores(analysis: Analysis) -> list[np.ndarray]:
     return [class_score[classes] for classes in analysis.group_classes]
 
 
+def removal_order(analysis: Analysis, scores: list[np.ndarray], gid: int) -> np.ndarray:
+    """Group ``gid``'s channels, lowest score first; for a group that grouped convs cut in blocks,
+    in rounds (grouped.in_rounds), so that any count of whole rounds removes equally from each."""
+    if gid in analysis.cells:
+        return in_rounds(scores[gid], analysis.cells[gid])
+    return np.argsort(scores[gid], kind="stable")
+
+
 def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int]) -> Keep:
-    """Keep the ``counts[g]`` best-scoring channels of each group, never emptying a tensor."""
+    """Keep the ``counts[g]`` best-scoring channels of each group, never emptying a tensor; a
+    group cut in blocks keeps its best ones in each block, its count rounded up to whole rounds."""
     keep = {}
     for gid, k in counts.items():
+        group = analysis.groups[gid]
+        if gid in analysis.cells:
+            k = round_up(k, group.channels, group.blocks)
+            keep[gid] = np.sort(removal_order(analysis, scores, gid)[group.channels - k:])
+            continue
         order = np.argsort(-scores[gid], kind="stable")
         keep[gid] = np.sort(order[:k])
     removed = analysis.removed_mask(keep)

@@ -9,7 +9,9 @@ gone), overlaid on the original model, and the surgery cuts the model from that,
 analysis serves every step.
 
 A consumer may read other groups' channels too (a Concat): they stay while this group is
-pruned and are refitted with it (``group_first``).
+pruned and are refitted with it (``group_first``). Each consumer is one least-squares piece,
+a grouped conv one per block (grouped.pieces), and a group that grouped convs cut in blocks
+is selected in rounds (grouped.Rounds).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from ..calibration.cache import SegmentRunner, pairs
 from ..calibration.statistics import HOLDOUT_EVERY, Calibration, accumulate
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
-from .least_squares import ConsumerFit, Parts, columns, error
+from .grouped import Piece, join, pieces, relative_error, rounds
+from .least_squares import Parts, columns
 from .scores import l1_scores, select
 from .weights import overlay_weights, theta_of
 
@@ -41,8 +44,8 @@ class LayerNote:
     node: str
     rows: int
     columns: int
-    alpha: float
-    rel_error: float  # ||Y - X_S Theta||^2 / ||Y||^2 on the calibration data
+    alpha: float  # a grouped conv: the largest of its blocks'
+    rel_error: float  # ||Y - X_S Theta||^2 / ||Y||^2 on the calibration data (a grouped conv: all blocks)
 
 
 def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: dict[int, int],
@@ -69,7 +72,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         n = analysis.groups[gid].channels
         removed = analysis.removed_mask(keep)
         plan = [(c, *group_first(analysis, c, gid, removed, calib.sequential)) for c in plans[gid]]
-        parts = part_quotas(analysis, gid, proxy[gid])
+        parts = part_quotas(analysis, gid, proxy[gid]) or rounds(analysis, gid, len(proxy[gid]))
         target = counts[gid] if parts is None else len(proxy[gid])
         reads = [r for _, r, _, _, _, _ in plan]
         ins, outs = [c.input for c in reads], [c.output for c in reads]
@@ -83,42 +86,38 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {target} channels", calib.samples) as advance:
             fit, holdout = accumulate(runs, reads, calib.mode, providers, HOLDOUT_EVERY, advance)
         outputs = {c.node: kept_outputs(analysis, c, removed) for c, *_ in plan}
-        stats = []
-        for c, _, _, read_rows, rows, _ in plan:
+        problems = []  # per consumer: its pieces (one, or one per block of a grouped conv)
+        for c, _, problem, read_rows, rows, copies in plan:
             cols = outputs[c.node]
             if c.node in thetas:  # read by an earlier group too: start from those refitted weights
                 before, before_cols = thetas[c.node][1:]
-                theta0 = before[np.ix_(rows, np.searchsorted(before_cols, cols))]
+                theta0 = before[:, np.searchsorted(before_cols, cols)]
             else:
-                theta0 = theta_of(nodes[c.node], c)[np.ix_(rows, cols)]
-            stats.append(tuple(None if s is None else s.permuted(read_rows).outputs(cols)
-                               for s in (fit[c.node], holdout.get(c.node))) + (theta0,))
-        kept, new_thetas, alphas = choose_and_rebuild(method, stats, [p for _, _, p, _, _, _ in plan], n, target,
-                                                      [copies for *_, copies in plan], parts)
-        for (c, _, _, _, rows, _), (f, h, _), theta, alpha in zip(plan, stats, new_thetas, alphas):
-            full = np.zeros((c.columns, theta.shape[1]))
-            full[rows] = theta  # back on the original channels, zeros where removed
-            thetas[c.node] = (c, full, outputs[c.node])
-            total = f if h is None else f + h
-            notes.append(LayerNote(gid, c.node, total.rows, len(rows), alpha,
-                                   error(total, theta) / max(total.energy, 1e-300)))
+                theta0 = theta_of(nodes[c.node], c)[:, cols]
+            problems.append(pieces(analysis, c, problem, read_rows, rows, copies, fit[c.node],
+                                   holdout.get(c.node), theta0, cols))
+        kept, new_thetas, alphas = choose_and_rebuild(method, [p for ps in problems for p in ps], n, target, parts)
+        at = 0
+        for (c, *_), ps in zip(plan, problems):
+            mine, used = new_thetas[at:at + len(ps)], alphas[at:at + len(ps)]
+            at += len(ps)
+            thetas[c.node] = (c, join(c, ps, mine, len(outputs[c.node])), outputs[c.node])
+            notes.append(LayerNote(gid, c.node, ps[0].total.rows, len(ps[0].rows), max(used),
+                                   relative_error(ps, mine)))
         keep[gid] = kept
         current = prune_channels(overlay_weights(normalized, thetas), analysis, keep)
     return current, keep, notes
 
 
-def choose_and_rebuild(method: DataMethod, stats, consumers: list[Consumer], n: int, k: int,
-                       copies: list[np.ndarray | None] | None = None, parts: Parts | None = None):
-    """Kept channels, each consumer's new weights and the ridge alpha used. ``stats``: per
-    consumer (fit, holdout, theta0) with the group's n channels first (``group_first``, which
-    also gives ``copies``); the others it reads stay. With ``parts``, each part gives up its quota."""
-    copies = copies or [None] * len(consumers)
-    problems = [(f if h is None else f + h, c.taps, theta0) + (() if r is None else (r,))
-                for (f, h, theta0), c, r in zip(stats, consumers, copies)]
-    plan = method.plan(problems, n, target=k) if parts is None else method.plan(problems, n, target=k, parts=parts)
+def choose_and_rebuild(method: DataMethod, problems: list[Piece], n: int, k: int, parts: Parts | None = None):
+    """Kept channels, each piece's new weights and the ridge alpha used. ``problems``: the
+    consumers' pieces (grouped.pieces), with the group's n channels first (``group_first``); the
+    others they read stay. With ``parts``, each part gives up its quota (``Rounds``: in rounds)."""
+    selection = [p.problem() for p in problems]
+    plan = (method.plan(selection, n, target=k) if parts is None
+            else method.plan(selection, n, target=k, parts=parts))
     kept = np.setdiff1d(np.arange(n), plan.order[: n - k])
-    fits = [method.rebuild(plan, ConsumerFit(f, h, c.taps, theta0, c.channels, r), kept, n)
-            for (f, h, theta0), c, r in zip(stats, consumers, copies)]
+    fits = [method.rebuild(plan, p.consumer_fit(), kept, n) for p in problems]
     return kept, [theta for theta, _ in fits], [alpha for _, alpha in fits]
 
 

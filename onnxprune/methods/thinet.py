@@ -28,17 +28,20 @@ def _pair_products(stats: LayerStats, K: int, theta0: np.ndarray, n: int, copies
                    ) -> np.ndarray:
     """P_ab = <G_ab, W_a W_b^T> for the first n channels (n x n; W_a: the K x m rows of
     channel a in theta0; with ``copies``, the rows of all its copies, none for a channel the
-    consumer does not read)."""
+    consumer does not read: its row and column are 0, and only the channels read are multiplied)."""
     if copies is None:
         w = theta0[:n * K]
         return ((w @ w.T) * stats.gram[:n * K, :n * K]).reshape(n, K, n, K).sum(axis=(1, 3))
     owned = owned_columns(copies[:n], K)
+    read = np.flatnonzero([len(o) for o in owned])
     width = sum(len(o) for o in owned)
     w = theta0[:width]
-    owner = np.zeros((n, width))
-    for a, o in enumerate(owned):
-        owner[a, o] = 1
-    return owner @ ((w @ w.T) * stats.gram[:width, :width]) @ owner.T
+    owner = np.zeros((len(read), width))
+    for a, c in enumerate(read):
+        owner[a, owned[c]] = 1
+    pairs = np.zeros((n, n))
+    pairs[np.ix_(read, read)] = owner @ ((w @ w.T) * stats.gram[:width, :width]) @ owner.T
+    return pairs
 
 
 def thinet_order(consumers: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> Elimination:

@@ -4,7 +4,7 @@ The analysis (``groups.analyze``) recorded each rewrite as an ``Edit``; surgery
 replays them for the channels kept: producer weights and biases, channel-wise
 parameters, depthwise ``group`` attributes, Split sizes, Slice bounds, Resize
 sizes, flattening Reshapes and the consumers' input slices (H*W rows per
-channel after a Flatten).
+channel after a Flatten; block by block for a grouped conv).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def prune_channels(model: onnx.ModelProto, analysis: Analysis, keep: dict[int, n
             raise OnnxPruneError(f"group {gid} would lose all of its {group.channels} channels")
         if kept.min() < 0 or kept.max() >= group.channels or len(np.unique(kept)) != len(kept):
             raise OnnxPruneError(f"group {gid}: kept channel indices must be distinct, in 0..{group.channels - 1}")
+        if gid in analysis.cells and len(set(np.bincount(analysis.cells[gid][kept], minlength=group.blocks))) > 1:
+            raise OnnxPruneError(f"group {gid} must keep as many channels in each of its {group.blocks} blocks "
+                                 f"(grouped Conv {', '.join(group.grouped_by)})")
     removed = analysis.removed_mask(keep)
     for name in analysis.layouts:
         if analysis.channel_count(name, removed) == 0:
@@ -52,6 +55,11 @@ def _apply(graph: gs.Graph, node: gs.Node, edit: Edit, positions: np.ndarray,
     if edit.kind is EditKind.SLICE_CONST:
         values = np.asarray(node.inputs[edit.index].values)
         set_constant_input(graph, node, edit.index, np.take(values, positions, axis=edit.axis))
+    elif edit.kind is EditKind.SLICE_GROUPED:
+        weight = np.asarray(node.inputs[edit.index].values)
+        groups = int(node.attrs["group"])
+        set_constant_input(graph, node, edit.index,
+                           grouped_input(weight, positions, groups, analysis.channel_count(edit.tensor)))
     elif edit.kind is EditKind.SET_GROUP:
         node.attrs["group"] = len(positions)
     elif edit.kind is EditKind.SPLIT_SIZES:
@@ -72,6 +80,18 @@ def _apply(graph: gs.Graph, node: gs.Node, edit: Edit, positions: np.ndarray,
             set_constant_input(graph, node, 1, shape)
     else:  # pragma: no cover - every kind is handled above
         raise AssertionError(edit.kind)
+
+
+def grouped_input(weight: np.ndarray, positions: np.ndarray, groups: int, channels: int) -> np.ndarray:
+    """A grouped Conv's weight (rows x a x ...) keeping its input channels at ``positions`` (of
+    ``channels`` = groups * a): the rows of output block j (rows / groups of them) read input block
+    j, so they keep the columns positions[j] - j * a. Every block must keep as many."""
+    a, rows = channels // groups, weight.shape[0] // groups
+    per_block = [positions[(positions >= j * a) & (positions < (j + 1) * a)] - j * a for j in range(groups)]
+    if len({len(p) for p in per_block}) != 1:
+        raise OnnxPruneError(f"a grouped Conv (group={groups}) would keep unequal input widths per group: "
+                             f"{[len(p) for p in per_block]}")
+    return np.concatenate([weight[j * rows:(j + 1) * rows][:, p] for j, p in enumerate(per_block)])
 
 
 def _set_split_sizes(graph: gs.Graph, node: gs.Node, sizes: list[int], opset: int) -> None:

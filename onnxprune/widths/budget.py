@@ -10,6 +10,17 @@ import math
 from typing import Callable
 
 Counts = dict[int, int]
+Steps = int | Counts  # what counts move by: round_to for every group, or one step per group
+
+
+def block_steps(round_to: int, blocks: Counts) -> Counts:
+    """Each group's step: the least multiple of ``round_to`` that is also one of its ``blocks``
+    (a group that grouped convs cut into b blocks keeps a multiple of b, as many per block)."""
+    return {g: math.lcm(round_to, b) for g, b in blocks.items()}
+
+
+def step_of(steps: Steps, g: int) -> int:
+    return steps if isinstance(steps, int) else steps[g]
 
 
 def kept_count(n: int, ratio: float, round_to: int = 1) -> int:
@@ -26,17 +37,17 @@ def kept_count(n: int, ratio: float, round_to: int = 1) -> int:
     return low
 
 
-def uniform(channels: Counts, ratio: float, round_to: int = 1) -> Counts:
-    """The same ratio removed from every group."""
-    return {g: kept_count(n, ratio, round_to) for g, n in channels.items()}
+def uniform(channels: Counts, ratio: float, round_to: Steps = 1) -> Counts:
+    """The same ratio removed from every group (``round_to``: one step, or each group's)."""
+    return {g: kept_count(n, ratio, step_of(round_to, g)) for g, n in channels.items()}
 
 
-def fit_budget(channels: Counts, cost: Callable[[Counts], float], budget: float, round_to: int = 1) -> Counts | None:
+def fit_budget(channels: Counts, cost: Callable[[Counts], float], budget: float, round_to: Steps = 1) -> Counts | None:
     """Counts whose cost is at most ``budget`` and as close to it as the rounding allows.
 
     A bisection finds the smallest uniform ratio within budget; then channels are
-    given back, ``round_to`` at a time and group by group, while the cost still fits.
-    None when even the deepest uniform pruning exceeds the budget.
+    given back, ``round_to`` (each group's step) at a time and group by group, while the
+    cost still fits. None when even the deepest uniform pruning exceeds the budget.
     """
     deepest = uniform(channels, 1.0, round_to)
     if cost(deepest) > budget:
@@ -57,7 +68,7 @@ def fit_budget(channels: Counts, cost: Callable[[Counts], float], budget: float,
         for g, n in channels.items():
             if counts[g] >= n:
                 continue
-            trial = {**counts, g: min(n, counts[g] + round_to)}
+            trial = {**counts, g: min(n, counts[g] + step_of(round_to, g))}
             if cost(trial) <= budget:
                 counts, grew = trial, True
     return counts

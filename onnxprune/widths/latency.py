@@ -44,7 +44,8 @@ from ..graph.shapes import batch_feeds
 from ..graph.timing import interleaved, medians_ms
 from ..passes.surgery import prune_channels
 from ..progress import Progress
-from .budget import Counts, fit_budget, uniform
+from ..methods.scores import select
+from .budget import Counts, block_steps, fit_budget, uniform
 from .pro import Keep, Reconstructions, allowed_counts, optimize_counts
 
 FORMAT = "onnxprune-latency-table/1"
@@ -155,6 +156,17 @@ def staircase(times: dict[int, float]) -> dict[int, float]:
     return result
 
 
+def steps_of(analysis: Analysis, channels: Counts, round_to: int) -> Counts:
+    """Each group's step: ``round_to``, or its least multiple that is one of the group's blocks."""
+    return block_steps(round_to, {g: analysis.groups[g].blocks for g in channels})
+
+
+def timed_keep(analysis: Analysis, counts: Counts) -> dict[int, np.ndarray]:
+    """The channels a timed width keeps: the first ones of each group (of each of its blocks, for
+    a group cut by grouped convs); the time depends on the widths alone."""
+    return select(analysis, [-np.arange(len(c), dtype=np.float64) for c in analysis.group_classes], counts)
+
+
 def ladder(n: int, round_to: int) -> list[int]:
     """The widths measured for a group of n channels: n, then multiples of ``round_to`` at
     least max(round_to, n / 16) apart (as PRO steps), down to ``round_to``."""
@@ -168,17 +180,18 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
     feeds = _feeds(normalized, target, seed)
     values = _activations(normalized, feeds, target)
     steps = {}
+    step = steps_of(analysis, channels, round_to)
     for g, n in channels.items():
         nodes = touched_nodes(analysis, g)
-        widths = ladder(n, round_to)
-        segments = [_segment(prune_channels(normalized, analysis, {g: np.arange(k)}) if k < n else normalized,
-                             nodes, values) for k in widths]
+        widths = ladder(n, step[g])
+        segments = [_segment(prune_channels(normalized, analysis, timed_keep(analysis, {g: k})) if k < n
+                             else normalized, nodes, values) for k in widths]
         runs_ = [session(s, target.providers, threads=target.threads) for s, _ in segments]
         times = medians_ms(interleaved(runs_, [f for _, f in segments], runs))
         steps[g] = staircase(dict(zip(widths, times)))
-    checks = {r: uniform(channels, r, round_to) for r in CHECK_RATIOS}
+    checks = {r: uniform(channels, r, step) for r in CHECK_RATIOS}
     checks = {r: c for r, c in checks.items() if any(c[g] < n for g, n in channels.items())}
-    models = [prune_channels(normalized, analysis, {g: np.arange(k) for g, k in c.items()}) for c in checks.values()]
+    models = [prune_channels(normalized, analysis, timed_keep(analysis, c)) for c in checks.values()]
     full_ms, *measured = measure(normalized, models, target, runs, seed)
     unscaled = LatencyTable({}, 0.0, steps)
     predicted_saving = np.array([-unscaled.predict(c) for c in checks.values()])
@@ -321,7 +334,8 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
         table = load_table(goal.table)
         check_table(table, normalized, channels, goal.table)
     budget = goal.fraction * table.full_ms
-    deepest = uniform(channels, 1.0, goal.round_to)
+    steps = steps_of(analysis, channels, goal.round_to)
+    deepest = uniform(channels, 1.0, steps)
     if table.predict(deepest) > budget:
         fastest = table.predict(deepest) / table.full_ms
         if goal.table is None:  # the table may be pessimistic: the deepest pruning measured decides
@@ -342,12 +356,12 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
     def fit(budget_ms: float) -> Counts | None:
         nonlocal trace, rebuilt
         if not goal.pro:
-            return fit_budget(channels, table.predict, budget_ms, goal.round_to)
+            return fit_budget(channels, table.predict, budget_ms, steps)
         if method.reconstructs and rebuilt is None:
             rebuilt = Reconstructions(normalized, analysis, method, channels, calibration, progress)
         microseconds = lambda keep: round(1000 * table.predict({g: len(k) for g, k in keep.items()}))  # noqa: E731
         runs = {name: optimize_counts(normalized, analysis, method, channels, microseconds, 1000 * budget_ms,
-                                      calibration, goal.round_to, goal.pro_samples, progress, rank, rebuilt)
+                                      calibration, steps, goal.pro_samples, progress, rank, rebuilt)
                 for name, rank in (("per microsecond", microseconds), ("per MAC", macs))}
         rankings.clear()
         rankings.update({name: choice.error for name, choice in runs.items()})

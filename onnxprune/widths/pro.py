@@ -19,7 +19,8 @@ removed channels) of a model pruned to an earlier commit's widths, run from its 
 first consumer on (``VariantCandidates``); for one that does not (l1), it is the pruned
 model, run from the first node its group touches (``PrunedCandidates``).
 A consumer that reads several groups (a Concat) is fitted, for a candidate, on the other
-groups' channels that the base still has.
+groups' channels that the base still has; a grouped conv block by block (methods/grouped.py),
+its rows restricted to the base's channels block by block.
 Channels are then given back, ``round_to`` at a time, while the cost stays within the
 target, and the real method prunes to the chosen counts (sequentially, for data methods).
 """
@@ -38,11 +39,12 @@ from ..calibration.cache import Cuts
 from ..calibration.statistics import HOLDOUT_EVERY, Calibration, collect
 from ..errors import OnnxPruneError
 from ..methods.base import DataMethod, SelectionMethod
-from ..methods.least_squares import ConsumerFit, columns
+from ..methods.grouped import Piece, join, pieces, restrict, rounds
 from ..methods.sequential import group_first
 from ..methods.weights import overlay_weights, theta_of
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
+from .budget import Steps, step_of
 from .variants import Variants
 
 REFRESH_EVERY = 8  # commits between full re-measurements of every group
@@ -93,7 +95,7 @@ class Candidates(Protocol):
 
 
 def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
-                    cost: Callable[[Keep], int], budget: float, calib: Calibration, round_to: int, samples: int,
+                    cost: Callable[[Keep], int], budget: float, calib: Calibration, round_to: Steps, samples: int,
                     progress: Progress = no_progress, rank: Callable[[Keep], int] | None = None,
                     rebuilt: Reconstructions | None = None) -> ProChoice:
     """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO with
@@ -109,7 +111,8 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
         orders = rebuilt.orders
     else:
         orders = method.orders(analysis, channels)
-    ladders = {g: allowed_counts(n, round_to, max(round_to, n // 16)) for g, n in channels.items()}
+    steps = {g: step_of(round_to, g) for g in channels}
+    ladders = {g: allowed_counts(n, steps[g], max(steps[g], n // 16)) for g, n in channels.items()}
     position = {g: 0 for g in channels}  # index into the group's ladder
 
     def keep_of(counts: Counts) -> Keep:
@@ -177,7 +180,7 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
         grew = False
         for g in dict.fromkeys(step.group for step in reversed(trace)):
             if counts[g] < channels[g]:
-                trial = {**counts, g: min(channels[g], counts[g] + round_to)}
+                trial = {**counts, g: min(channels[g], counts[g] + steps[g])}
                 if cost(keep_of(trial)) <= budget:
                     counts, grew = trial, True
     given_back = counts != counts_at(position)
@@ -199,7 +202,7 @@ class Reconstructions:
                                              list(calib.providers), HOLDOUT_EVERY, advance)
         self.nodes = {n.name: n for n in analysis.graph.nodes}
         self.nothing = np.zeros(len(analysis.class_group), dtype=bool)
-        self.plans = {g: method.plan([self._problem(c, g) for c in self.consumers[g]], n) for g, n in channels.items()}
+        self.plans = {g: self._plan(g, n) for g, n in channels.items()}
         self.orders = {g: plan.order for g, plan in self.plans.items()}
         # Classes of other groups that g's consumers read (a Concat): the weights depend on which stay.
         self.others = {g: np.setdiff1d(np.concatenate([analysis.atom_class[analysis.layouts[c.input].atoms]
@@ -207,14 +210,22 @@ class Reconstructions:
                        for g in channels}
         self._cache: dict[tuple[int, int, bytes], Weights] = {}
 
-    def _problem(self, c: Consumer, g: int):
-        """c's problem for choosing group g's order: its statistics on the original model, the
-        group's channels first, then the other channels it reads (group_first)."""
-        _, _, columns_, rows, copies = group_first(self.analysis, c, g, self.nothing, sequential=False)
-        fit, holdout = self.fit[c.node], self.holdout.get(c.node)
-        total = fit + holdout if holdout is not None else fit  # not kept: a Gram's size
-        return (total.permuted(columns_), c.taps, theta_of(self.nodes[c.node], c)[rows]) + (
-            () if copies is None else (copies,))
+    def _plan(self, g: int, n: int):
+        """Group g's full removal order (in rounds, down to one channel per block, for a group
+        that grouped convs cut), chosen on its consumers' pieces (``_pieces``)."""
+        problems = [p.problem() for c in self.consumers[g] for p in self._pieces(c, g, self.nothing)]
+        blocks = rounds(self.analysis, g, self.analysis.groups[g].blocks)
+        if blocks is None:
+            return self.method.plan(problems, n)
+        return self.method.plan(problems, n, target=self.analysis.groups[g].blocks, parts=blocks)
+
+    def _pieces(self, c: Consumer, g: int, removed: np.ndarray) -> list[Piece]:
+        """c's problems for group g (grouped.pieces): statistics of the original model, the group's
+        channels first, then the other channels it reads that ``removed`` keeps (group_first)."""
+        _, shape, columns_, rows, copies = group_first(self.analysis, c, g, removed, sequential=False)
+        theta = theta_of(self.nodes[c.node], c)
+        return pieces(self.analysis, c, shape, columns_, rows, copies, self.fit[c.node], self.holdout.get(c.node),
+                      theta, np.arange(theta.shape[1]))
 
     def weights(self, g: int, k: int, removed: np.ndarray | None = None) -> Weights:
         """Group g's consumers at k channels, the other groups' channels that ``removed`` (a
@@ -226,14 +237,10 @@ class Reconstructions:
             kept = np.sort(np.setdiff1d(np.arange(n), self.orders[g][: n - k]))
             result = {}
             for c in self.consumers[g]:
-                _, shape, columns_, rows, copies = group_first(self.analysis, c, g, removed, sequential=False)
-                h = self.holdout.get(c.node)
-                problem = ConsumerFit(self.fit[c.node].permuted(columns_), None if h is None else h.permuted(columns_),
-                                      c.taps, theta_of(self.nodes[c.node], c)[rows], shape.channels, copies)
-                theta, _ = self.method.rebuild(self.plans[g], problem, kept, n)
-                full = np.zeros((c.columns, theta.shape[1]))
-                full[rows] = theta
-                result[c.node] = (c, full, np.arange(theta.shape[1]))
+                parts = self._pieces(c, g, removed)
+                thetas = [self.method.rebuild(self.plans[g], p.consumer_fit(), kept, n)[0] for p in parts]
+                m = sum(len(p.outputs) for p in parts)
+                result[c.node] = (c, join(c, parts, thetas, m), np.arange(m))
             self._cache[key] = result
         return self._cache[key]
 
@@ -272,10 +279,11 @@ class VariantCandidates:
         changed = {}
         analysis = self.analysis
         for c, theta, _ in self.rebuilt.weights(g, counts[g], self.removed).values():
-            present = np.flatnonzero(~self.removed[analysis.atom_class[analysis.layouts[c.input].atoms]])
-            rows = columns(present, c.taps)
+            classes = analysis.atom_class[analysis.layouts[c.input].atoms]
+            present = np.flatnonzero(~self.removed[classes])
             outputs = kept_outputs(analysis, c, self.removed)
-            changed.update(self.variants.params(c, theta[np.ix_(rows, outputs)], np.arange(len(outputs))))
+            theta = restrict(c, theta, present, len(classes))[:, outputs]
+            changed.update(self.variants.params(c, theta, np.arange(len(outputs))))
         return changed
 
     def evaluate(self, counts: Counts, group: int | None) -> np.ndarray:
