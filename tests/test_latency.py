@@ -259,3 +259,26 @@ def test_pro_keeps_the_ranking_whose_widths_have_the_smaller_error(tmp_path, mon
     assert list(errors.values()) == pytest.approx([r.error for r in runs])
     best = min(runs, key=lambda r: r.error)
     assert {g["id"]: g["channels_after"] for g in report["groups"] if g["id"] in best.counts} == best.counts
+
+
+def test_pro_refits_while_the_measured_latency_misses_the_target(tmp_path, monkeypatch):
+    """Timed as a whole model, PRO's widths are refitted to a budget scaled by the miss while
+    they miss by more than 5 %, at most three times: here 0.8 and 0.6 of the original's latency
+    (target 0.5) are refitted, 0.52 (4 % over) is kept."""
+    path, calib = tmp_path / "net.onnx", tmp_path / "calib.npz"
+    model = FACTORIES["conv_chain"](widths=(32, 48, 32), k=3)
+    onnx.save(model, path)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32))
+    analysis = analyze(normalize(model)[0])
+    steps = {g.id: {k: k / g.channels for k in latency.ladder(g.channels, 8)} for g in analysis.groups if g.prunable}
+    monkeypatch.setattr(latency, "profile", lambda *a, **k: table_of(steps, full=3.0))  # deepest: 0.67 ms
+    measured = iter([0.8, 0.6, 0.52, 0.52])
+    monkeypatch.setattr(latency, "measure", lambda original, models, *a, **k: [1.0, next(measured)])
+    result = invoke("prune", path, "-o", tmp_path / "out.onnx", "--method", "reap", "--calib", calib,
+                    "--keep-latency", "0.5", "--pro-samples", "16", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    attempts = json.loads(result.stdout)["latency"]["attempts"]
+    assert [a["measured_ms"] for a in attempts] == [0.8, 0.6, 0.52]
+    assert attempts[1]["budget_ms"] == pytest.approx(attempts[0]["budget_ms"] / 1.6)
+    assert attempts[2]["budget_ms"] == pytest.approx(attempts[1]["budget_ms"] / 1.2)
