@@ -153,6 +153,29 @@ def test_a_numerically_singular_gram_is_regularised(eps):
     assert error(stats, theta) == pytest.approx(error(stats, without), rel=1e-6)
 
 
+@pytest.mark.parametrize("eps", [0.0, 1e-7], ids=["exact", "rounding"])
+@pytest.mark.parametrize("dead", [False, True], ids=["live", "dead0"])
+@pytest.mark.parametrize("scale", [1e-4, 1e8])
+def test_the_singularity_test_and_the_jitter_follow_the_scale_of_the_data(scale, dead, eps):
+    """The same singular problem as above with activations 1e-4 or 1e8 times larger, and channel 0
+    dead or not: both the pivot test (L_ii^2 against a_ii) and the jitter (relative to the mean
+    channel energy, not to channel 0's nor to an absolute 1) are relative, so the weights stay of
+    the weights' size and the fit as good as without the dependent channels, at any scale."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((400, 6))
+    if dead:
+        x[:, 0] = 0.0
+    x[:, 3] = x[:, 1] + x[:, 2] + eps * rng.standard_normal(400)
+    x *= scale
+    true = rng.standard_normal((7, 2))
+    true[:-1] /= scale  # outputs of order one whatever the scale
+    stats = stats_from_data(x, with_ones(x) @ true + 0.1 * rng.standard_normal((400, 2)))
+    theta = ridge_solve(stats, range(6), 1, np.zeros_like(true), 0.0)
+    without = ridge_solve(stats, [1, 2, 4, 5] if dead else [0, 1, 2, 4, 5], 1, np.zeros_like(true), 0.0)
+    assert np.abs(theta[:-1]).max() < 10 * np.abs(true[:-1]).max()
+    assert error(stats, theta) == pytest.approx(error(stats, without), rel=1e-6)
+
+
 def test_choose_alpha_regularises_only_when_rows_are_few():
     rng = np.random.default_rng(3)
     n, k, m = 6, 16, 4  # a conv feeding Flatten -> Gemm: many columns per row
