@@ -88,7 +88,30 @@ def test_matmul_counts_the_inner_dimension():
 def test_predictors_match_a_recount_of_the_pruned_model(name):
     """The MAC and parameter predictors (which fit --keep-flops and --keep-params) agree exactly
     with counting the model the surgery writes, at several depths."""
-    normalized, _ = normalize(FACTORIES[name]())
+    _check_predictors(FACTORIES[name]())
+
+
+def test_predictors_match_a_recount_when_a_layer_reads_a_tensor_without_channels():
+    """A MatMul on a rank-1 vector (Reshape to [-1]): its input and output have no channel axis,
+    so the predictors leave its MACs as they are (and do not ask for their channel counts)."""
+    w0 = np.random.default_rng(0).normal(size=(4, 3, 1, 1)).astype(np.float32)
+    w1 = np.random.default_rng(1).normal(size=(4, 4, 1, 1)).astype(np.float32)
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["a"], name="conv0"),
+             helper.make_node("Relu", ["a"], ["r"], name="relu"),
+             helper.make_node("Conv", ["r", "w1"], ["b"], name="conv1"),
+             helper.make_node("Reshape", ["b", "shape"], ["v"], name="vector"),
+             helper.make_node("MatMul", ["v", "wm"], ["y"], name="mm")]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", 1, [1, 3, 4, 4])], [helper.make_tensor_value_info("y", 1, [5])],
+        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1"),
+         numpy_helper.from_array(np.array([-1], np.int64), "shape"),
+         numpy_helper.from_array(np.ones((64, 5), np.float32), "wm")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert _check_predictors(model) == 1  # conv0's channels: the only prunable group
+
+
+def _check_predictors(model):
+    normalized, _ = normalize(model)
     analysis = analyze(normalized)
     macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes)).macs
     params = ParamPredictor(analysis).params
@@ -99,6 +122,7 @@ def test_predictors_match_a_recount_of_the_pruned_model(name):
         recount = cost_of(prune_channels(normalized, analysis, keep))
         removed = analysis.removed_mask(keep)
         assert (macs(removed), params(removed)) == (recount.macs, recount.params), ratio
+    return len(channels)
 
 
 def test_unknown_dims_are_an_error_that_says_how_to_fix_them():
