@@ -60,7 +60,8 @@ def test_a_fixed_batch_multiplies_the_macs_not_the_params():
 
 
 def test_params_count_float_initializers_once_and_nothing_else():
-    """A weight read by two nodes counts once; integer constants (a Reshape's shape) do not count."""
+    """A weight read by two nodes counts once; integer constants (a Reshape's shape) do not count;
+    the same for the parameter predictor."""
     b = NetBuilder(3, hw=4, seed=0)
     x = b.conv("input", 5, k=1)
     y = b.conv("input", 5, k=1)
@@ -70,6 +71,7 @@ def test_params_count_float_initializers_once_and_nothing_else():
     cost = cost_of(model)
     assert cost.params == 5 * 3 + 5 + 5  # one shared weight, two biases; the int64 shape is not counted
     assert [n.macs for n in cost.nodes] == [5 * 16 * 3, 5 * 16 * 3]
+    _check_predictors(model)  # and so does the parameter predictor
 
 
 def test_matmul_counts_the_inner_dimension():
