@@ -138,6 +138,22 @@ def test_unknown_dims_are_an_error_that_says_how_to_fix_them():
     assert cost_of(model, {"input": (1, 3, 8, 8)}).macs == sum(EXPECTED_MACS.values())
 
 
+def test_shapes_unknown_after_an_op_onnx_does_not_know_are_an_error_that_names_the_op():
+    """Shape inference stops at a custom op: counting the Conv after it fails, naming that op
+    (not a dynamic input dim, which --input-shape would fix)."""
+    model = FACTORIES["conv_chain"]()
+    nodes = list(model.graph.node)
+    relu = next(n for n in nodes if n.op_type == "Relu")
+    out, relu.output[0] = relu.output[0], relu.output[0] + "_in"
+    nodes.insert(nodes.index(relu) + 1, helper.make_node("MyOp", [relu.output[0]], [out], name="myop0",
+                                                          domain="my.domain"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    model.opset_import.append(helper.make_opsetid("my.domain", 1))
+    with pytest.raises(OnnxPruneError, match="is unknown after my.domain:MyOp node 'myop0', an op onnx does not"):
+        cost_of(model)
+
+
 def test_gemm_with_transposed_a_counts_b_inner_dimension():
     """Gemm(A^T, B): A is [K, M] = [7, 2], so K comes from B, not from A's last dim."""
     graph = helper.make_graph(
