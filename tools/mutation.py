@@ -18,7 +18,8 @@ whose functions did not change is not rerun unless named here. Not part of CI (h
 cores for all modules); docs/TESTING.md has the results and the reasons for the survivors.
 
 This script only drives mutmut: `mutmut run --max-children N "onnxprune.analysis.cost.*"` per
-module (with CI=1, so that hypothesis is derandomised, as in CI), then counts each module's
+module (with CI=1 and HYPOTHESIS_PROFILE=mutation: hypothesis derandomised as in CI, failing
+examples not shrunk), then counts each module's
 results from mutmut's own records (mutants/<module>.meta).
 """
 
@@ -110,7 +111,8 @@ def run_one(short: str, max_children: int, names: list[str]) -> int:
     if copied.exists() and "__mutmut_" not in copied.read_text():
         copied.unlink()  # copied unmutated by a run of another module, with a newer mtime: mutmut
         # would take it as already mutated and find no mutant
-    env = {**os.environ, "CI": os.environ.get("CI", "1")}  # hypothesis derandomised, as in CI
+    # hypothesis derandomised as in CI, and failing examples not shrunk (tests/conftest.py)
+    env = {**os.environ, "CI": "1", "HYPOTHESIS_PROFILE": "mutation"}
     command = [sys.executable, __file__, "--_mutmut", short, "--max-children", str(max_children), *names]
     print(f"+ mutmut run --max-children {max_children} {' '.join(names) or mutant_glob(MODULES[short][0])}"
           f"  (only_mutate {MODULES[short][0]}, tests {' '.join(MODULES[short][1])})", flush=True)
@@ -137,7 +139,7 @@ def try_mutant(name: str, pytest_args: list[str]) -> int:
     """Run pytest on the current tests with one mutant active (mutmut's trampolines read
     MUTANT_UNDER_TEST): the check that a new test fails on the mutant it was written for."""
     shutil.copytree(ROOT / "tests", ROOT / "mutants" / "tests", dirs_exist_ok=True)
-    env = {**os.environ, "CI": os.environ.get("CI", "1"), "MUTANT_UNDER_TEST": name}
+    env = {**os.environ, "CI": "1", "HYPOTHESIS_PROFILE": "mutation", "MUTANT_UNDER_TEST": name}
     code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *pytest_args],
                            cwd=ROOT / "mutants", env=env)
     print(f"{name}: {'killed' if code == 1 else 'survived' if code == 0 else f'pytest exit {code}'}")
