@@ -9,7 +9,7 @@ from onnx import helper, numpy_helper
 from onnxprune import OnnxPruneError, analyze, cost_of, normalize
 from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost, node_macs
 from onnxprune.graph.convert import to_graph
-from onnxprune.graph.shapes import infer_shapes
+from onnxprune.graph.shapes import infer_shapes, unknown_after
 from onnxprune.methods.l1 import l1_scores, select
 from onnxprune.passes.surgery import prune_channels
 from onnxprune.widths.budget import uniform
@@ -138,9 +138,8 @@ def test_unknown_dims_are_an_error_that_says_how_to_fix_them():
     assert cost_of(model, {"input": (1, 3, 8, 8)}).macs == sum(EXPECTED_MACS.values())
 
 
-def test_shapes_unknown_after_an_op_onnx_does_not_know_are_an_error_that_names_the_op():
-    """Shape inference stops at a custom op: counting the Conv after it fails, naming that op
-    (not a dynamic input dim, which --input-shape would fix)."""
+def custom_op_chain():
+    """conv_chain with an op of a custom domain (onnx and onnxruntime know neither) after its first Relu."""
     model = FACTORIES["conv_chain"]()
     nodes = list(model.graph.node)
     relu = next(n for n in nodes if n.op_type == "Relu")
@@ -150,8 +149,24 @@ def test_shapes_unknown_after_an_op_onnx_does_not_know_are_an_error_that_names_t
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     model.opset_import.append(helper.make_opsetid("my.domain", 1))
+    return model
+
+
+def test_shapes_unknown_after_an_op_onnx_does_not_know_are_an_error_that_names_the_op():
+    """Shape inference stops at a custom op: counting the Conv after it fails, naming that op
+    (not a dynamic input dim, which --input-shape would fix)."""
     with pytest.raises(OnnxPruneError, match="is unknown after my.domain:MyOp node 'myop0', an op onnx does not"):
-        cost_of(model)
+        cost_of(custom_op_chain())
+
+
+def test_a_partial_count_lists_the_layers_after_an_op_onnx_does_not_know():
+    """For inspect: the layers behind the custom op are listed with it, the others counted."""
+    model = custom_op_chain()
+    shapes = infer_shapes(model)
+    partial = model_cost(to_graph(model), shapes, unknown_after(model, shapes), partial=True)
+    convs = [n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert partial.not_counted == {name: "my.domain:MyOp node 'myop0'" for name in convs[1:]}
+    assert [n.node for n in partial.nodes] == convs[:1] and partial.macs == partial.nodes[0].macs > 0
 
 
 def test_gemm_with_transposed_a_counts_b_inner_dimension():
