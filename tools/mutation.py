@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             names = sorted(n for n, s in results(short).items() if s == "survived") if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
+            if args.rerun_survivors:  # tests changed: record again which tests reach which function
+                (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
             code = run_one(short, args.max_children, names)
             if code != 0:
                 print(f"mutmut failed on {short} (exit {code})", file=sys.stderr)
