@@ -45,7 +45,9 @@ EXPECTED_PARAMS = {  # weights + biases
 
 
 def test_absolute_macs_and_params_of_known_layers():
-    cost = cost_of(every_costed_layer())
+    model = every_costed_layer()
+    cost = cost_of(model)
+    assert {n.node: n.op for n in cost.nodes} == {n.name: n.op_type for n in model.graph.node if n.name in EXPECTED_MACS}
     assert {n.node: n.macs for n in cost.nodes} == EXPECTED_MACS
     assert {n.node: n.params for n in cost.nodes} == EXPECTED_PARAMS
     assert cost.macs == sum(EXPECTED_MACS.values())
