@@ -1,6 +1,8 @@
 """MACs and parameters: absolute counts of known layers (README's conventions), and the
 predictors that fit widths against a recount of the pruned model."""
 
+import re
+
 import numpy as np
 import pytest
 from builders import FACTORIES, NetBuilder
@@ -135,9 +137,22 @@ def test_unknown_dims_are_an_error_that_says_how_to_fix_them():
     model = every_costed_layer()
     dims = model.graph.input[0].type.tensor_type.shape.dim
     dims[2].dim_param, dims[3].dim_param = "H", "W"
-    with pytest.raises(OnnxPruneError, match="cannot count MACs of Conv node 'conv0'.*--input-shape"):
+    with pytest.raises(OnnxPruneError, match=re.escape(
+            "cannot count MACs of Conv node 'conv0': the shape of its output 'conv0' is unknown; fix dynamic "
+            "input dims with --input-shape NAME=d0,d1,... (prune takes them from --calib data when given)")):
         cost_of(model)
     assert cost_of(model, {"input": (1, 3, 8, 8)}).macs == sum(EXPECTED_MACS.values())
+
+
+def test_an_unknown_weight_shape_is_an_error_that_names_the_weight():
+    """A Conv whose weight is a graph input of dynamic shape: the error says it is the weight."""
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+        [helper.make_tensor_value_info("x", 1, [1, 3, 8, 8]), helper.make_tensor_value_info("w", 1, [4, 3, "k", "k"])],
+        [helper.make_tensor_value_info("y", 1, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(OnnxPruneError, match="cannot count MACs of Conv node 'conv': the shape of its weight 'w' is"):
+        cost_of(model)
 
 
 def custom_op_chain():
