@@ -155,6 +155,17 @@ def test_an_unknown_weight_shape_is_an_error_that_names_the_weight():
         cost_of(model)
 
 
+def test_an_unknown_input_shape_of_a_convtranspose_is_an_error_that_names_the_input():
+    """ConvTranspose's MACs come from its input's shape: the error says it is the input."""
+    graph = helper.make_graph(
+        [helper.make_node("ConvTranspose", ["x", "w"], ["y"], name="up", strides=[2, 2])], "g",
+        [helper.make_tensor_value_info("x", 1, [1, 3, "h", "w"])], [helper.make_tensor_value_info("y", 1, None)],
+        [numpy_helper.from_array(np.ones((3, 4, 2, 2), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    with pytest.raises(OnnxPruneError, match="cannot count MACs of ConvTranspose node 'up': the shape of its input 'x'"):
+        cost_of(model)
+
+
 def custom_op_chain():
     """conv_chain with an op of a custom domain (onnx and onnxruntime know neither) after its first Relu."""
     model = FACTORIES["conv_chain"]()
