@@ -9,18 +9,21 @@
     python tools/mutation.py --try MUTANT tests/test_cost.py -k macs   # tests against one mutant
 
 mutmut's configuration is `[tool.mutmut]` in pyproject.toml: the modules it mutates and the
-fast test files it may run. mutmut copies the tree into mutants/ (ignored by git), writes every
-mutant of a function next to the original behind a trampoline, runs the selected tests once to
-record which tests reach which function, and then, for each mutant, runs only those tests
-(fastest first, stopping at the first failure). A mutant is killed when they fail or pass their
-time limit, and survives when they pass. Results are kept in mutants/ between runs: a module
-whose functions did not change is not rerun unless named here. Not part of CI (hours on two
-cores for all modules); docs/TESTING.md has the results and the reasons for the survivors.
+fast test files it may run, which this script narrows per module (MODULES). mutmut copies the
+tree into mutants/ (ignored by git), writes every mutant of a function next to the original
+behind a trampoline, runs the selected tests once to record which tests reach which function,
+and then, for each mutant, runs only those tests (fastest first, stopping at the first
+failure). A mutant is killed when they fail or pass their time limit, and survives when they
+pass. mutmut keeps its verdicts only while the test selection stays the same (another module's
+run changes it), so this script merges each run's verdicts into mutants/mutation-results.json,
+which the table reads: running a module again reruns all its mutants, --rerun-survivors only its
+survivors. Not part of CI (hours on two cores for all modules); docs/TESTING.md has the results
+and the reasons for the survivors.
 
 This script only drives mutmut: `mutmut run --max-children N "onnxprune.analysis.cost.*"` per
-module (with CI=1 and HYPOTHESIS_PROFILE=mutation: hypothesis derandomised as in CI, failing
-examples not shrunk), then counts each module's
-results from mutmut's own records (mutants/<module>.meta).
+module, in a child process with mutmut's configuration narrowed to the module and its tests
+(with CI=1 and HYPOTHESIS_PROFILE=mutation: hypothesis derandomised as in CI, failing examples
+not shrunk), then folds mutmut's record of the module (mutants/<module>.meta) into the results.
 """
 
 from __future__ import annotations
