@@ -2,14 +2,18 @@
 
 import numpy as np
 import pytest
+from builders import FACTORIES, NetBuilder
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from onnx import numpy_helper
 
+from onnxprune import analyze, normalize
 from onnxprune.calibration.layer_stats import LayerStats, stats_from_data
 from onnxprune.methods.least_squares import (ALPHA_GRID, SELECTION_ALPHA, choose_alpha, columns, error, refit,
                                              ridge_solve)
 from onnxprune.methods.nu import nu_apply, nu_plan
 from onnxprune.methods.reap import reap_order, reap_steps
+from onnxprune.methods.scores import l1_scores, select
 from onnxprune.methods.thinet import thinet_order
 from oracles import reap_order_naive, thinet_order_naive
 
@@ -150,6 +154,29 @@ def test_a_numerically_singular_gram_is_regularised(eps):
     theta = ridge_solve(stats, range(6), 1, np.zeros_like(true), 0.0)
     without = ridge_solve(stats, [0, 1, 2, 4, 5], 1, np.zeros_like(true), 0.0)
     assert np.abs(theta).max() < 10 * np.abs(true).max()
+    assert error(stats, theta) == pytest.approx(error(stats, without), rel=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-7], ids=["exact", "rounding"])
+@pytest.mark.parametrize("dead", [False, True], ids=["live", "dead0"])
+@pytest.mark.parametrize("scale", [1e-4, 1e8])
+def test_the_singularity_test_and_the_jitter_follow_the_scale_of_the_data(scale, dead, eps):
+    """The same singular problem as above with activations 1e-4 or 1e8 times larger, and channel 0
+    dead or not: both the pivot test (L_ii^2 against a_ii) and the jitter (relative to the mean
+    channel energy, not to channel 0's nor to an absolute 1) are relative, so the weights stay of
+    the weights' size and the fit as good as without the dependent channels, at any scale."""
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((400, 6))
+    if dead:
+        x[:, 0] = 0.0
+    x[:, 3] = x[:, 1] + x[:, 2] + eps * rng.standard_normal(400)
+    x *= scale
+    true = rng.standard_normal((7, 2))
+    true[:-1] /= scale  # outputs of order one whatever the scale
+    stats = stats_from_data(x, with_ones(x) @ true + 0.1 * rng.standard_normal((400, 2)))
+    theta = ridge_solve(stats, range(6), 1, np.zeros_like(true), 0.0)
+    without = ridge_solve(stats, [1, 2, 4, 5] if dead else [0, 1, 2, 4, 5], 1, np.zeros_like(true), 0.0)
+    assert np.abs(theta[:-1]).max() < 10 * np.abs(true[:-1]).max()
     assert error(stats, theta) == pytest.approx(error(stats, without), rel=1e-6)
 
 
@@ -372,3 +399,82 @@ def test_nu_unifies_a_duplicated_channel_first_and_exactly():
     for x, (_, k, theta0) in zip(xs, consumers):
         before, after = with_ones(x) @ theta0, with_ones(x) @ nu_apply(theta0, plan, k, 1)
         np.testing.assert_allclose(after, before, rtol=1e-9, atol=1e-9 * np.abs(before).max())
+
+
+# l1 scores and select (methods/scores.py) -------------------------------------------------------
+
+def l1_oracle(model, analysis):
+    """Per group whose producers each write all of its channels in order (a chain or a residual
+    Add; not a Concat), the sum over them of each output channel's mean |weight|, from the
+    weights as onnx stores them (Conv: output channels first; ConvTranspose: second)."""
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    expected = {}
+    for g in analysis.groups:
+        total = np.zeros(g.channels)
+        for p in g.producers:
+            w = weights[nodes[p].input[1]]
+            w = np.swapaxes(w, 0, 1) if nodes[p].op_type == "ConvTranspose" else w
+            if len(w) != g.channels:
+                break
+            total += np.abs(w.reshape(len(w), -1).astype(np.float64)).mean(axis=1)
+        else:
+            expected[g.id] = total
+    return expected
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "basic_block_net", "convtranspose_net", "bottleneck_net"])
+def test_l1_scores_are_the_mean_absolute_weight_summed_over_the_producers(name):
+    model, _ = normalize(FACTORIES[name]())
+    analysis = analyze(model)
+    scores, expected = l1_scores(analysis), l1_oracle(model, analysis)
+    assert len(scores) == len(analysis.groups) and len(expected) >= 2
+    if name in ("basic_block_net", "bottleneck_net"):  # residual groups: more than one producer
+        assert any(len(analysis.groups[g].producers) > 1 for g in expected)
+    for g, values in expected.items():
+        np.testing.assert_allclose(scores[g], values, rtol=1e-6)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_select_keeps_the_best_scoring_channels_sorted_and_the_first_of_equals(ties):
+    """The k best channels of each group, as sorted indices; among equal scores at the cut the
+    lowest indices (a stable sort: numpy's default one reorders ties in arrays this long)."""
+    analysis = analyze(normalize(FACTORIES["conv_chain"](widths=(64, 64, 8)))[0])
+    rng = np.random.default_rng(0)
+    scores = [rng.integers(0, 3, g.channels).astype(float) if ties else rng.random(g.channels)
+              for g in analysis.groups]
+    counts = {g.id: 13 + g.id for g in analysis.groups if g.prunable}
+    keep = select(analysis, scores, counts)
+    assert sorted(keep) == sorted(counts)
+    for g, k in counts.items():
+        best = sorted(range(len(scores[g])), key=lambda c: (-scores[g][c], c))[:k]
+        assert keep[g].tolist() == sorted(best)
+
+
+def test_select_gives_a_split_part_that_would_be_emptied_its_best_channel():
+    analysis = analyze(normalize(FACTORIES["c2f_like"](channels=8))[0])
+    g = next(g for g in analysis.groups if len(g.producers) == 3)  # the Split's first half: 0..3
+    scores = [np.ones(h.channels) for h in analysis.groups]
+    scores[g.id] = np.array([0.1, 0.3, 0.2, 0.0, 5.0, 6.0, 7.0, 8.0])
+    others = {h.id: h.channels for h in analysis.groups if h.prunable and h.id != g.id}
+    keep = select(analysis, scores, {g.id: 2} | others)
+    assert keep[g.id].tolist() == [1, 6, 7]
+    assert all(keep[h].tolist() == list(range(n)) for h, n in others.items())
+    removed = analysis.removed_mask(keep)
+    assert all(analysis.channel_count(t, removed) > 0 for t in analysis.layouts)
+
+
+def test_select_refills_every_part_it_empties_even_a_one_channel_part():
+    """conv (8 channels) -> Relu, read as a Split [1, 7] and as a Slice of channels 2..6: keeping
+    only channel 7 empties the Split's one-channel part and the Slice; each gets its best one."""
+    b = NetBuilder(3)
+    x = b.relu(b.conv("input", 8))
+    part0, part1 = b.split(x, [1, 7])
+    sliced = b.slice_channels(x, 2, 7)
+    model = b.model(b.conv(b.concat([b.conv(part0, 4), b.conv(part1, 4), b.conv(sliced, 4)]), 2))
+    analysis = analyze(normalize(model)[0])
+    g = next(g for g in analysis.groups if g.producers == ("conv0",))
+    scores = [np.ones(h.channels) for h in analysis.groups]
+    scores[g.id] = np.array([0.5, 0.1, 0.0, 0.3, 0.2, 0.4, 0.0, 9.0])
+    keep = select(analysis, scores, {g.id: 1})
+    assert keep[g.id].tolist() == [0, 5, 7]

@@ -1,200 +1,191 @@
-"""Mutation testing of one module: seed one small bug at a time, run the tests that cover the
-module, and list the bugs (mutants) that no test caught (survivors).
+"""Mutation testing of the core modules with mutmut (the `mutation` extra), one module or all.
 
-    python tools/mutation.py onnxprune/analysis/cost.py tests/test_cost.py tests/test_prune.py
-    python tools/mutation.py onnxprune/widths/budget.py tests/test_prune.py -k "budget or kept_count"
-    python tools/mutation.py MODULE TESTS... [--json results.json] [--lines 40-80] [--list]
+    pip install -e ".[mutation]"
+    python tools/mutation.py                      # all modules, in the order below
+    python tools/mutation.py least_squares cost   # some of them (short names or paths)
+    python tools/mutation.py --table              # only print the table of the last runs
+    python tools/mutation.py --survivors cost     # the table, then each survivor's diff
+    python tools/mutation.py --rerun-survivors cost   # only the survivors again, after new tests
+    python tools/mutation.py --try MUTANT tests/test_cost.py -k macs   # tests against one mutant
 
-Each mutant is one standard operator mutation applied to the module's syntax tree: an
-arithmetic operator swapped (+ -, * /, // /, ** *), a comparison flipped or loosened
-(< <=, > >=, == !=, in / not in, is / is not), and/or swapped, a `not` dropped, an integer
-constant off by one, a float constant doubled, True/False swapped, a `return value` replaced
-by `return None`, a slice bound dropped. Docstrings, strings and annotations are left alone.
-The mutated module is written into a private copy of the repository (the working tree is
-never touched) and the given tests run there with `pytest -x`; a mutant is killed when they
-fail or run past 3x the clean run's time (+ 30 s), and survives when they pass.
+mutmut's configuration is `[tool.mutmut]` in pyproject.toml: the modules it mutates and the
+fast test files it may run, which this script narrows per module (MODULES). mutmut copies the
+tree into mutants/ (ignored by git), writes every mutant of a function next to the original
+behind a trampoline, runs the selected tests once to record which tests reach which function,
+and then, for each mutant, runs only those tests (fastest first, stopping at the first
+failure). A mutant is killed when they fail or pass their time limit, and survives when they
+pass. mutmut keeps its verdicts only while the test selection stays the same (another module's
+run changes it), so this script merges each run's verdicts into mutants/mutation-results.json,
+which the table reads: running a module again reruns all its mutants, --rerun-survivors only its
+survivors. Not part of CI (hours on two cores for all modules); docs/TESTING.md has the results
+and the reasons for the survivors.
 
-It is a small stand-in for mutmut or cosmic-ray (not tried here: a script with no dependency
-and no configuration was quicker to make reliable on a machine shared by several checkouts and
-one editable install): the same kind of operators, one mutant per run, but no coverage-based
-test selection, so give it the test files that cover the module. Not part of CI: a module takes
-minutes to an hour on 2 cores (docs/TESTING.md has the results).
+This script only drives mutmut: `mutmut run --max-children N "onnxprune.analysis.cost.*"` per
+module, in a child process with mutmut's configuration narrowed to the module and its tests
+(with CI=1 and HYPOTHESIS_PROFILE=mutation: hypothesis derandomised as in CI, failing examples
+not shrunk), then folds mutmut's record of the module (mutants/<module>.meta) into the results.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
-import copy
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
-from dataclasses import asdict, dataclass
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SWAP_BINOP = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult,
-              ast.FloorDiv: ast.Div, ast.Pow: ast.Mult, ast.Mod: ast.FloorDiv}
-SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
-            ast.NotEq: ast.Eq, ast.In: ast.NotIn, ast.NotIn: ast.In, ast.Is: ast.IsNot, ast.IsNot: ast.Is}
+# short name -> (module, the fast test files that cover it), in the order they are run
+MODULES = {
+    "least_squares": ("onnxprune/methods/least_squares.py",
+                      ["tests/test_selection.py", "tests/test_copies.py", "tests/test_sequential.py"]),
+    "budget": ("onnxprune/widths/budget.py", ["tests/test_prune.py", "tests/test_cost.py"]),
+    "cost": ("onnxprune/analysis/cost.py", ["tests/test_cost.py", "tests/test_prune.py"]),
+    "groups": ("onnxprune/analysis/groups.py",
+               ["tests/test_groups.py", "tests/test_surgery.py", "tests/test_prune.py", "tests/test_cost.py"]),
+    "surgery": ("onnxprune/passes/surgery.py", ["tests/test_surgery.py", "tests/test_prune.py", "tests/test_cost.py"]),
+    "pro": ("onnxprune/widths/pro.py", ["tests/test_pro.py"]),
+    "normalize": ("onnxprune/passes/normalize.py",
+                  ["tests/test_normalize.py", "tests/test_groups.py", "tests/test_surgery.py", "tests/test_prune.py"]),
+    "data": ("onnxprune/data.py", ["tests/test_data.py"]),
+    "scores": ("onnxprune/methods/scores.py", ["tests/test_selection.py", "tests/test_copies.py", "tests/test_sequential.py"]),
+    "reap": ("onnxprune/methods/reap.py", ["tests/test_selection.py", "tests/test_copies.py", "tests/test_sequential.py"]),
+}
+RESULTS = ROOT / "mutants" / "mutation-results.json"  # module -> mutant -> mutmut exit code, merged over runs
+
+# mutmut's exit-code classes (mutmut.stats.status_by_exit_code), folded into four columns
+STATUS = {1: "killed", 3: "killed", 0: "survived", 36: "timeout", 24: "timeout", -24: "timeout",
+          152: "timeout", 255: "timeout", 5: "no tests", 33: "no tests", None: "not run"}
 
 
-@dataclass
-class Mutant:
-    index: int
-    line: int
-    what: str
-    status: str = ""  # killed, survived, timeout
-    seconds: float = 0.0
+def module_name(name: str) -> str:
+    for short, (path, _) in MODULES.items():
+        if name in (short, path):
+            return short
+    raise SystemExit(f"unknown module {name!r}: one of {', '.join(MODULES)} (or their paths)")
 
 
-def _skipped(tree: ast.Module) -> set[int]:
-    """ids of nodes never mutated: docstrings, annotations, f-strings and their parts."""
-    skip: set[int] = set()
-
-    def all_ids(node):
-        return {id(n) for n in ast.walk(node)}
-
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                skip |= all_ids(body[0])
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for arg in [*node.args.args, *node.args.kwonlyargs, *node.args.posonlyargs]:
-                if arg.annotation is not None:
-                    skip |= all_ids(arg.annotation)
-            if node.returns is not None:
-                skip |= all_ids(node.returns)
-        if isinstance(node, ast.AnnAssign):
-            skip |= all_ids(node.annotation)
-        if isinstance(node, ast.JoinedStr):
-            skip |= all_ids(node)
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets):
-            pass  # module constants are mutated like any other (a wrong constant is a bug too)
-    return skip
+def mutant_glob(path: str) -> str:
+    return path[: -len(".py")].replace("/", ".") + ".*"
 
 
-def mutations(tree: ast.Module) -> list[tuple[int, str, callable]]:
-    """(line, description, apply) for every mutation point; apply(node) mutates a copy's node."""
-    skip = _skipped(tree)
-    found = []
-    for node in ast.walk(tree):
-        if id(node) in skip:
-            continue
-        line = getattr(node, "lineno", 0)
-        if isinstance(node, ast.BinOp) and type(node.op) in SWAP_BINOP:
-            new = SWAP_BINOP[type(node.op)]
-            found.append((node, line, f"{type(node.op).__name__} -> {new.__name__}",
-                          lambda n, new=new: setattr(n, "op", new())))
-        elif isinstance(node, ast.Compare):
-            for i, op in enumerate(node.ops):
-                if type(op) in SWAP_CMP:
-                    new = SWAP_CMP[type(op)]
-
-                    def apply(n, i=i, new=new):
-                        n.ops[i] = new()
-                    found.append((node, line, f"{type(op).__name__} -> {new.__name__}", apply))
-        elif isinstance(node, ast.BoolOp):
-            new = ast.Or if isinstance(node.op, ast.And) else ast.And
-            found.append((node, line, f"{type(node.op).__name__} -> {new.__name__}",
-                          lambda n, new=new: setattr(n, "op", new())))
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
-            found.append((node, line, "not x -> x", lambda n: setattr(n, "op", ast.UAdd())))
-        elif isinstance(node, ast.Constant) and not isinstance(node.value, str):
-            v = node.value
-            if isinstance(v, bool):
-                found.append((node, line, f"{v} -> {not v}", lambda n: setattr(n, "value", not n.value)))
-            elif isinstance(v, int):
-                found.append((node, line, f"{v} -> {v + 1}", lambda n: setattr(n, "value", n.value + 1)))
-            elif isinstance(v, float):
-                new = 1.0 if v == 0 else 2 * v
-                found.append((node, line, f"{v} -> {new}", lambda n, new=new: setattr(n, "value", new)))
-        elif isinstance(node, ast.Return) and node.value is not None and not (
-                isinstance(node.value, ast.Constant) and node.value.value is None):
-            found.append((node, line, "return x -> return None", lambda n: setattr(n, "value", None)))
-        elif isinstance(node, ast.Slice):
-            for part in ("lower", "upper"):
-                if getattr(node, part) is not None:
-                    found.append((node, line, f"slice {part} bound dropped",
-                                  lambda n, part=part: setattr(n, part, None)))
-    order = {id(n): i for i, n in enumerate(ast.walk(tree))}
-    return [(order[id(n)], line, what, apply) for n, line, what, apply in found]
+def load() -> dict[str, dict[str, int | None]]:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
 
-def mutated_source(tree: ast.Module, position: int, apply) -> str:
-    twin = copy.deepcopy(tree)
-    node = list(ast.walk(twin))[position]
-    apply(node)
-    return ast.unparse(ast.fix_missing_locations(twin))
+def results(short: str) -> dict[str, str]:
+    """Mutant name -> status, merged over this module's runs (empty before its first run)."""
+    return {name: STATUS.get(code, "suspicious") for name, code in load().get(short, {}).items()}
 
 
-def run_tests(workdir: Path, tests: list[str], timeout: float) -> tuple[str, float]:
-    env = dict(os.environ, PYTHONPATH=str(workdir), PYTHONDONTWRITEBYTECODE="1")
-    start = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
-                              cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "timeout", time.monotonic() - start
-    return ("survived" if proc.returncode == 0 else "killed"), time.monotonic() - start
+def merge(short: str) -> None:
+    """Fold mutmut's record of the module into RESULTS: a verdict replaces the previous one,
+    a mutant mutmut did not run this time keeps its previous verdict."""
+    path = MODULES[short][0]
+    codes = json.loads((ROOT / "mutants" / (path + ".meta")).read_text())["exit_code_by_key"]
+    everything = load()
+    merged = everything.get(short, {})
+    merged = {name: (code if code is not None else merged.get(name)) for name, code in codes.items()}
+    everything[short] = merged
+    RESULTS.write_text(json.dumps(everything, indent=1, sort_keys=True))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("module", help="the module to mutate, e.g. onnxprune/analysis/cost.py")
-    parser.add_argument("tests", nargs="+", help="pytest arguments: test files, -k EXPR, ...")
-    parser.add_argument("--json", type=Path, help="write every mutant and its fate here")
-    parser.add_argument("--lines", help="only mutants on lines A-B")
-    parser.add_argument("--list", action="store_true", help="list the mutants and stop")
-    args, extra = parser.parse_known_args()  # -k EXPR and other pytest options
-    args.tests += extra
-    source = (ROOT / args.module).read_text()
-    tree = ast.parse(source)
-    points = mutations(tree)
-    if args.lines:
-        a, b = (int(x) for x in args.lines.split("-"))
-        points = [p for p in points if a <= p[1] <= b]
-    points.sort(key=lambda p: p[1])
-    mutants = [Mutant(i, line, what) for i, (_, line, what, _) in enumerate(points)]
-    if args.list:
-        for m in mutants:
-            print(f"{args.module}:{m.line}: {m.what}")
-        return
-    with tempfile.TemporaryDirectory(prefix="onnxprune-mutation-") as tmp:
-        work = Path(tmp)
-        for part in ("onnxprune", "tests", "models", "pyproject.toml", "README.md"):
-            src = ROOT / part
-            if src.is_dir():
-                if part == "models":
-                    (work / part).symlink_to(src)
-                else:
-                    shutil.copytree(src, work / part, ignore=shutil.ignore_patterns("__pycache__"))
-            elif src.exists():
-                shutil.copy2(src, work / part)
-        target = work / args.module
-        status, clean = run_tests(work, args.tests, timeout=3600)
-        if status != "survived":
-            sys.exit(f"the tests fail without any mutant ({status}); fix them first")
-        timeout = 3 * clean + 30
-        print(f"{len(mutants)} mutants of {args.module}; clean run {clean:.1f} s", flush=True)
-        for m, (position, _, _, apply) in zip(mutants, points):
-            target.write_text(mutated_source(tree, position, apply))
-            m.status, m.seconds = run_tests(work, args.tests, timeout)
-            print(f"{m.status:8s} {args.module}:{m.line}: {m.what} ({m.seconds:.1f} s)", flush=True)
-        target.write_text(source)
-    killed = sum(m.status != "survived" for m in mutants)
-    print(f"{args.module}: {len(mutants)} mutants, {killed} killed, {len(mutants) - killed} survived "
-          f"({100 * killed / max(1, len(mutants)):.0f}%)")
-    if args.json:
-        args.json.write_text(json.dumps({"module": args.module, "tests": args.tests,
-                                         "mutants": [asdict(m) for m in mutants]}, indent=1))
+def table(shorts: list[str]) -> str:
+    rows = ["| module | mutants | killed | timeout | survived | no tests | not run | killed % |",
+            "|---|---|---|---|---|---|---|---|"]
+    for short in shorts:
+        count = Counter(results(short).values())
+        total = sum(count.values())
+        caught = count["killed"] + count["timeout"]
+        tested = total - count["no tests"] - count["not run"]
+        share = f"{100 * caught / tested:.0f}%" if tested else "-"
+        rows.append(f"| {MODULES[short][0].removeprefix('onnxprune/')} | {total} | {count['killed']} | "
+                    f"{count['timeout']} | {count['survived']} | {count['no tests']} | {count['not run']} | {share} |")
+    return "\n".join(rows)
+
+
+def run_one(short: str, max_children: int, names: list[str]) -> int:
+    """`mutmut run` on one module with its own tests (a child process: mutmut keeps global state)."""
+    copied = ROOT / "mutants" / MODULES[short][0]
+    if copied.exists() and "__mutmut_" not in copied.read_text():
+        copied.unlink()  # copied unmutated by a run of another module, with a newer mtime: mutmut
+        # would take it as already mutated and find no mutant
+    # hypothesis derandomised as in CI, and failing examples not shrunk (tests/conftest.py)
+    env = {**os.environ, "CI": "1", "HYPOTHESIS_PROFILE": "mutation"}
+    command = [sys.executable, __file__, "--_mutmut", short, "--max-children", str(max_children), *names]
+    print(f"+ mutmut run --max-children {max_children} {' '.join(names) or mutant_glob(MODULES[short][0])}"
+          f"  (only_mutate {MODULES[short][0]}, tests {' '.join(MODULES[short][1])})", flush=True)
+    code = subprocess.call(command, cwd=ROOT, env=env)
+    if code == 0:
+        merge(short)
+    return code
+
+
+def mutmut_in_process(short: str, max_children: int, names: list[str]) -> int:
+    from mutmut.__main__ import cli
+    from mutmut.configuration import config
+
+    path, tests = MODULES[short]
+    os.chdir(ROOT)
+    cfg = config()  # [tool.mutmut] of pyproject.toml, narrowed to this module and its tests
+    cfg.only_mutate = [path]
+    cfg.pytest_add_cli_args_test_selection = list(tests)
+    return cli(["run", "--max-children", str(max_children), *(names or [mutant_glob(path)])],
+               standalone_mode=False) or 0
+
+
+def try_mutant(name: str, pytest_args: list[str]) -> int:
+    """Run pytest on the current tests with one mutant active (mutmut's trampolines read
+    MUTANT_UNDER_TEST): the check that a new test fails on the mutant it was written for."""
+    shutil.copytree(ROOT / "tests", ROOT / "mutants" / "tests", dirs_exist_ok=True)
+    env = {**os.environ, "CI": "1", "HYPOTHESIS_PROFILE": "mutation", "MUTANT_UNDER_TEST": name}
+    code = subprocess.call([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *pytest_args],
+                           cwd=ROOT / "mutants", env=env)
+    print(f"{name}: {'killed' if code == 1 else 'survived' if code == 0 else f'pytest exit {code}'}")
+    return 0 if code in (0, 1) else code
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"short names ({', '.join(MODULES)}) or paths; default all")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants run in parallel (default 2)")
+    parser.add_argument("--table", action="store_true", help="run nothing, print the table of the last runs")
+    parser.add_argument("--rerun-survivors", action="store_true",
+                        help="run only the module's survivors of earlier runs again (after new tests)")
+    parser.add_argument("--survivors", action="store_true", help="after the table, show each survivor's diff")
+    parser.add_argument("--try", dest="try_", metavar="MUTANT",
+                        help="(first) run the pytest arguments that follow against this one mutant")
+    parser.add_argument("--_mutmut", help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--try"] and len(argv) > 1:
+        return try_mutant(argv[1], argv[2:])
+    args, rest = parser.parse_known_args(argv)
+    if args._mutmut:
+        return mutmut_in_process(args._mutmut, args.max_children, args.modules + rest)
+    shorts = [module_name(m) for m in args.modules] or list(MODULES)
+    if not args.table:
+        for short in shorts:
+            names = sorted(n for n, s in results(short).items() if s == "survived") if args.rerun_survivors else []
+            if args.rerun_survivors and not names:
+                continue
+            if args.rerun_survivors:  # tests changed: record again which tests reach which function
+                (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+            code = run_one(short, args.max_children, names)
+            if code != 0:
+                print(f"mutmut failed on {short} (exit {code})", file=sys.stderr)
+                return code
+    print(table(shorts))
+    if args.survivors:
+        for short in shorts:
+            for name, status in sorted(results(short).items()):
+                if status == "survived":
+                    subprocess.call([sys.executable, "-m", "mutmut", "show", name], cwd=ROOT)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
