@@ -227,15 +227,20 @@ def test_dynamic_dims_are_fixed_for_timing_by_input_shape(tmp_path):
     assert pruned.exit_code == 0, pruned.output
 
 
-def test_pro_keeps_the_ranking_whose_widths_have_the_smaller_error(tmp_path, monkeypatch):
-    """--keep-latency with PRO runs it ranked per microsecond and per MAC, to the same budget,
-    and keeps the widths with the smaller final-output error; the report gives both errors."""
+def chain_with_calibration(tmp_path, samples):
+    """A 32-48-32 conv chain saved with ``samples`` random calibration inputs, and its analysis."""
     path, calib = tmp_path / "net.onnx", tmp_path / "calib.npz"
     model = FACTORIES["conv_chain"](widths=(32, 48, 32), k=3)
     onnx.save(model, path)
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    np.savez(calib, input=np.random.default_rng(0).standard_normal((32, *shape[1:])).astype(np.float32))
-    analysis = analyze(normalize(model)[0])
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((samples, *shape[1:])).astype(np.float32))
+    return path, calib, analyze(normalize(model)[0])
+
+
+def test_pro_keeps_the_ranking_whose_widths_have_the_smaller_error(tmp_path, monkeypatch):
+    """--keep-latency with PRO runs it ranked per microsecond and per MAC, to the same budget,
+    and keeps the widths with the smaller final-output error; the report gives both errors."""
+    path, calib, analysis = chain_with_calibration(tmp_path, 32)
     # time linear in width, the last group's 3x the others': here the two rankings part ways
     steps = {g.id: {k: weight * k / g.channels for k in latency.ladder(g.channels, 8)}
              for weight, g in zip((1.0, 1.0, 3.0), [g for g in analysis.groups if g.prunable])}
@@ -265,12 +270,7 @@ def test_pro_refits_while_the_measured_latency_misses_the_target(tmp_path, monke
     """Timed as a whole model, PRO's widths are refitted to a budget scaled by the miss while
     they miss by more than 5 %, at most three times: here 0.8 and 0.6 of the original's latency
     (target 0.5) are refitted, 0.52 (4 % over) is kept."""
-    path, calib = tmp_path / "net.onnx", tmp_path / "calib.npz"
-    model = FACTORIES["conv_chain"](widths=(32, 48, 32), k=3)
-    onnx.save(model, path)
-    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    np.savez(calib, input=np.random.default_rng(0).standard_normal((16, *shape[1:])).astype(np.float32))
-    analysis = analyze(normalize(model)[0])
+    path, calib, analysis = chain_with_calibration(tmp_path, 16)
     steps = {g.id: {k: k / g.channels for k in latency.ladder(g.channels, 8)} for g in analysis.groups if g.prunable}
     monkeypatch.setattr(latency, "profile", lambda *a, **k: table_of(steps, full=3.0))  # deepest: 0.67 ms
     measured = iter([0.8, 0.6, 0.52, 0.52])
