@@ -350,30 +350,26 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
             f"--keep-latency {goal.fraction}: unreachable; the fastest pruning allowed (--round-to {goal.round_to}, "
             f"frozen groups untouched) keeps {fastest:.3f} of the latency "
             f"({'measured' if goal.table is None else 'predicted'}, batch {goal.target.batch})")
-    trace: list = []
-    rankings: dict[str, float] = {}
-    rebuilt = None  # the data method's reconstructions, shared by every PRO run
+    # the data method's reconstructions, shared by every PRO run (two per fit, and the refits)
+    rebuilt = (Reconstructions(normalized, analysis, method, channels, calibration, progress)
+               if goal.pro and method.reconstructs else None)
 
-    def fit(budget_ms: float) -> Counts | None:
-        nonlocal trace, rebuilt
+    def fit(budget_ms: float) -> tuple[Counts | None, list, dict[str, float]]:
+        """Counts within ``budget_ms``, PRO's steps, and each PRO ranking's final-output error."""
         if not goal.pro:
-            return fit_budget(channels, table.predict, budget_ms, steps)
-        if method.reconstructs and rebuilt is None:
-            rebuilt = Reconstructions(normalized, analysis, method, channels, calibration, progress)
+            return fit_budget(channels, table.predict, budget_ms, steps), [], {}
         microseconds = lambda keep: round(1000 * table.predict({g: len(k) for g, k in keep.items()}))  # noqa: E731
         runs = {name: optimize_counts(normalized, analysis, method, channels, microseconds, 1000 * budget_ms,
                                       calibration, steps, goal.pro_samples, progress, rank, rebuilt)
                 for name, rank in (("per microsecond", microseconds), ("per MAC", macs))}
-        rankings.clear()
-        rankings.update({name: choice.error for name, choice in runs.items()})
+        rankings = {name: choice.error for name, choice in runs.items()}
         best = runs[min(rankings, key=rankings.get)]
-        trace = best.steps
-        return best.counts
+        return best.counts, best.steps, rankings
 
-    counts = fit(budget)
-    result = LatencyFit(goal, table, counts, table.predict(counts), goal.table is None, rankings=dict(rankings))
+    counts, trace, rankings = fit(budget)
+    result = LatencyFit(goal, table, counts, table.predict(counts), goal.table is None, rankings=rankings)
     if goal.table is None and any(counts[g] < n for g, n in channels.items()):
-        for attempt in range(3):
+        for _ in range(3):
             full_ms, got_ms = measure(normalized, [prune_channels(normalized, analysis, keep_for(counts))],
                                       goal.target)
             miss = got_ms / full_ms / goal.fraction
@@ -384,6 +380,6 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
             budget /= miss
             if table.predict(deepest) > budget:
                 break
-            counts = fit(budget)
-        result.counts, result.predicted_ms, result.rankings = counts, table.predict(counts), dict(rankings)
+            counts, trace, rankings = fit(budget)
+        result.counts, result.predicted_ms, result.rankings = counts, table.predict(counts), rankings
     return counts, trace, result
