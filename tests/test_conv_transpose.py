@@ -104,6 +104,14 @@ def transposed_consumer(model):
     return normalized, analysis, c
 
 
+def generated_consumer(spec, seed, **kwargs):
+    """``transposed_consumer`` of the net of a generated spec; hypothesis counts the refusals."""
+    attrs, size = spec
+    normalized, analysis, c = transposed_consumer(transposed_net(attrs, size, seed=seed, **kwargs))
+    event(f"refused: {c is None}")
+    return normalized, analysis, c
+
+
 def consumer_values(normalized, c, feeds):
     values = run_all(session(probe_model(normalized, [c.input, c.output])), feeds)
     return values[c.input], values[c.output]
@@ -125,9 +133,7 @@ def test_patches_and_statistics_equal_the_definition(spec, seed):
     """Host patches (the direct conv of the zero-inserted input) are exactly the brute-force
     ones (a loop over input pixels and taps); host and graph statistics, over any batch split,
     are those of the brute-force patches."""
-    attrs, size = spec
-    normalized, _, c = transposed_consumer(transposed_net(attrs, size, seed=seed))
-    event(f"refused: {c is None}")
+    normalized, _, c = generated_consumer(spec, seed)
     if c is None:
         return
     feeds = random_feeds(normalized, batch=3, seed=seed)
@@ -149,9 +155,7 @@ def test_least_squares_on_every_channel_reproduces_the_layer_in_onnxruntime(spec
     """Patches times the weights in W's own layout give onnxruntime's output (the pads, auto_pad
     and output_shape resolved as it does); least squares keeping every channel, written back
     in ConvTranspose layout, reproduces the model's output."""
-    attrs, size = spec
-    normalized, analysis, c = transposed_consumer(transposed_net(attrs, size, seed=seed))
-    event(f"refused: {c is None}")
+    normalized, analysis, c = generated_consumer(spec, seed)
     if c is None:
         return
     feeds = random_feeds(normalized, batch=4, seed=seed)
@@ -191,9 +195,7 @@ def test_channels_that_are_linear_combinations_are_removed_without_error(attrs):
 def test_fast_reap_equals_naive_resolving_on_a_transposed_convolution(spec, seed, alpha):
     """REAP's inverse-Gram downdates on a ConvTranspose consumer's statistics remove the channels
     that a fresh ridge solve per candidate and step removes, with the same errors."""
-    attrs, size = spec
-    normalized, analysis, c = transposed_consumer(transposed_net(attrs, size, n=5, seed=seed))
-    event(f"refused: {c is None}")
+    normalized, analysis, c = generated_consumer(spec, seed, n=5)
     if c is None:
         return
     stats = stats_of(normalized, c, random_feeds(normalized, batch=16, seed=seed), [16], StatsMode.HOST)
