@@ -1,8 +1,8 @@
 """onnxruntime latency of several models, measured side by side.
 
 Runs are interleaved (model A, model B, model A, ...) after a warm-up, so slow
-drifts of a shared machine hit every model alike; the ratio to the first model
-is what to read, not the absolute times.
+drifts of a shared machine hit every model alike, in rounds on fresh sessions;
+the ratio to the first model is what to read, not the absolute times.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .errors import OnnxPruneError
 from .graph.io import first_line
 from .graph.runtime import loaded
 from .graph.shapes import batch_feeds
-from .graph.timing import interleaved
+from .graph.timing import in_rounds, round_speedups
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Latency:
     batch: int
     median_ms: float
     p90_ms: float
-    ratio: float  # median of the first model / median of this one: > 1 is faster
+    ratio: float  # the first model's median / this one's, median over rounds: > 1 is faster
 
     def to_json(self) -> dict:
         return {"model": self.model, "batch": self.batch, "median_ms": self.median_ms,
@@ -56,32 +56,39 @@ def feeds_for_batch(model: onnx.ModelProto, batch: int, data: dict[str, np.ndarr
 def benchmark(models: dict[str, onnx.ModelProto], batches: tuple[int, ...] = (1, 32), runs: int = 30,
               warmup: int = 5, providers: list[str] | None = None, threads: int = 0,
               data: dict[str, np.ndarray] | None = None,
-              input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[Latency]:
-    """Median and 90th-percentile latency of each model at each batch size, interleaved, after
-    ``warmup`` untimed runs (at least one: it checks that the model runs on these inputs)."""
+              input_shapes: dict[str, tuple[int, ...]] | None = None, rounds: int = 3) -> list[Latency]:
+    """Latency of each model at each batch size: ``runs`` interleaved runs after ``warmup`` untimed
+    ones (at least one: it checks that the model runs on these inputs), in ``rounds`` rounds on
+    fresh sessions (one set of sessions is one draw of their speeds: ``in_rounds``). median_ms is
+    the median over rounds of a model's median, p90_ms the 90th percentile of all its runs, and
+    the speedup the median over rounds of the first model's median over this one's in the round."""
     providers = providers or ["CPUExecutionProvider"]
     names = list(models)
-    sessions = [optimized_session(models[n], providers, threads, n) for n in names]
+    make = lambda: [optimized_session(models[n], providers, threads, n) for n in names]  # noqa: E731
     results = []
     for batch in batches:
         feeds = [feeds_for_batch(models[n], batch, data, input_shapes=input_shapes) for n in names]
-        for n, run, feed in zip(names, sessions, feeds):
-            _first_run(run, feed, n, batch)
-        times = interleaved(sessions, feeds, runs, max(warmup - 1, 0))
-        base = float(np.median(times[0]))
-        for n, t in zip(names, times):
-            median = float(np.median(t))
-            results.append(Latency(n, batch, 1000 * median, 1000 * float(np.percentile(t, 90)), base / median))
+        _first_runs(make(), feeds, names, batch)
+        times = in_rounds(make, feeds, runs, rounds, max(warmup - 1, 0))
+        _, speedups = round_speedups(times)
+        for i, n in enumerate(names):
+            mine = [round_[i] for round_ in times]
+            median = float(np.median([np.median(t) for t in mine]))
+            results.append(Latency(n, batch, 1000 * median, 1000 * float(np.percentile(np.concatenate(mine), 90)),
+                                   speedups[i]))
     return results
 
 
-def _first_run(run: ort.InferenceSession, feeds: dict[str, np.ndarray], name: str, batch: int) -> None:
-    """One warm-up run, whose failure (a kernel missing for these inputs, data of the wrong
-    shape) is an error naming the model; later runs take the same path."""
-    try:
-        run.run(None, feeds)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(f"onnxruntime cannot run {name} at batch {batch}: {first_line(exc)}") from None
+def _first_runs(sessions: list[ort.InferenceSession], feeds: list[dict[str, np.ndarray]], names: list[str],
+                batch: int) -> None:
+    """One run of each session, whose failure (a kernel missing for these inputs, data of the
+    wrong shape) is an error naming the model; later runs take the same path. (A function of
+    its own so that these sessions are gone before the rounds make theirs.)"""
+    for session, feed, name in zip(sessions, feeds, names):
+        try:
+            session.run(None, feed)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise OnnxPruneError(f"onnxruntime cannot run {name} at batch {batch}: {first_line(exc)}") from None
 
 
 def table(results: list[Latency]) -> str:

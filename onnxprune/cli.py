@@ -315,15 +315,18 @@ def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, 
 @click.option("--data", "data_path", type=click.Path(path_type=Path), help="Inputs to time on (default: random).")
 @click.option("--batch", "batches", type=int, multiple=True, default=(1, 32), show_default=True,
               help="Batch sizes to time (repeatable).")
-@click.option("--runs", type=int, default=30, show_default=True, help="Timed runs per model and batch size.")
+@click.option("--runs", type=int, default=30, show_default=True,
+              help="Timed runs per model, batch size and round.")
+@click.option("--rounds", type=int, default=3, show_default=True,
+              help="Rounds on fresh sessions (a session's speed varies from one to the next).")
 @click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default).")
 @DEVICE
 @INPUT_SHAPE
 @JSON
-def bench_cmd(models, data_path, batches, runs, threads, device, input_shapes, as_json):
+def bench_cmd(models, data_path, batches, runs, rounds, threads, device, input_shapes, as_json):
     """onnxruntime latency of MODELS side by side (median, p90) and the speedup over the first."""
-    if runs < 1 or any(b < 1 for b in batches):
-        raise OnnxPruneError("--runs and --batch must be positive integers")
+    if runs < 1 or rounds < 1 or any(b < 1 for b in batches):
+        raise OnnxPruneError("--runs, --rounds and --batch must be positive integers")
     loaded = {str(p): load(p) for p in models}
     if len(loaded) < len(models):
         raise OnnxPruneError("bench: the same model is named twice")
@@ -332,7 +335,7 @@ def bench_cmd(models, data_path, batches, runs, threads, device, input_shapes, a
         first = next(iter(loaded.values()))
         sample = next(iter(open_data(data_path, first, batch_size=max(batches)))).feeds
     results = benchmark(loaded, tuple(batches), runs, providers=providers(Device(device)), threads=threads, data=sample,
-                        input_shapes=parse_input_shapes(input_shapes))
+                        input_shapes=parse_input_shapes(input_shapes), rounds=rounds)
     click.echo(json.dumps([r.to_json() for r in results], indent=2) if as_json else table(results))
 
 

@@ -70,6 +70,27 @@ def test_a_width_inside_a_flat_step_is_never_chosen(increments, fraction):
         assert k == max(same_step), (g, k, steps[g])
 
 
+def test_a_measured_latency_is_the_original_s_over_the_median_speedup_of_rounds_of_fresh_sessions(monkeypatch):
+    """``measure`` times the original and the models in rounds on fresh sessions: the original's
+    latency is its median over the rounds, a model's is that over its median speedup in a round."""
+    model = FACTORIES["conv_chain"](widths=(8, 8))
+    target = latency.Target(("CPUExecutionProvider",), 1, 1, ())
+    seen = {}
+
+    def rounds_of(make, feeds, runs, rounds, warmup=3):
+        sessions = [make() for _ in range(rounds)]
+        seen.update(rounds=rounds, runs=runs, fresh=len({id(s) for round_ in sessions for s in round_}))
+        ms = [(1.0, 0.5, 0.8), (2.0, 1.2, 1.0), (3.0, 1.5, 2.0), (1.5, 0.75, 1.0), (2.5, 1.25, 2.5)]
+        return [[[a / 1000] * runs, [b / 1000] * runs, [c / 1000] * runs] for a, b, c in ms]
+
+    monkeypatch.setattr(latency, "in_rounds", rounds_of)
+    original_ms, first_ms, second_ms = latency.measure(model, [model, model], target, runs=30)
+    assert seen["rounds"] == 5 and seen["runs"] >= 6 and seen["fresh"] == 15
+    assert original_ms == pytest.approx(2.0)  # the median of 1, 2, 3, 1.5, 2.5
+    assert original_ms / first_ms == pytest.approx(2.0)  # ratios 2, 1.67, 2, 2, 2 (not 2.0 / 1.2)
+    assert original_ms / second_ms == pytest.approx(1.5)  # ratios 1.25, 2, 1.5, 1.5, 1 (not 2.0 / 1.0)
+
+
 @pytest.fixture
 def model_path(tmp_path):
     path = tmp_path / "net.onnx"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -28,3 +28,27 @@ def interleaved(sessions: Sequence[ort.InferenceSession], feeds: Sequence[dict[s
 
 def medians_ms(times: list[list[float]]) -> list[float]:
     return [1000 * float(np.median(t)) for t in times]
+
+
+def in_rounds(make: Callable[[], Sequence[ort.InferenceSession]], feeds: Sequence[dict[str, np.ndarray]],
+              runs: int, rounds: int, warmup: int = 3) -> list[list[list[float]]]:
+    """``interleaved`` ``rounds`` times, each round on fresh sessions from ``make``: round r, session i
+    -> its run times. A session's speed is partly drawn when it is made (sub-millisecond models on a
+    2-core VM: the same pair of models measured 1.44x to 1.73x apart from one pair of sessions to
+    the next, docs/LATENCY.md), so one pair of sessions is one draw; several rounds sample it."""
+    times = []
+    for _ in range(rounds):
+        sessions = make()
+        times.append(interleaved(sessions, feeds, runs, warmup))
+        del sessions  # freed before the next round's are made
+    return times
+
+
+def round_speedups(times: list[list[list[float]]]) -> tuple[float, list[float]]:
+    """The first session's latency and each session's speedup over it, from rounds of interleaved
+    runs (``in_rounds``): latency_ms = the median over rounds of the first session's median;
+    speedup_i = the median over rounds of median_0 / median_i within the round. The ratio is taken
+    within each round, where both sessions saw the same machine, before the rounds are combined."""
+    medians = np.array([[np.median(t) for t in rounds_] for rounds_ in times])  # rounds x sessions
+    base_ms = 1000 * float(np.median(medians[:, 0]))
+    return base_ms, [float(s) for s in np.median(medians[:, :1] / medians, axis=0)]

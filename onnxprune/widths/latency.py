@@ -41,7 +41,7 @@ from ..errors import OnnxPruneError
 from ..graph.probe import probe_model
 from ..graph.runtime import CPU, run_all, session
 from ..graph.shapes import batch_feeds
-from ..graph.timing import interleaved, medians_ms
+from ..graph.timing import in_rounds, interleaved, medians_ms, round_speedups
 from ..passes.surgery import prune_channels
 from ..progress import Progress
 from ..methods.scores import select
@@ -211,15 +211,20 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
 
 
 def measure(original: onnx.ModelProto, models: list[onnx.ModelProto], target: Target, runs: int = 30,
-            seed: int = 0, seconds: float = 1.0) -> list[float]:
-    """Median latency (ms) of ``original`` and then of each of ``models`` (same inputs), interleaved:
-    at least ``runs`` runs each, more for fast models (about ``seconds`` of runs in all, at most
-    1,000 each), since sub-millisecond medians of 30 runs moved by 25 % from one call to the next."""
+            seed: int = 0, seconds: float = 1.5, rounds: int = 5) -> list[float]:
+    """Latency (ms) of ``original`` and then of each of ``models`` (same inputs): ``rounds`` rounds of
+    interleaved runs on fresh sessions (``in_rounds``), about ``seconds`` of runs in all (at least
+    ``runs`` per model, at most 1,000 per round), since sub-millisecond medians of 30 runs moved by
+    25 % from one call to the next and one set of sessions is one draw of their speeds. The
+    original's is its median over rounds; each model's is that divided by its median speedup over
+    rounds (``round_speedups``), so that their ratios are the speedups."""
     feeds = _feeds(original, target, seed)
-    sessions = [session(m, target.providers, threads=target.threads) for m in [original, *models]]
-    first = medians_ms(interleaved(sessions, [feeds] * len(sessions), 3))
-    runs = max(runs, min(1000, int(seconds * 1000 / sum(first))))
-    return medians_ms(interleaved(sessions, [feeds] * len(sessions), runs))
+    everything = [original, *models]
+    make = lambda: [session(m, target.providers, threads=target.threads) for m in everything]  # noqa: E731
+    first = medians_ms(interleaved(make(), [feeds] * len(everything), 3))
+    per_round = max(-(-runs // rounds), min(1000, int(seconds * 1000 / sum(first) / rounds)))
+    base_ms, speedups = round_speedups(in_rounds(make, [feeds] * len(everything), per_round, rounds))
+    return [base_ms / s for s in speedups]
 
 
 def _feeds(model: onnx.ModelProto, target: Target, seed: int) -> dict[str, np.ndarray]:
@@ -285,7 +290,7 @@ class LatencyFit:
     predicted_ms: float
     measured_here: bool
     attempts: list[dict] = field(default_factory=list)  # each fitted budget and what it measured
-    measured_original_ms: float | None = None  # the final model against the original, one interleaved run
+    measured_original_ms: float | None = None  # the final model against the original (``measure``)
     measured_ms: float | None = None
     rankings: dict[str, float] = field(default_factory=dict)  # with PRO: final-output error of each ranking's widths
 
