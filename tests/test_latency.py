@@ -266,7 +266,7 @@ def test_pro_keeps_the_ranking_whose_widths_have_the_smaller_error(tmp_path, mon
     steps = {g.id: {k: weight * k / g.channels for k in latency.ladder(g.channels, 8)}
              for weight, g in zip((1.0, 1.0, 3.0), [g for g in analysis.groups if g.prunable])}
     monkeypatch.setattr(latency, "profile", lambda *a, **k: table_of(steps, full=5.0))
-    monkeypatch.setattr(latency, "measure", lambda original, models, *a, **k: [1.0] + [0.0] * len(models))
+    monkeypatch.setattr(latency, "measure", lambda original, models, *a, **k: [1.0] + [0.6] * len(models))
     runs = []
     optimize = latency.optimize_counts
 
@@ -303,3 +303,29 @@ def test_pro_refits_while_the_measured_latency_misses_the_target(tmp_path, monke
     assert [a["measured_ms"] for a in attempts] == [0.8, 0.6, 0.52]
     assert attempts[1]["budget_ms"] == pytest.approx(attempts[0]["budget_ms"] / 1.6)
     assert attempts[2]["budget_ms"] == pytest.approx(attempts[1]["budget_ms"] / 1.2)
+
+
+@pytest.mark.parametrize("measured, kept", [
+    ([0.4, 0.47], 1),  # 20 % faster than asked: refitted to a larger budget, which is kept
+    ([0.4, 0.6, 0.5], 2),  # the larger budget misses: refitted again; the widest within the target is kept
+    ([0.4, 0.6, 0.56, 0.58], 0),  # refits miss every time: the first widths, the only ones within it
+])
+def test_widths_much_faster_than_asked_are_refitted_to_a_larger_budget(tmp_path, monkeypatch, measured, kept):
+    """Speed beyond the target costs accuracy for nothing: widths measured more than 8 % faster
+    than asked are refitted to a budget scaled up by the miss, and of the widths measured, those of
+    the largest budget within the target are kept (PRO: 5 % over it)."""
+    path, calib, analysis = chain_with_calibration(tmp_path, 16)
+    steps = {g.id: {k: k / g.channels for k in latency.ladder(g.channels, 8)} for g in analysis.groups if g.prunable}
+    monkeypatch.setattr(latency, "profile", lambda *a, **k: table_of(steps, full=3.0))
+    times = iter([*measured, 0.5])  # the last: the report's measurement of the pruned model
+    monkeypatch.setattr(latency, "measure", lambda original, models, *a, **k: [1.0, next(times)])
+    out = tmp_path / "out.onnx"
+    result = invoke("prune", path, "-o", out, "--method", "reap", "--calib", calib,
+                    "--keep-latency", "0.5", "--pro-samples", "16", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    attempts = report["latency"]["attempts"]
+    assert [a["measured_ms"] for a in attempts] == measured
+    assert attempts[1]["budget_ms"] == pytest.approx(min(attempts[0]["budget_ms"] / 0.8, 3.0))
+    assert report["latency"]["predicted_ms"] == pytest.approx(attempts[kept]["predicted_ms"])
+    assert sum(g["channels_after"] for g in report["groups"]) > 0

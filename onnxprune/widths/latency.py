@@ -318,6 +318,9 @@ class LatencyFit:
         }
 
 
+FASTER_THAN_ASKED = 0.92  # a whole model measured below 0.92 of the target is refitted to a larger budget
+
+
 def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, channels: Counts, goal: LatencyGoal,
                    calibration, progress: Progress, keep_for: Callable[[Counts], dict[int, np.ndarray]],
                    macs: Callable[[Keep], int]) -> tuple[Counts, list, LatencyFit]:
@@ -330,8 +333,10 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
     is the natural rank, but the table's noise can make it cut a layer whose error per MAC is
     high, and then per MAC is the better route to the same speed. Measured here, the chosen
     widths are also timed as a whole model; while that misses the target by more than 2 % (5 %
-    with PRO, whose refits cost more), the budget is scaled by the miss and the widths fitted
-    again (at most 3 times)."""
+    with PRO, whose refits cost more), or is more than ``FASTER_THAN_ASKED`` faster than asked
+    (speed beyond the target costs accuracy for nothing), the budget is scaled by the miss and
+    the widths fitted again (at most 3 times), and the widths of the largest budget measured
+    within the target are kept."""
     if goal.table is None:
         with progress(f"latency: timing {len(channels)} groups' widths", len(channels)) as advance:
             table = profile(normalized, analysis, channels, goal.target, goal.round_to)
@@ -374,17 +379,24 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
     counts, trace, rankings = fit(budget)
     result = LatencyFit(goal, table, counts, table.predict(counts), goal.table is None, rankings=rankings)
     if goal.table is None and any(counts[g] < n for g, n in channels.items()):
-        for _ in range(3):
+        tolerance = 1.05 if goal.pro else 1.02  # PRO's refits cost more: a looser tolerance
+        kept = None  # (budget, counts, trace, rankings) of the largest budget measured within the target
+        for attempt in range(4):
             full_ms, got_ms = measure(normalized, [prune_channels(normalized, analysis, keep_for(counts))],
                                       goal.target)
             miss = got_ms / full_ms / goal.fraction
             result.attempts.append({"budget_ms": budget, "predicted_ms": table.predict(counts),
                                     "measured_ms": got_ms, "measured_original_ms": full_ms})
-            if miss <= (1.05 if goal.pro else 1.02):  # PRO's refits cost more: a looser tolerance
+            if miss <= tolerance and (kept is None or budget > kept[0]):
+                kept = (budget, counts, trace, rankings)
+            if FASTER_THAN_ASKED <= miss <= tolerance or attempt == 3:
                 break
-            budget /= miss
+            # too slow: a smaller budget; much faster than asked: a larger one, which buys accuracy
+            budget = min(budget / max(miss, 1e-3), table.full_ms)
             if table.predict(deepest) > budget:
                 break
             counts, trace, rankings = fit(budget)
+        if kept is not None:  # else the last widths, the closest to the target that was measured
+            budget, counts, trace, rankings = kept
         result.counts, result.predicted_ms, result.rankings = counts, table.predict(counts), rankings
     return counts, trace, result
