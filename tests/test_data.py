@@ -1,6 +1,8 @@
 """Data readers: .npz, .npy and image folders, batching, limits, and every way data can be wrong."""
 
+import io
 import os
+import zipfile
 import zlib
 
 import numpy as np
@@ -43,6 +45,14 @@ def tiny_model(inputs):
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])], inits,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def reduce_model(dims, elem=TensorProto.FLOAT):
+    """Input "x" with ``dims`` (None: rank unknown), any of them symbolic, reduced to its mean."""
+    return helper.make_model(helper.make_graph(
+        [helper.make_node("ReduceMean", ["x"], ["y"], keepdims=0)], "g",
+        [helper.make_tensor_value_info("x", elem, dims)], [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    ), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 @pytest.fixture(scope="module")
@@ -134,16 +144,35 @@ def test_fixed_batch_dim_sets_the_batch_size(tmp_path):
     assert gather(open_data(tmp_path / "d.npy", fixed, batch_size=32))[2] == [2, 2, 2]
     np.save(tmp_path / "odd.npy", samples(5, (5,)))
     assert "fixed to 2; 5 samples is not a multiple (use --limit 4)" in error(tmp_path / "odd.npy", fixed)
+    np.save(tmp_path / "one.npy", samples(1, (5,)))
+    assert "fixed to 2; 1 samples is not a multiple (too few samples)" in error(tmp_path / "one.npy", fixed)
 
 
 def test_other_dynamic_dims_take_any_size(tmp_path):
-    dynamic = helper.make_model(helper.make_graph(
-        [helper.make_node("ReduceMean", ["x"], ["y"], keepdims=0)], "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-    ), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     np.save(tmp_path / "d.npy", samples(2, (3, 5, 7)))
-    assert gather(open_data(tmp_path / "d.npy", dynamic))[0]["x"].shape == (2, 3, 5, 7)
+    assert gather(open_data(tmp_path / "d.npy", reduce_model(["N", 3, "H", "W"])))[0]["x"].shape == (2, 3, 5, 7)
+
+
+@pytest.mark.parametrize("dims, shape", [(["N", 3, "H", "W"], (1, 3, 5, 7)), ([2, 3, "H", "W"], (2, 3, 5, 7)),
+                                         (None, (1, 3, 5, 7)), (["N", 3, 5, 7], None)])
+def test_input_shapes_take_dynamic_dims_from_the_data(tmp_path, dims, shape):
+    """Dims beyond the batch that are dynamic (or a rank unknown) in the model come from the data;
+    the batch is the model's fixed size, else 1; an input the model fixes needs no shape."""
+    np.save(tmp_path / "d.npy", samples(2, (3, 5, 7)))
+    source = open_data(tmp_path / "d.npy", reduce_model(dims))
+    assert source.input_shapes() == ({} if shape is None else {"x": shape})
+    assert source.input_shapes({"x": (4, 3, 5, 7)}) == {"x": (4, 3, 5, 7)}  # given, agreeing: kept
+
+
+def test_input_shape_disagreeing_with_the_data_is_an_error_naming_both(tmp_path):
+    np.save(tmp_path / "d.npy", samples(2, (3, 5, 7)))
+    source = open_data(tmp_path / "d.npy", reduce_model(["N", 3, "H", "W"]))
+    for given in [(1, 3, 5, 8), (1, 3, 35)]:
+        with pytest.raises(OnnxPruneError) as info:
+            source.input_shapes({"x": given})
+        assert str(info.value) == (
+            f"--input-shape x={','.join(map(str, given))} disagrees with --calib {tmp_path / 'd.npy'}: its samples of"
+            " 'x' are [3, 5, 7] (the array of shape [2, 3, 5, 7]); drop --input-shape or make them agree")
 
 
 # -- image folders
@@ -191,6 +220,17 @@ def test_image_folder_for_uint8_model_gives_raw_pixels(tmp_path):
         open_data(tmp_path, gray, image_options=ImageOptions(mean=(0.5,)))
 
 
+def test_image_channels_follow_the_model(tmp_path):
+    """Without --channels, grayscale if the model's channel dim (by --layout) is 1, else RGB."""
+    pixels = RNG.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    write_image(tmp_path / "a.png", pixels)
+    gray = np.asarray(Image.fromarray(pixels).convert("L"))
+    nhwc = gather(open_data(tmp_path, reduce_model(["N", 4, 4, 1]), image_options=ImageOptions(layout="NHWC")))[0]
+    np.testing.assert_allclose(nhwc["x"], gray[None, :, :, None] / 255, atol=1e-6)
+    rgb = gather(open_data(tmp_path, reduce_model(["N", "C", 4, 4])))[0]
+    np.testing.assert_allclose(rgb["x"], pixels.transpose(2, 0, 1)[None] / 255, atol=1e-6)
+
+
 # -- malformed data: one clear error each
 
 
@@ -202,11 +242,14 @@ def test_image_folder_for_uint8_model_gives_raw_pixels(tmp_path):
     ("unnamed wrong shape", {"x": samples(4, (1, 28, 28))},
      "array 'x' of shape [4, 1, 28, 28] does not match the model input 'input' [N, 3, 8, 8]"),
     ("scalar", {"input": np.float32(1)}, "array 'input' is a scalar"),
-    ("missing input", {"labels": np.arange(4)}, "no array for the model input(s) 'input'"),
+    ("missing input", {"labels": np.arange(4)}, "no array for the model input(s) 'input' (model inputs: 'input')"),
     ("unknown key", {"input": samples(4), "extra": samples(4)}, "unknown array(s) 'extra'"),
     ("label count", {"input": samples(4), "labels": np.arange(3)},
      "different sample counts (array 'input': 4, 'labels': 3)"),
     ("float labels", {"input": samples(4), "labels": np.zeros(4)}, "'labels' must be a 1-D integer array"),
+    ("complex", {"input": samples(4).astype(np.complex64)},
+     "array 'input': dtype complex64, the model input 'input' takes float32; cannot convert without loss"),
+    ("pickled objects", {"input": np.array([None] * 4, dtype=object)}, "not a readable .npz file"),
     ("zero samples", {"input": samples(0)}, "no samples"),
     ("NaN", {"input": np.where(np.arange(5)[:, None, None, None] == 3, np.nan, samples(5))},
      "array 'input' for 'input': NaN in sample 3"),
@@ -215,7 +258,32 @@ def test_image_folder_for_uint8_model_gives_raw_pixels(tmp_path):
 ])
 def test_malformed_npz(model, tmp_path, case, arrays, message):
     np.savez(tmp_path / "d.npz", **arrays)
-    assert message in error(tmp_path / "d.npz", model, batch_size=2)
+    assert f"{tmp_path / 'd.npz'}: {message}" in error(tmp_path / "d.npz", model, batch_size=2)
+
+
+@pytest.mark.parametrize("shape, dtype, stored, sizes", [
+    ((10**6, 3, 8, 8), "<f4", 1000, "(768.0 MB) but holds 1.0 kB"),
+    ((2**32, 2**32), "|u1", 0, "(18446744.1 TB) but holds 0 bytes"),  # 2**64 elements: no int64 product
+])
+def test_npz_declaring_more_data_than_it_holds(model, tmp_path, shape, dtype, stored, sizes):
+    """Refused from its header, before numpy allocates what the header declares."""
+    member = io.BytesIO()
+    np.lib.format.write_array_header_1_0(member, {"descr": dtype, "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        archive.writestr("input.npy", member.getvalue() + bytes(stored))
+    assert (f"d.npz: array 'input' declares shape {list(shape)} of {np.dtype(dtype)} {sizes}"
+            in error(tmp_path / "d.npz", model))
+
+
+def test_npz_too_large_for_memory_points_to_npy(model, tmp_path, monkeypatch):
+    np.savez(tmp_path / "d.npz", input=samples(2))
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(np, "load", out_of_memory)
+    assert "d.npz: its arrays do not fit in memory (a .npy file is read batch by batch)" \
+        in error(tmp_path / "d.npz", model)
 
 
 def test_wrong_dtype(tmp_path):
@@ -223,6 +291,19 @@ def test_wrong_dtype(tmp_path):
     np.save(tmp_path / "d.npy", samples(2, (1, 4, 4)))
     assert "the array: dtype float32, the model input 'image' takes uint8; cannot convert" \
         in error(tmp_path / "d.npy", gray)
+
+
+def test_unnamed_dynamic_dims_show_as_question_marks(tmp_path):
+    np.save(tmp_path / "d.npy", samples(2, (4,)))
+    assert "the array of shape [2, 4] does not match the model input 'x' [?, 3]" \
+        in error(tmp_path / "d.npy", reduce_model([None, 3]))
+
+
+def test_string_inputs_are_fed_as_they_are(tmp_path):
+    text = np.array([["a", "bc"], ["d", "e"], ["f", "g"]])
+    np.save(tmp_path / "d.npy", text)
+    feeds = gather(open_data(tmp_path / "d.npy", reduce_model(["N", 2], TensorProto.STRING), batch_size=2))[0]
+    assert feeds["x"].dtype == object and feeds["x"].tolist() == text.tolist()
 
 
 def test_bad_files(model, tmp_path):
@@ -243,12 +324,21 @@ def test_bad_options(model, tmp_path):
     np.save(tmp_path / "d.npy", samples(2))
     assert "apply to image folders only" in error(tmp_path / "d.npy", model, image_options=ImageOptions())
     assert "--batch-size 0" in error(tmp_path / "d.npy", model, batch_size=0)
+    assert gather(open_data(tmp_path / "d.npy", model, batch_size=1))[2] == [1, 1]  # the smallest batch
     assert "--limit 0" in error(tmp_path / "d.npy", model, limit=0)
     for kwargs, message in [({"resize": "28"}, "expected H,W"), ({"mean": "a,b"}, "comma-separated numbers"),
                             ({"std": "0"}, "must be positive")]:
         with pytest.raises(OnnxPruneError, match=message):
             parse_image_options(**kwargs)
     assert parse_image_options() is None
+
+
+def test_model_without_inputs(tmp_path):
+    constant = helper.make_model(helper.make_graph(
+        [helper.make_node("Constant", [], ["y"], value_float=1.0)], "g", [],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+    ), opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    assert error(tmp_path / "d.npz", constant) == "the model has no inputs to feed"
 
 
 def test_npy_needs_a_single_input_model(tmp_path):
@@ -262,7 +352,10 @@ def test_bad_image_folders(model, tmp_path):
     write_image(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
     write_image(tmp_path / "b.png", np.zeros((9, 8, 3), np.uint8))
     assert "b.png: image of shape [3, 9, 8], the first is [3, 8, 8] (use --resize H,W)" in error(tmp_path, model)
-    assert "3 values for 1 channel(s)" in error(tmp_path, model, image_options=ImageOptions(mean=(0, 0, 0), channels=1))
+    assert "--mean: 3 values for 1 channel(s)" in error(tmp_path, model,
+                                                        image_options=ImageOptions(mean=(0, 0, 0), channels=1))
+    assert "--std: 2 values for 3 channel(s); give 1 or 3" in error(tmp_path, model,
+                                                                    image_options=ImageOptions(std=(1, 2)))
     (tmp_path / "broken.png").write_bytes(b"not a png")
     assert "broken.png: not a readable image" in error(tmp_path, model)
     write_image(tmp_path / "cls" / "c.png", np.zeros((8, 8, 3), np.uint8))
