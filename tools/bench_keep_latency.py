@@ -4,7 +4,7 @@
     python tools/bench_keep_latency.py --models resnet20 resnet56 vgg16 mobilenetv2 densenet --plot docs/accuracy_vs_speedup.png
 
 For each reference model and each latency target F, REAP + PRO prunes to --keep-latency F
-(the latency table measured here at batch 1, --threads); then REAP + PRO prunes by MACs to
+(the latency table measured here at batch 1, or --latency-batch 32, --threads); then REAP + PRO prunes by MACs to
 the MAC fraction that latency prune kept, with --round-to 8 and 16, so the MAC-based prunes
 have the same MAC budget. All prunes of one model are timed together in one interleaved
 `onnxprune bench` run at batch 1 and 32, repeated --repeats times (the median of the
@@ -84,6 +84,8 @@ def main() -> None:
     p.add_argument("--extra", nargs="*", default=[], help="unlabelled models PATH[:INPUT=D0,D1,...]")
     p.add_argument("--keep", nargs="+", type=float, default=[0.5, 0.35])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--latency-batch", type=int, default=1, choices=[1, 32],
+                   help="batch size the latency target is measured at (--keep-latency's --latency-batch)")
     p.add_argument("--runs", type=int, default=50, help="bench runs per model at batch 1")
     p.add_argument("--runs32", type=int, default=10, help="bench runs per model at batch 32")
     p.add_argument("--repeats", type=int, default=3)
@@ -111,7 +113,8 @@ def main() -> None:
             for keep in args.keep:
                 out = tmp / f"{name}_lat{keep}.onnx"
                 method = "reap" if labelled else args.extra_method
-                report = prune(model, out, calib, ["--keep-latency", str(keep)], args.threads, 8, shape_args,
+                report = prune(model, out, calib, ["--keep-latency", str(keep), "--latency-batch",
+                                                   str(args.latency_batch)], args.threads, 8, shape_args,
                                args.pro_samples, method)
                 if "error" in report:
                     rows.append((name, f"latency {keep}", report["error"], *[""] * 7))
@@ -156,17 +159,19 @@ def main() -> None:
                              f"{report['seconds']:.0f} s",
                              f"{lat['table_meta']['seconds']} s" if lat else ""))
                 if labelled:  # agreement on random inputs is not accuracy: kept out of the plot
-                    points.append((name, label.split()[0], float(np.median(b1)), quality))
+                    points.append((name, label.split()[0], float(np.median(b1 if args.latency_batch == 1 else b32)),
+                                   quality))
     lines = ["# Pruning to a latency target", "",
              f"Produced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}, on this 2-core machine: onnxruntime "
              f"CPU provider, all graph optimisations, {args.threads} threads. Every row is REAP + PRO "
              f"(--extra models: {'l1, no PRO' if args.extra_method == 'l1' else 'REAP + PRO'}) "
              f"({args.pro_samples} PRO samples) with 1,024 calibration images ({args.samples} random inputs for "
-             "unlabelled models). `latency F` prunes to --keep-latency F (table measured here at batch 1; in "
+             "unlabelled models). `latency F` prunes to --keep-latency F (table measured here at batch "
+             f"{args.latency_batch}; in "
              "brackets the PRO ranking it kept); `flops M` prunes to --keep-flops M, the MAC fraction the latency "
              "prune kept, so the two have the same MAC budget. Speedups are medians of "
-             f"{args.repeats} interleaved `onnxprune bench` runs ({args.runs} runs each at batch 1, {args.runs32} "
-             "at batch 32) with their range; "
+             f"{args.repeats} `onnxprune bench` runs (each 3 rounds on fresh sessions of {args.runs} interleaved runs "
+             f"at batch 1, {args.runs32} at batch 32) with their range; "
              "'in prune' is what --keep-latency measured on its own at the end of the prune.", "",
              "| model | target | MACs kept | predicted | in prune | speedup batch 1 | speedup batch 32 | accuracy "
              "(vs original) | prune time | table time |",
@@ -188,7 +193,7 @@ def main() -> None:
                 ys = [100 * q for n, k, _, q in points if n == name and k == kind]
                 if xs:
                     ax.scatter(xs, ys, marker=marker, label=f"{name} ({'--keep-latency' if kind == 'latency' else '--keep-flops'})")
-        ax.set_xlabel("measured speedup at batch 1 (onnxruntime CPU)")
+        ax.set_xlabel(f"measured speedup at batch {args.latency_batch} (onnxruntime CPU)")
         ax.set_ylabel("test accuracy (%) / output agreement")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
