@@ -85,10 +85,10 @@ class NetBuilder:
             pads=[pad] * 4, dilations=[dilation] * 2, group=group,
         )
 
-    def conv_transpose(self, x, cout, k=2, stride=2, bias=True, pad=0, output_padding=0, dilation=1):
-        """ConvTranspose, weights [cin, cout, k, k]; by default without padding."""
+    def conv_transpose(self, x, cout, k=2, stride=2, bias=True, pad=0, output_padding=0, dilation=1, group=1):
+        """ConvTranspose, weights [cin, cout/group, k, k]; by default without padding."""
         name, cin = self._fresh("convtranspose"), self.channels[x]
-        weight = self.rng.normal(0, np.sqrt(2 / (cin * k * k)), (cin, cout, k, k))
+        weight = self.rng.normal(0, np.sqrt(2 / (cin * k * k)), (cin, cout // group, k, k))
         inputs = [x, self._const(f"{name}.weight", weight)]
         if bias:
             inputs.append(self._const(f"{name}.bias", self.rng.normal(0, 0.1, cout)))
@@ -96,6 +96,7 @@ class NetBuilder:
         extra = {"pads": [pad] * 4} if pad else {}
         extra.update({"output_padding": [output_padding] * 2} if output_padding else {})
         extra.update({"dilations": [dilation] * 2} if dilation != 1 else {})
+        extra.update({"group": group} if group != 1 else {})
         return self._emit(
             "ConvTranspose", name, inputs, cout, hw, kernel_shape=[k, k], strides=[stride] * 2, **extra
         )
@@ -292,12 +293,13 @@ class NetBuilder:
         shape = self._const(f"{name}.shape", [0, -1], np.int64)
         return self._emit("Reshape", name, [x, shape], self._features(x), None)
 
-    def gemm(self, x, out, trans_b=True):
-        """Gemm with constant B ([out, in] when trans_b, else [in, out]) and bias C [out]."""
+    def gemm(self, x, out, trans_b=True, bias=True):
+        """Gemm with constant B ([out, in] when trans_b, else [in, out]) and bias C [out] (or none)."""
         name, fin = self._fresh("gemm"), self.channels[x]
         weight = self.rng.normal(0, np.sqrt(2 / fin), (out, fin) if trans_b else (fin, out))
-        bias = self.rng.normal(0, 0.1, out)
-        inputs = [x, self._const(f"{name}.weight", weight), self._const(f"{name}.bias", bias)]
+        inputs = [x, self._const(f"{name}.weight", weight)]
+        if bias:
+            inputs.append(self._const(f"{name}.bias", self.rng.normal(0, 0.1, out)))
         return self._emit("Gemm", name, inputs, out, None, transB=int(trans_b))
 
     def matmul(self, x, out):

@@ -19,9 +19,10 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """A graphsurgeon graph of the model (the ModelProto is not modified).
 
     Unnamed or duplicate node names get deterministic ones (``Op_i``) so that
-    analyses and rewrites can refer to nodes by name.
+    analyses and rewrites can refer to nodes by name. Constant nodes get their
+    value as a tensor (see ``_constant_values_as_tensors``).
     """
-    graph = gs.import_onnx(model)
+    graph = gs.import_onnx(_constant_values_as_tensors(model))
     seen: set[str] = set()
     for i, node in enumerate(graph.nodes):
         if not node.name or node.name in seen:
@@ -30,6 +31,51 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
                 node.name += "_"
         seen.add(node.name)
     return graph
+
+
+# The Constant attributes to_graph turns into the equivalent tensor ``value``, with their dtypes:
+# graphsurgeon drops a sparse_value on import (the Constant it exports has no value) and constant
+# folding turns value_float(s) into float64 initializers. (String constants it cannot export at all.)
+_CONSTANT_DTYPES = {"value_float": np.float32, "value_floats": np.float32,
+                    "value_int": np.int64, "value_ints": np.int64, "sparse_value": None}
+
+
+def _dense(sparse: onnx.SparseTensorProto) -> np.ndarray:
+    values = onnx.numpy_helper.to_array(sparse.values)
+    indices = onnx.numpy_helper.to_array(sparse.indices)
+    dense = np.zeros(tuple(sparse.dims), values.dtype)
+    if indices.ndim == 1:  # linear indices
+        dense.reshape(-1)[indices] = values
+    else:  # [NNZ, rank] coordinates
+        dense[tuple(indices.T)] = values
+    return dense
+
+
+def _constant_values_as_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model``, or a copy of it where every Constant node (subgraphs included) holds its value
+    as the equivalent ``value`` tensor, of the dtype ONNX gives the other forms."""
+
+    def graphs(graph: onnx.GraphProto):
+        yield graph
+        for node in graph.node:
+            for attr in node.attribute:
+                for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                    yield from graphs(sub)
+
+    def constants(m: onnx.ModelProto):
+        return [(n, a) for g in graphs(m.graph) for n in g.node if n.op_type == "Constant"
+                and n.domain in ("", "ai.onnx") for a in n.attribute if a.name in _CONSTANT_DTYPES]
+
+    if not constants(model):
+        return model
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for node, attr in constants(model):
+        if attr.name == "sparse_value":
+            value = _dense(attr.sparse_tensor)
+        else:
+            value = np.array(onnx.helper.get_attribute_value(attr), dtype=_CONSTANT_DTYPES[attr.name])
+        attr.CopyFrom(onnx.helper.make_attribute("value", onnx.numpy_helper.from_array(value)))
+    return model
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
