@@ -68,7 +68,9 @@ def _constant_values_as_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
 
     if not constants(model):
         return model
-    model = onnx.ModelProto.FromString(model.SerializeToString())
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)  # not through bytes: a model may be over protobuf's 2 GB
+    model = copy
     for node, attr in constants(model):
         if attr.name == "sparse_value":
             value = _dense(attr.sparse_tensor)
