@@ -1,5 +1,8 @@
 """PRO: per-group widths chosen by their effect on the final output."""
 
+from contextlib import contextmanager
+from dataclasses import replace
+
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +17,7 @@ from onnxprune.cli import main
 from onnxprune.config import Method
 from onnxprune import analyze, normalize
 from onnxprune.analysis.consumers import reconstructable
-from onnxprune.calibration.statistics import Calibration
+from onnxprune.calibration.statistics import HOLDOUT_EVERY, Calibration, StatsMode, collect
 from onnxprune.progress import no_progress
 from onnxprune.analysis.cost import MacPredictor, model_cost
 from onnxprune.methods.l1 import l1_scores, select
@@ -137,7 +140,7 @@ class ByIndex:
 
 
 def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkeypatch, budget=None, rank=None,
-           choice=False):
+           choice=False, progress=no_progress):
     """PRO's widths on two independent groups whose MACs and error per channel are known."""
     model = FACTORIES["conv_chain"]()
     samples = 4
@@ -147,7 +150,7 @@ def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkey
     total = sum(macs_per_channel[g] * n for g, n in channels.items())
     budget = keep * total if budget is None else budget
     result = optimize_counts(model, None, ByIndex(), channels, cost, budget, calibration(model, samples),
-                             round_to, samples, rank=rank)
+                             round_to, samples, progress, rank=rank)
     return result if choice else (result.counts, result.steps)
 
 
@@ -189,6 +192,110 @@ def test_pro_ranks_by_another_cost_and_stops_on_its_own(monkeypatch):
     # the error is that of the final counts, after the give-back: 4 * 1.0 + 4 * 0.1
     assert result.steps[-1].error == pytest.approx(4 * 1.0 + 15 * 0.1)
     assert result.error == pytest.approx(4 * 1.0 + 4 * 0.1)
+
+
+def recording_progress():
+    """A Progress that records each step's label, its total and the work it is told is done."""
+    steps = {}
+
+    @contextmanager
+    def progress(label, total):
+        steps[label] = (total, [])
+        yield steps[label][1].append
+
+    return progress, steps
+
+
+def test_pro_reports_its_progress_as_the_cost_saved_toward_the_budget(monkeypatch):
+    """The total is the cost to save (1616 - 1212 = 404 MACs), and each commit reports what it
+    saved: five steps of group 0, 100 MACs each."""
+    progress, steps = recording_progress()
+    counts, _ = choose({0: 16, 1: 16}, {0: 100, 1: 1}, {0: 1.0, 1: 0.1}, 0.75, 1, monkeypatch, progress=progress)
+    assert counts == {0: 11, 1: 16}
+    assert steps == {"PRO: choosing per-layer widths": (404, [100] * 5)}
+
+
+def test_pro_refuses_a_budget_below_its_smallest_widths(monkeypatch):
+    """One channel per group costs 101 MACs: a budget of 100 cannot be reached."""
+    with pytest.raises(OnnxPruneError, match="^PRO cannot reach the target: every group is at its smallest width$"):
+        choose({0: 16, 1: 16}, {0: 100, 1: 1}, {0: 1.0, 1: 0.1}, None, 1, monkeypatch, budget=100)
+
+
+def test_pro_draws_only_the_calibration_batches_its_samples_need(monkeypatch):
+    """20 samples from batches of 16: the first two batches are drawn, no more, and the
+    candidates run on their first 20 samples."""
+    model = FACTORIES["conv_chain"]()
+    data = random_feeds(model, batch=64, seed=1)
+    drawn, used = [], {}
+
+    def batches():
+        for i in range(0, 64, 16):
+            drawn.append(i)
+            yield {k: v[i:i + 16] for k, v in data.items()}
+
+    def candidates(normalized, analysis, channels, keep_of, feeds, output, calib):
+        used.update(feeds)
+        return KnownErrors(channels, {0: 1.0, 1: 0.1}, 20)
+
+    monkeypatch.setattr(pro, "PrunedCandidates", candidates)
+    cost = lambda kept: sum(len(k) for k in kept.values())  # noqa: E731
+    optimize_counts(model, None, ByIndex(), {0: 16, 1: 16}, cost, 24, Calibration(batches, 64), 1, 20)
+    assert drawn == [0, 16]
+    assert used.keys() == data.keys()
+    np.testing.assert_array_equal(used["input"], data["input"][:20])
+
+
+@pytest.mark.parametrize("mode", [StatsMode.HOST, StatsMode.GRAPH])
+def test_reconstructions_use_statistics_collected_in_the_calibrations_mode(mode):
+    """PRO's reconstructions fit on the original model's statistics computed as the calibration
+    says (host float64 or onnxruntime): the same, to the bit, as collecting them in that mode."""
+    model = FACTORIES["conv_chain"](widths=(8, 16, 8))
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    plans, _ = reconstructable(analysis)
+    channels = {g: analysis.groups[g].channels for g in plans}
+    cal = replace(calibration(model), mode=mode)
+    rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, cal, no_progress)
+    consumers = list({c.node: c for g in channels for c in plans[g]}.values())
+    fit, holdout = collect(normalized, normalized, consumers, cal.batches, mode, list(cal.providers), HOLDOUT_EVERY)
+    for mine, theirs in ((rebuilt.fit, fit), (rebuilt.holdout, holdout)):
+        assert mine.keys() == theirs.keys() and mine
+        for node, s in theirs.items():
+            assert mine[node].rows == s.rows
+            for name in ("gram", "cross", "yy"):
+                np.testing.assert_array_equal(getattr(mine[node], name), getattr(s, name))
+
+
+def test_candidates_rebase_when_the_cost_falls_below_rebase_of_the_base(monkeypatch):
+    """REAP + PRO: the candidates' base model is rebuilt at the first commit whose cost is below
+    REBASE times the base's own cost (replayed from the trace), and at the chosen counts when
+    channels were given back; never otherwise."""
+    model = FACTORIES["conv_chain"](widths=(8, 16, 8))
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes, analysis.unknown_after)).macs
+    cost = lambda keep: macs(analysis.removed_mask(keep))  # noqa: E731
+    rebases = []
+    rebase = pro.VariantCandidates.rebase
+
+    def recording_rebase(self, counts):
+        rebases.append(dict(counts))
+        rebase(self, counts)
+
+    monkeypatch.setattr(pro.VariantCandidates, "rebase", recording_rebase)
+    full = cost({g: np.arange(n) for g, n in channels.items()})
+    result = optimize_counts(normalized, analysis, methods.get("reap"), channels, cost, 0.45 * full,
+                             calibration(model), 2, 16)
+    expected, counts, base = [dict(channels)], dict(channels), full
+    for step in result.steps:
+        counts[step.group] = step.channels
+        if step.cost < pro.REBASE * base:
+            expected.append(dict(counts))
+            base = step.cost
+    if result.counts != counts:
+        expected.append(result.counts)
+    assert len(expected) > 2 and rebases == expected
 
 
 def test_the_final_error_is_that_of_the_chosen_widths():
