@@ -3,10 +3,11 @@
 import numpy as np
 import onnx
 import pytest
-from builders import FACTORIES, NetBuilder
-from onnx import helper, numpy_helper
+from builders import FACTORIES, NetBuilder, random_feeds
+from checks import assert_same_outputs, random_keep, zero_consumer_weights
+from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune import analyze, normalize
+from onnxprune import analyze, normalize, prune_channels
 
 
 def groups_of(model, **kw):
@@ -90,15 +91,18 @@ def test_channel_shuffle_stays_frozen_and_the_residual_is_cut_in_blocks():
     assert stem.prunable and stem.blocks == 2 and set(stem.grouped_by) == {"conv1", "conv3"}
 
 
-def grouped_readers(groups, channels=12, mult=1, split=False, concat=False):
+def grouped_readers(groups, channels=12, mult=1, split=False, concat=False, twice=False):
     """conv(channels) -> one grouped 3x3 conv (``mult`` outputs per input channel) per entry of
     ``groups`` (their outputs added); with
     ``split``, a Split of the conv's channels is also read; with ``concat``, the grouped convs read a
-    Concat of the conv's channels and another conv's."""
+    Concat of the conv's channels and another conv's; with ``twice``, a Concat of the conv's
+    channels with themselves."""
     b = NetBuilder(3)
     x = b.conv("input", channels)
     if concat:
         x = b.concat([x, b.conv("input", channels)])
+    if twice:
+        x = b.concat([x, x])
     outs = [b.conv(x, b.channels[x] * mult, group=g) for g in groups]
     y = outs[0]
     for other in outs[1:]:
@@ -114,6 +118,7 @@ def grouped_readers(groups, channels=12, mult=1, split=False, concat=False):
     ({"groups": (12,), "mult": 2}, 1, "one of its channels per block"),  # depthwise with a multiplier
     ({"groups": (2,), "split": True}, 1, "read in parts"),
     ({"groups": (2,), "concat": True}, 1, "mixes its channels with other groups'"),
+    ({"groups": (2,), "twice": True}, 1, "holds only some of its channels, or some twice"),
 ])
 def test_blocks_that_cannot_be_kept_equal_freeze_the_group(kwargs, blocks, reason):
     a = groups_of(grouped_readers(**kwargs))
@@ -144,23 +149,33 @@ def test_unknown_op_and_transpose_freeze_with_reasons():
     assert "Transpose node 't'" in group_with(a, "conv1").reason
 
 
-def test_shape_read_of_batch_dim_does_not_freeze_but_channel_dim_does():
-    def model(index):
-        b = NetBuilder(3)
-        x = b.relu(b.conv("input", 8))
-        b.nodes += [
-            helper.make_node("Shape", [x], ["s"], name="shape"),
-            helper.make_node("Gather", ["s", "idx"], ["n"], axis=0, name="gather"),
-        ]
+@pytest.mark.parametrize("shape_attrs, index, frozen", [
+    ({}, 0, False),  # Gather of the batch dim
+    ({}, 1, True),  # Gather of the channel dim
+    ({}, None, True),  # the whole shape (Cast): the channel dim with it
+    ({"start": 1}, 0, True),  # Shape from dim 1: entry 0 is the channel dim
+    ({"start": 2}, 1, False),  # Shape of the spatial dims only
+])
+def test_shape_read_freezes_the_channels_only_where_their_count_is_used(shape_attrs, index, frozen):
+    """Shape(x) -> [Gather(index)] -> Cast, multiplied into the output: the channels of x stay
+    exactly when the entries read include x's channel count."""
+    b = NetBuilder(3)
+    x = b.relu(b.conv("input", 8))
+    b.nodes.append(helper.make_node("Shape", [x], ["s"], name="shape", **shape_attrs))
+    read = "s"
+    if index is not None:
+        b.nodes.append(helper.make_node("Gather", ["s", "idx"], ["n"], axis=0, name="gather"))
         b.initializers.append(numpy_helper.from_array(np.array(index, np.int64), "idx"))
-        b.nodes.append(helper.make_node("Cast", ["n"], ["nf"], to=onnx.TensorProto.FLOAT, name="cast"))
-        out = b.gemm(b.flatten(b.gap(x)), 4)
-        b.nodes.append(helper.make_node("Mul", [out, "nf"], ["out"], name="mul"))
-        b.channels["out"], b.hw["out"] = 4, None
-        return b.model("out")
-
-    assert groups_of(model(0)).groups[0].prunable
-    assert "Shape node" in groups_of(model(1)).groups[0].reason
+        read = "n"
+    b.nodes.append(helper.make_node("Cast", [read], ["nf"], to=onnx.TensorProto.FLOAT, name="cast"))
+    out = b.gemm(b.flatten(b.gap(x)), 4)
+    b.nodes.append(helper.make_node("Mul", [out, "nf"], ["out"], name="mul"))
+    b.channels["out"], b.hw["out"] = 4, None
+    g = groups_of(b.model("out")).groups[0]
+    if frozen:
+        assert "its channel count is read by Shape node 'shape'" in g.reason
+    else:
+        assert g.prunable
 
 
 def test_graph_input_channels_are_not_a_group():
@@ -178,3 +193,208 @@ def test_old_ir_with_initializers_as_inputs():
         model.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
     a = groups_of(model)
     assert sum(g.prunable for g in a.groups) == 3
+
+
+def model_of(b, outputs, inputs=(), domains=()):
+    """The builder's graph with more graph inputs (value infos) and ops of custom ``domains``;
+    not checked (onnx does not know custom ops)."""
+    graph = helper.make_graph(b.nodes, "groups_test", [b._value_info("input"), *inputs],
+                              [b._value_info(o) for o in outputs], b.initializers)
+    opsets = [helper.make_opsetid("", b.opset), *(helper.make_opsetid(d, 1) for d in domains)]
+    return helper.make_model(graph, opset_imports=opsets, ir_version=b.ir_version)
+
+
+def node(b, op, inputs, name, channels=None, hw=None, outputs=None, **attrs):
+    """Appends one node named ``name`` (its output too, unless ``outputs``); records the output's
+    channels and size when given (else its shape is left undeclared)."""
+    b.nodes.append(helper.make_node(op, inputs, outputs or [name], name=name, **attrs))
+    if channels is not None:
+        b.channels[name], b.hw[name] = channels, hw
+    return name
+
+
+def graph_input(name, shape, dtype=TensorProto.FLOAT):
+    return helper.make_tensor_value_info(name, dtype, shape)
+
+
+def conv_then(read, opset=17, inputs=(), domains=()):
+    """conv0 (8 channels) -> Relu -> whatever ``read(b, x)`` adds, its output the graph's;
+    ``inputs``: more graph inputs it reads."""
+    b = NetBuilder(3, opset=opset)
+    return model_of(b, [read(b, b.relu(b.conv("input", 8)))], inputs, domains)
+
+
+def if_branches(b, x):
+    """An If (condition from the input) whose branches read x from the outer graph."""
+    node(b, "ReduceMean", ["input"], "mean", keepdims=0)
+    node(b, "Greater", ["mean", b._const("zero", 0.0)], "cond")
+    branches = {
+        branch: helper.make_graph([helper.make_node(op, [x], [f"{branch}_out"])], branch, [],
+                                  [helper.make_tensor_value_info(f"{branch}_out", TensorProto.FLOAT, None)])
+        for branch, op in (("then", "Relu"), ("else", "Sigmoid"))
+    }
+    return node(b, "If", ["cond"], "branch", then_branch=branches["then"], else_branch=branches["else"])
+
+
+def unknown_shape_added(b, x):
+    """x + (an op of a custom domain, times 2): the second term's shape is unknown."""
+    b.nodes.append(helper.make_node("MyOp", ["input"], ["u"], name="myop", domain="my.domain"))
+    node(b, "Mul", ["u", b._const("two", 2.0)], "twice")
+    return node(b, "Add", [x, "twice"], "add", 8, 8)
+
+
+def bn_of_scale(b, x):
+    """BatchNormalization of x with its scale read from a graph input."""
+    params = [b._const(role, np.full(8, v)) for role, v in (("bias", 0.0), ("mean", 0.0), ("var", 1.0))]
+    return node(b, "BatchNormalization", [x, "scale", *params], "bn_w", 8, 8)
+
+
+def ints(b, **values):
+    """One int64 initializer of a single value per keyword."""
+    return [b._const(name, [v], np.int64) for name, v in values.items()]
+
+
+def graph_input_added():
+    """input (3 channels) + conv0(input, 3 channels): conv0's channels are tied to the input's."""
+    b = NetBuilder(3)
+    x = b.add("input", b.conv("input", 3))
+    return b.model(b.gemm(b.flatten(b.gap(x)), 4))
+
+
+def layouts_differ():
+    """Flatten(conv0) + Gemm(GAP(conv0)) on 2x2 maps: 32 features either way, but one is 8
+    channels of 4 features, the other 32 channels."""
+    b = NetBuilder(3, hw=2)
+    x = b.relu(b.conv("input", 8))
+    return b.model(b.gemm(b.add(b.flatten(x), b.gemm(b.flatten(b.gap(x)), 32)), 4))
+
+
+@pytest.mark.parametrize("model, reason", [
+    (lambda: conv_then(lambda b, x: node(b, "Conv", [x, "w"], "conv_w", 4, 8, kernel_shape=[1, 1]),
+                       inputs=[graph_input("w", [4, 8, 1, 1])]),
+     "Conv node 'conv_w' (non-constant weight or bias)"),
+    (lambda: conv_then(lambda b, x: node(b, "Gemm", [b.flatten(b.gap(x)), "w"], "gemm_w", 4),
+                       inputs=[graph_input("w", [8, 4])]),
+     "Gemm node 'gemm_w' (needs a constant weight and bias vector, and no transA)"),
+    (lambda: conv_then(lambda b, x: node(b, "MatMul", [x, b._const("m", np.eye(8))], "matmul", 8, 8)),
+     "MatMul node 'matmul' (only a 2-D input times a constant matrix is supported)"),
+    (lambda: conv_then(bn_of_scale, inputs=[graph_input("scale", [8])]),
+     "BatchNormalization node 'bn_w' (non-constant parameters or training outputs)"),
+    (lambda: conv_then(lambda b, x: node(b, "Flatten", [x], "flatten2", axis=2)),
+     "Flatten node 'flatten2' (map of unknown size, or not on axis 1)"),
+    (lambda: conv_then(lambda b, x: node(b, "Slice", [x, *ints(b, starts=0, ends=8, axes=1, steps=2)],
+                                         "every_other", 4, 8)),
+     "Slice node 'every_other' (steps through channels)"),
+    (lambda: conv_then(lambda b, x: node(b, "Transpose", [x], "nhwc", perm=[0, 2, 3, 1])),
+     "Transpose node 'nhwc' (moves the channel axis)"),
+    (lambda: conv_then(lambda b, x: node(b, "Squeeze", [x, "axes"], "squeeze"),
+                       inputs=[graph_input("axes", [1], TensorProto.INT64)]),
+     "Squeeze node 'squeeze' (axes not constant)"),
+    (lambda: conv_then(lambda b, x: node(b, "Unsqueeze", [x, *ints(b, axes=1)], "unsqueeze")),
+     "Unsqueeze node 'unsqueeze' (moves the channel axis)"),
+    (lambda: conv_then(lambda b, x: node(b, "ReduceMean", [x], "mean", 1, 8, axes=[1])),
+     "ReduceMean node 'mean' (reduces over channels)"),
+    (lambda: conv_then(lambda b, x: node(b, "Softmax", [x], "softmax", 8, 8), opset=11),
+     "Softmax node 'softmax' (normalises across channels)"),  # before opset 13 the axis is 1
+    (lambda: conv_then(lambda b, x: node(b, "Pad", [x, b._const("pads", [0, 1, 0, 0, 0, 1, 0, 0], np.int64)],
+                                         "pad", 10, 8)),
+     "Pad node 'pad' (pads the batch or channel axis)"),
+    (lambda: conv_then(if_branches), "read inside a subgraph of If node 'branch'"),
+    (lambda: conv_then(unknown_shape_added, domains=["my.domain"]), "Add node 'add' (an input of unknown shape)"),
+    (graph_input_added, "comes from graph input 'input'"),
+    (layouts_differ, "Add node 'add0' (combines tensors of different channel layouts)"),
+], ids=["conv_weight", "gemm_weight", "matmul_4d", "bn_params", "flatten_axis2", "slice_step", "transpose",
+        "squeeze_axes", "unsqueeze_axis1", "reduce_channels", "softmax_opset11", "pad_channels", "if",
+        "unknown_shape", "graph_input", "layouts_differ"])
+def test_what_cannot_be_cut_safely_freezes_the_channels_with_its_reason(model, reason):
+    g = group_with(groups_of(model()), "conv0")
+    assert not g.prunable and reason in g.reason
+
+
+def assert_cut_changes_nothing(model, seed=0):
+    """Cutting random channels of every prunable group, their consumer weights zeroed first,
+    leaves the outputs as they were (test_surgery.py's check, on one model)."""
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    keep = random_keep(analysis, np.random.default_rng(seed))
+    zeroed = zero_consumer_weights(normalized, analysis, keep)
+    assert_same_outputs(zeroed, prune_channels(zeroed, analysis, keep), random_feeds(model, seed=seed))
+
+
+def conv_through(op, opset=17):
+    """conv0 (8 channels) -> Relu -> whatever ``op(b, x)`` adds -> GAP -> Flatten -> Gemm(4)."""
+    b = NetBuilder(3, opset=opset)
+    return b.model(b.gemm(b.flatten(b.gap(op(b, b.relu(b.conv("input", 8))))), 4))
+
+
+def split_rows(b, x):
+    """x split into its top and bottom halves, put back the other way round."""
+    node(b, "Split", [x, b._const("halves", [4, 4], np.int64)], "split", axis=2, outputs=["top", "bottom"])
+    return node(b, "Concat", ["bottom", "top"], "concat", 8, 8, axis=2)
+
+
+def two_convs_stacked(b, x):
+    """conv0's map and conv1's (both 8 channels), one above the other (Concat on axis 2)."""
+    return node(b, "Concat", [x, b.relu(b.conv("input", 8))], "concat", 8, 8, axis=2)
+
+
+def flattened_maps_joined():
+    """Flatten(conv0) and Flatten(conv1), 4 channels of 8x8 each, joined and read by a Gemm."""
+    b = NetBuilder(3)
+    maps = [b.flatten(b.relu(b.conv("input", 4))) for _ in range(2)]
+    return b.model(b.gemm(b.concat(maps), 4))
+
+
+def residual_of_features():
+    """conv0 -> GAP -> Flatten -> gemm0(16) -> Relu, plus gemm1(16) of that, -> gemm2(4): an Add of
+    2-D tensors ties gemm0's and gemm1's features."""
+    b = NetBuilder(3)
+    h = b.relu(b.gemm(b.flatten(b.gap(b.relu(b.conv("input", 8)))), 16))
+    return b.model(b.gemm(b.add(h, b.gemm(h, 16)), 4))
+
+
+@pytest.mark.parametrize("model, producer, tied", [
+    (lambda: conv_through(lambda b, x: node(b, "Pad", [x], "pad", 8, 10, pads=[0, 0, 1, 1, 0, 0, 1, 1]), opset=10),
+     "conv0", ()),  # pads as an attribute
+    (lambda: conv_through(lambda b, x: b.pad(x)), "conv0", ()),  # pads as an input
+    (lambda: conv_through(lambda b, x: node(b, "Pad", [x, b._const("pads", [1, 1, 1, 1], np.int64), "",
+                                                      b._const("axes", [-2, -1], np.int64)], "pad", 8, 10), opset=18),
+     "conv0", ()),  # only some axes padded (opset 18)
+    (lambda: conv_through(lambda b, x: node(b, "ReduceMean", [x], "mean", 8, 1, axes=[2, 3])), "conv0", ()),
+    (lambda: conv_through(lambda b, x: node(b, "ReduceSum", [x, b._const("axes", [-2, -1], np.int64)], "sum", 8, 1)),
+     "conv0", ()),
+    (lambda: conv_through(lambda b, x: node(b, "Softmax", [x], "softmax", 8, 8), opset=13), "conv0", ()),  # axis -1
+    (lambda: conv_through(split_rows), "conv0", ()),
+    (lambda: conv_through(two_convs_stacked), "conv0", ("conv1",)),
+    (flattened_maps_joined, "conv0", ()),
+    (residual_of_features, "gemm0", ("gemm1",)),
+], ids=["pad_opset10", "pad", "pad_axes_opset18", "reduce_mean", "reduce_sum_axes_input", "softmax_opset13",
+        "split_rows", "concat_rows", "concat_flattened", "add_2d"])
+def test_ops_that_keep_channels_apart_pass_them_through_and_cut_exactly(model, producer, tied):
+    """Pads of the spatial axes, reductions over them, Softmax over the last axis, Split/Concat
+    along a spatial axis (which ties the maps stacked), Concat of flattened maps, Add of 2-D
+    features: the channels stay prunable, and cutting them through the op is exact."""
+    m = model()
+    g = group_with(groups_of(m), producer)
+    assert g.prunable and set(g.producers) == {producer, *tied}
+    assert_cut_changes_nothing(m)
+
+
+def test_channels_of_unknown_count_are_not_taken_for_a_depthwise_conv_input_nor_joined():
+    """The input's channel count is dynamic: conv0 (group 8, one input channel per group) may not
+    be taken for depthwise (its own channels, one per block, stay), and the Concat of conv1 with
+    the input cannot track the input's channels, so conv1's stay too."""
+    b = NetBuilder(8)
+    x = b.conv(b.conv("input", 8, group=8), 8)
+    model = b.model(b.concat([x, "input"]))
+    model.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "C"
+    a = groups_of(model)
+    assert "grouped Conv node 'conv0' has one of its channels per block" in group_with(a, "conv0").reason
+    assert "Concat node 'concat0' (joins channels that cannot be tracked)" in group_with(a, "conv1").reason
+
+
+def test_single_channel_maps_added_are_one_group():
+    b = NetBuilder(3)
+    x = b.add(b.conv("input", 1), b.conv("input", 1))
+    g = group_with(groups_of(b.model(b.gemm(b.flatten(b.gap(x)), 4))), "conv0")
+    assert g.producers == ("conv0", "conv1") and g.channels == 1 and not g.prunable
