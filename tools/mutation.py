@@ -198,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             names = sorted(n for n, s in results(short).items() if s == "survived") if args.rerun_survivors else []
             if args.rerun_survivors and not names:
                 continue
-            if args.rerun_survivors:  # tests changed: record again which tests reach which function
-                (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
+            # record again which tests reach which function: the tests may have changed, and mutmut
+            # records only the functions of the module it mutates, but reuses its record for the
+            # next module when their test files are the same (least_squares after reap found no
+            # test for any of its mutants)
+            (ROOT / "mutants" / "mutmut-stats.json").unlink(missing_ok=True)
             code = run_one(short, args.max_children, names, args.sample)
             if code != 0:
                 print(f"mutmut failed on {short} (exit {code})", file=sys.stderr)
