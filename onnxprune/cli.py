@@ -31,7 +31,7 @@ from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import no_progress
 from .prune import excluded_groups, prune
-from .report import inspect_json, inspect_table, profile_summary, prune_summary, srn_summary
+from .report import inspect_json, inspect_table, latency_miss, profile_summary, prune_summary, srn_summary
 from .widths.latency import Target, profile
 
 MODEL = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
@@ -230,6 +230,9 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         click.echo(f"warning: --method {method} without calibration data chooses channels by their weights "
                    "and leaves the remaining weights as they are: without fine-tuning it loses accuracy "
                    f"(give --calib DATA to prune with {DATA_METHOD}, which reconstructs the layers)", err=True)
+    missed = latency_miss(data.get("latency"))
+    if missed:
+        click.echo(f"warning: {missed}", err=True)
     click.echo(json.dumps(data, indent=2) if as_json else prune_summary(result, str(model), str(output)))
 
 

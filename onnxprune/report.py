@@ -140,6 +140,21 @@ def srn_summary(data: dict, source: str, output: str) -> str:
     return "\n".join(lines)
 
 
+def latency_miss(latency: dict | None) -> str | None:
+    """What to warn of when the pruned model, timed at the end of the prune, is more than 10 %
+    slower than --keep-latency asked (its refits could not close the gap: a table far from the
+    whole model, or timings that vary more than that on this machine); None when it is not."""
+    if not latency or latency.get("measured_fraction") is None:
+        return None
+    fraction, target = latency["measured_fraction"], latency["target"]
+    if fraction <= 1.1 * target:
+        return None
+    return (f"--keep-latency {target}: the pruned model measured {fraction:.3f} of the original's latency, "
+            f"{100 * (fraction / target - 1):.0f} % over the target; the widths measured closest to it were kept. "
+            "Time it again (`onnxprune bench`): on a busy or virtual machine one timing can be off by 10 % "
+            "(docs/LATENCY.md); if it stays over, ask for less")
+
+
 def latency_lines(latency: dict) -> list[str]:
     """What --keep-latency predicted and measured."""
     where = (f"batch {latency['batch']}, {latency['threads'] or 'default'} threads, "

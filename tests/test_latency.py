@@ -329,3 +329,21 @@ def test_widths_much_faster_than_asked_are_refitted_to_a_larger_budget(tmp_path,
     assert attempts[1]["budget_ms"] == pytest.approx(min(attempts[0]["budget_ms"] / 0.8, 3.0))
     assert report["latency"]["predicted_ms"] == pytest.approx(attempts[kept]["predicted_ms"])
     assert sum(g["channels_after"] for g in report["groups"]) > 0
+
+
+@pytest.mark.parametrize("final, warned", [(0.54, False), (0.56, True)])
+def test_a_pruned_model_measured_more_than_10_percent_over_the_target_is_a_warning(tmp_path, monkeypatch, final,
+                                                                                    warned):
+    """The last timing, of the model written, decides: 8 % over --keep-latency 0.5 passes quietly,
+    12 % over is a warning on stderr that gives the measured fraction (the JSON is unchanged)."""
+    path, calib, analysis = chain_with_calibration(tmp_path, 16)
+    steps = {g.id: {k: k / g.channels for k in latency.ladder(g.channels, 8)} for g in analysis.groups if g.prunable}
+    monkeypatch.setattr(latency, "profile", lambda *a, **k: table_of(steps, full=3.0))
+    times = iter([0.5, final])
+    monkeypatch.setattr(latency, "measure", lambda original, models, *a, **k: [1.0, next(times)])
+    result = invoke("prune", path, "-o", tmp_path / "out.onnx", "--method", "reap", "--calib", calib,
+                    "--keep-latency", "0.5", "--pro-samples", "16", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["latency"]["measured_fraction"] == pytest.approx(final)
+    expected = f"warning: --keep-latency 0.5: the pruned model measured {final:.3f} of the original's latency, 12 %"
+    assert (expected in result.stderr) == warned and ("warning: --keep-latency" in result.stderr) == warned
