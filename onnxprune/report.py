@@ -169,9 +169,9 @@ def latency_lines(latency: dict) -> list[str]:
         lines.append("  not measured here: the table was made on the target; time the result there "
                      "(`onnxprune bench`)")
     if latency.get("pro_rankings"):
-        chosen = min(latency["pro_rankings"], key=latency["pro_rankings"].get)
         errors = ", ".join(f"{name} {error:.4g}" for name, error in latency["pro_rankings"].items())
-        lines.append(f"  PRO ranked steps by error {chosen} saved (final-output error: {errors})")
+        lines.append(f"  PRO ranked steps by error {latency['pro_ranking']} saved (final-output error at the "
+                     f"table's budget: {errors})")
     return lines
 
 
