@@ -5,7 +5,7 @@
     python tools/mutation.py least_squares cost   # some of them (short names or paths)
     python tools/mutation.py --table              # only print the table of the last runs
     python tools/mutation.py --survivors cost     # the table, then each survivor's diff
-    python tools/mutation.py --rerun-survivors cost   # only the survivors again, after new tests
+    python tools/mutation.py --rerun-survivors cost   # the survivors (and untested) again, after new tests
     python tools/mutation.py --sample 60 groups   # a seeded random 60 of the module's mutants not run yet
     python tools/mutation.py --try MUTANT tests/test_cost.py -k macs   # tests against one mutant
 
@@ -181,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="run a seeded random N of the module's mutants not run yet (not all of them)")
     parser.add_argument("--table", action="store_true", help="run nothing, print the table of the last runs")
     parser.add_argument("--rerun-survivors", action="store_true",
-                        help="run only the module's survivors of earlier runs again (after new tests)")
+                        help="run only the module's survivors of earlier runs again, and the mutants no test "
+                             "reached (after new tests)")
     parser.add_argument("--survivors", action="store_true", help="after the table, show each survivor's diff")
     parser.add_argument("--try", dest="try_", metavar="MUTANT",
                         help="(first) run the pytest arguments that follow against this one mutant")
@@ -195,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     shorts = [module_name(m) for m in args.modules] or list(MODULES)
     if not args.table:
         for short in shorts:
-            names = sorted(n for n, s in results(short).items() if s == "survived") if args.rerun_survivors else []
+            # after new tests: the survivors, and the mutants no test reached before
+            names = (sorted(n for n, s in results(short).items() if s in ("survived", "no tests"))
+                     if args.rerun_survivors else [])
             if args.rerun_survivors and not names:
                 continue
             # record again which tests reach which function: the tests may have changed, and mutmut
