@@ -12,7 +12,8 @@ fresh sessions).
 
 Part 2 (threading): each model alone in its own session, for 1 and --threads threads, with idle
 threads spinning (onnxruntime's default) and not: the median, the speedup, and the share of the
-process's CPU time spent in the kernel (thread wake-ups), in one process.
+process's CPU time spent in the kernel (thread wake-ups), in one process; then the two
+interleaved with spinning on but stopped when a run returns (`session.force_spinning_stop`).
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ def pairs(original: str, pruned: str, count: int, runs: int, threads: int) -> No
     feeds = batch_feeds(models[0], 1, {}, 0)
     for _ in range(count):
         sessions = [session(m, threads=threads) for m in models]
-        a, b = (1000 * float(np.median(t)) for t in interleaved(sessions, [feeds, feeds], runs))
-        print(f"  pair: original {a:.3f} ms, pruned {b:.3f} ms, speedup {a / b:.2f}x", flush=True)
+        times = interleaved(sessions, [feeds, feeds], runs)
+        a, b = (1000 * float(np.median(t)) for t in times)
+        halves = [float(np.median(times[0][h::2]) / np.median(times[1][h::2])) for h in (0, 1)]
+        print(f"  pair: original {a:.3f} ms, pruned {b:.3f} ms, speedup {a / b:.2f}x "
+              f"(odd and even runs: {halves[0]:.2f}x, {halves[1]:.2f}x)", flush=True)
         del sessions
 
 
@@ -69,6 +73,17 @@ def threading(original: str, pruned: str, runs: int, threads: int) -> None:
             (a, sa), (b, sb) = (alone(m, feeds, n, spin, runs) for m in models)
             print(f"  {n} thread(s), spinning {'on ' if spin else 'off'}: original {a:.3f} ms (kernel {sa:.0%}), "
                   f"pruned {b:.3f} ms (kernel {sb:.0%}), speedup {a / b:.2f}x", flush=True)
+    # spinning within a run, stopped when it returns: interleaved sessions do not compete
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    sessions = [ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+                for m in models]
+    a, b = (1000 * float(np.median(t)) for t in interleaved(sessions, [feeds, feeds], runs))
+    print(f"  {threads} thread(s), spinning on, stopped after each run, interleaved: original {a:.3f} ms, "
+          f"pruned {b:.3f} ms, speedup {a / b:.2f}x", flush=True)
 
 
 def main() -> None:
