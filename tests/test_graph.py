@@ -117,6 +117,21 @@ def test_loading_a_large_model_in_memory_checks_its_opset_but_not_the_protobuf(m
         io.load(model)
 
 
+@pytest.mark.parametrize("name", ["basic_block_net", "flatten_gemm_net"])
+def test_saving_a_large_model_leaves_the_model_as_it_was(name, tmp_path, tiny_limits):
+    """onnx moves the weights out of a model it writes with external data; ``save`` gives them
+    back, so the caller's model still runs from memory after it is saved."""
+    model = FACTORIES[name]()
+    before = model.SerializeToString()
+    io.save(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx.data").exists()
+    assert model.SerializeToString() == before
+    written = {t.name: onnx.numpy_helper.to_array(t) for t in io.load(tmp_path / "m.onnx").graph.initializer}
+    assert written.keys() == {t.name for t in model.graph.initializer}
+    for t in model.graph.initializer:
+        np.testing.assert_array_equal(written[t.name], onnx.numpy_helper.to_array(t))
+
+
 def test_loading_a_large_model_file_checks_the_file(tmp_path, monkeypatch):
     model = FACTORIES["conv_chain"]()
     checked = []

@@ -178,8 +178,8 @@ def save(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.P
 
 def stage(model: onnx.ModelProto, path: Path, staging: Staging, protected: Protected = ()) -> None:
     """Write ``model`` for ``path`` into ``staging``; over 2 GB with its weights in ``path.data``,
-    which must not be one of the ``protected`` files either. ``model`` is left with its
-    weights external (onnx moves them), as onnx.save_model leaves it."""
+    which must not be one of the ``protected`` files either. ``model`` is left as it was: onnx
+    moves the weights out of it to write them, and they are read back from the file written."""
     if weight_bytes(model) <= EXTERNAL_DATA_BYTES:
         staging.write(path, model.SerializeToString())
         return
@@ -197,6 +197,14 @@ def stage(model: onnx.ModelProto, path: Path, staging: Staging, protected: Prote
                 if entry.key == "location":
                     entry.value = data.name
         temporary_model.write_bytes(model.SerializeToString())
+        moved = [tensor for tensor in _tensors(model.graph) if tensor.external_data]
+        for tensor in moved:  # the caller's model gets its weights back
+            for entry in tensor.external_data:
+                if entry.key == "location":
+                    entry.value = temporary_data.name
+        onnx.external_data_helper.load_external_data_for_model(model, str(temporary_data.parent))
+        for tensor in moved:
+            tensor.ClearField("data_location")  # unset, as it was, not DEFAULT
     except OSError as exc:
         raise OnnxPruneError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except (onnx.checker.ValidationError, ValueError) as exc:  # onnx's own checks of what it writes
