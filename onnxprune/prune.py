@@ -20,9 +20,9 @@ from .methods.sequential import LayerNote
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import Progress, no_progress
-from .widths.budget import Counts, block_steps, fit_budget, uniform
+from .widths.budget import Counts, fit_budget, uniform
 from .graph.runtime import providers
-from .widths.latency import LatencyGoal, Target, latency_counts
+from .widths.latency import LatencyGoal, Target, latency_counts, steps_of
 from .widths.pro import ProStep, optimize_counts
 
 
@@ -108,7 +108,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
                              + (f"; not reconstructable: {'; '.join(sorted(set(skipped.values())))}" if skipped else "")
                              + (f"; {len(excluded)} excluded by --exclude" if excluded else ""))
     keep_for = proxy_choice(analysis)
-    steps = block_steps(config.round_to, {g: analysis.groups[g].blocks for g in channels})
+    steps = steps_of(analysis, channels, config.round_to)
 
     trace: list[ProStep] = []
     latency = None
