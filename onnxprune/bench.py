@@ -70,12 +70,10 @@ def benchmark(models: dict[str, onnx.ModelProto], batches: tuple[int, ...] = (1,
         feeds = [feeds_for_batch(models[n], batch, data, input_shapes=input_shapes) for n in names]
         _first_runs(make(), feeds, names, batch)
         times = in_rounds(make, feeds, runs, rounds, max(warmup - 1, 0))
-        _, speedups = round_speedups(times)
+        medians_ms, speedups = round_speedups(times)
         for i, n in enumerate(names):
-            mine = [round_[i] for round_ in times]
-            median = float(np.median([np.median(t) for t in mine]))
-            results.append(Latency(n, batch, 1000 * median, 1000 * float(np.percentile(np.concatenate(mine), 90)),
-                                   speedups[i]))
+            every_run = np.concatenate([round_[i] for round_ in times])
+            results.append(Latency(n, batch, medians_ms[i], 1000 * float(np.percentile(every_run, 90)), speedups[i]))
     return results
 
 

@@ -44,11 +44,11 @@ def in_rounds(make: Callable[[], Sequence[ort.InferenceSession]], feeds: Sequenc
     return times
 
 
-def round_speedups(times: list[list[list[float]]]) -> tuple[float, list[float]]:
-    """The first session's latency and each session's speedup over it, from rounds of interleaved
-    runs (``in_rounds``): latency_ms = the median over rounds of the first session's median;
-    speedup_i = the median over rounds of median_0 / median_i within the round. The ratio is taken
-    within each round, where both sessions saw the same machine, before the rounds are combined."""
+def round_speedups(times: list[list[list[float]]]) -> tuple[list[float], list[float]]:
+    """Each session's latency and its speedup over the first, from rounds of interleaved runs
+    (``in_rounds``): latency_i (ms) = the median over rounds of session i's median; speedup_i =
+    the median over rounds of median_0 / median_i within the round. The ratio is taken within
+    each round, where both sessions saw the same machine, before the rounds are combined."""
     medians = np.array([[np.median(t) for t in rounds_] for rounds_ in times])  # rounds x sessions
-    base_ms = 1000 * float(np.median(medians[:, 0]))
-    return base_ms, [float(s) for s in np.median(medians[:, :1] / medians, axis=0)]
+    return ([1000 * float(m) for m in np.median(medians, axis=0)],
+            [float(s) for s in np.median(medians[:, :1] / medians, axis=0)])

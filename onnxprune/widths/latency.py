@@ -218,13 +218,13 @@ def measure(original: onnx.ModelProto, models: list[onnx.ModelProto], target: Ta
     25 % from one call to the next and one set of sessions is one draw of their speeds. The
     original's is its median over rounds; each model's is that divided by its median speedup over
     rounds (``round_speedups``), so that their ratios are the speedups."""
-    feeds = _feeds(original, target, seed)
-    everything = [original, *models]
-    make = lambda: [session(m, target.providers, threads=target.threads) for m in everything]  # noqa: E731
-    first = medians_ms(interleaved(make(), [feeds] * len(everything), 3))
+    feeds = [_feeds(original, target, seed)] * (1 + len(models))
+    make = lambda: [session(m, target.providers, threads=target.threads) for m in [original, *models]]  # noqa: E731
+    spare = [make()]  # timed briefly to size the rounds, then the first round's sessions
+    first = medians_ms(interleaved(spare[0], feeds, 3))
     per_round = max(-(-runs // rounds), min(1000, int(seconds * 1000 / sum(first) / rounds)))
-    base_ms, speedups = round_speedups(in_rounds(make, [feeds] * len(everything), per_round, rounds))
-    return [base_ms / s for s in speedups]
+    medians, speedups = round_speedups(in_rounds(lambda: spare.pop() if spare else make(), feeds, per_round, rounds))
+    return [medians[0] / s for s in speedups]
 
 
 def _feeds(model: onnx.ModelProto, target: Target, seed: int) -> dict[str, np.ndarray]:
@@ -419,6 +419,6 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
             break
         choice = fit(budget, [name])[name]
     if kept is not None:  # else the last widths, the closest to the target that were measured
-        budget, choice = kept
+        choice = kept[1]
     result.counts, result.predicted_ms, result.ranking = choice.counts, table.predict(choice.counts), name
     return choice.counts, choice.steps, result
