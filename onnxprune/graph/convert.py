@@ -12,6 +12,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.logger import G_LOGGER
 
+from .io import graphs_in
+
 G_LOGGER.severity = G_LOGGER.CRITICAL  # its warnings are not for our users
 
 
@@ -55,15 +57,8 @@ def _constant_values_as_tensors(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model``, or a copy of it where every Constant node (subgraphs included) holds its value
     as the equivalent ``value`` tensor, of the dtype ONNX gives the other forms."""
 
-    def graphs(graph: onnx.GraphProto):
-        yield graph
-        for node in graph.node:
-            for attr in node.attribute:
-                for sub in [attr.g] if attr.HasField("g") else attr.graphs:
-                    yield from graphs(sub)
-
     def constants(m: onnx.ModelProto):
-        return [(n, a) for g in graphs(m.graph) for n in g.node if n.op_type == "Constant"
+        return [(n, a) for g in graphs_in(m.graph) for n in g.node if n.op_type == "Constant"
                 and n.domain in ("", "ai.onnx") for a in n.attribute if a.name in _CONSTANT_DTYPES]
 
     if not constants(model):

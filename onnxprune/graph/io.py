@@ -107,16 +107,24 @@ def _external_data_files(path: Path, model: onnx.ModelProto) -> list[Path]:
     return list(files)
 
 
-def _tensors(graph: onnx.GraphProto):
-    """Every tensor a graph holds: initializers and attribute tensors, subgraphs included."""
-    yield from graph.initializer
+def graphs_in(graph: onnx.GraphProto):
+    """The graph, then every subgraph of its nodes' attributes (If, Loop, Scan bodies), depth first."""
+    yield graph
     for node in graph.node:
         for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                yield from _tensors(sub)
+                yield from graphs_in(sub)
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every tensor a graph holds: initializers and attribute tensors, subgraphs included."""
+    for g in graphs_in(graph):
+        yield from g.initializer
+        for node in g.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
 
 
 def order_problem(graph: onnx.GraphProto) -> str | None:
@@ -192,16 +200,10 @@ def stage(model: onnx.ModelProto, path: Path, staging: Staging, protected: Prote
     try:
         onnx.save_model(model, str(temporary_model), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=temporary_data.name)
-        for tensor in _tensors(model.graph):  # point at the name the data will have once renamed
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = data.name
-        temporary_model.write_bytes(model.SerializeToString())
         moved = [tensor for tensor in _tensors(model.graph) if tensor.external_data]
-        for tensor in moved:  # the caller's model gets its weights back
-            for entry in tensor.external_data:
-                if entry.key == "location":
-                    entry.value = temporary_data.name
+        _locate(moved, data.name)  # point at the name the data will have once renamed
+        temporary_model.write_bytes(model.SerializeToString())
+        _locate(moved, temporary_data.name)  # the caller's model gets its weights back
         onnx.external_data_helper.load_external_data_for_model(model, str(temporary_data.parent))
         for tensor in moved:
             tensor.ClearField("data_location")  # unset, as it was, not DEFAULT
@@ -209,6 +211,14 @@ def stage(model: onnx.ModelProto, path: Path, staging: Staging, protected: Prote
         raise OnnxPruneError(f"{path}: cannot write ({exc.strerror or exc})") from None
     except (onnx.checker.ValidationError, ValueError) as exc:  # onnx's own checks of what it writes
         raise OnnxPruneError(f"{path}: cannot write ({one_line(exc)})") from None
+
+
+def _locate(tensors: list[onnx.TensorProto], name: str) -> None:
+    """Point the external data of ``tensors`` at the file ``name``."""
+    for tensor in tensors:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = name
 
 
 def default_opset(model: onnx.ModelProto) -> int:
