@@ -94,7 +94,7 @@ def main() -> None:
     p.add_argument("--pairs", type=int, default=4, help="fresh session pairs per process")
     p.add_argument("--runs", type=int, default=300)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--_pairs", action="store_true", help=HELP_SUPPRESSED)
+    p.add_argument("--_pairs", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args._pairs:
         return pairs(args.original, args.pruned, args.pairs, args.runs, args.threads)
@@ -107,8 +107,6 @@ def main() -> None:
     print(f"threading: each model alone, {args.runs} runs, batch 1")
     threading(args.original, args.pruned, args.runs, args.threads)
 
-
-HELP_SUPPRESSED = argparse.SUPPRESS
 
 if __name__ == "__main__":
     main()
