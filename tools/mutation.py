@@ -18,7 +18,7 @@ failure). A mutant is killed when they fail or pass their time limit, and surviv
 pass. mutmut keeps its verdicts only while the test selection stays the same (another module's
 run changes it), so this script merges each run's verdicts into mutants/mutation-results.json,
 which the table reads: running a module again reruns all its mutants, --rerun-survivors only its
-survivors. Not part of CI (hours on two cores for all modules); docs/TESTING.md has the results
+survivors and the mutants no test reached, --sample N a seeded random N of those not run yet. Not part of CI (hours on two cores for all modules); docs/TESTING.md has the results
 and the reasons for the survivors.
 
 This script only drives mutmut: `mutmut run --max-children N "onnxprune.analysis.cost.*"` per
