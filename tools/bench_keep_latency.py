@@ -14,6 +14,12 @@ tools/make_yolo.py can be added with --extra PATH[:INPUT=D0,D1,...] (the shape f
 dims, batch first): they are pruned with 64 random calibration inputs and compared by speed
 and output agreement with the original on those inputs. Writes a markdown page.
 
+Equal MACs are not equal speed. With --mac-curve F1 F2 ..., MAC-based prunes are also made at
+those multiples of the latency prune's MAC fraction, timed in the same runs, so each
+round-to has a curve of accuracy against measured speedup; the page then gives, for each
+latency prune, the MAC-based accuracy interpolated at its measured speedup (``at_speed``),
+where the curve brackets it.
+
 On a shared machine, --timing-prefix runs only the commands that time models (the latency
 prunes and the bench runs) under a prefix, e.g. one that raises their priority or pauses
 other work (`--timing-prefix "nice -n -10"`); pruning by MACs and evaluation run plainly.
@@ -78,6 +84,22 @@ def prune(model: Path, out: Path, calib: Path, target: list[str], threads: int, 
     return report
 
 
+def at_speed(curve: list[tuple[float, float]], speed: float) -> float | None:
+    """Accuracy of a curve of (speedup, accuracy) points at ``speed``: linear between the two
+    points that bracket it (neighbours in speedup), None where no two points do. Points of equal
+    speed are averaged, since a curve measured on a noisy machine need not be monotone."""
+    pooled: dict[float, list[float]] = {}
+    for s, a in curve:
+        pooled.setdefault(s, []).append(a)
+    points = sorted((s, float(np.mean(a))) for s, a in pooled.items())
+    if speed in pooled:
+        return dict(points)[speed]
+    for (s0, a0), (s1, a1) in zip(points, points[1:]):
+        if s0 <= speed <= s1:
+            return a0 if s1 == s0 else a0 + (a1 - a0) * (speed - s0) / (s1 - s0)
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", default=["resnet20"])
@@ -94,12 +116,15 @@ def main() -> None:
     p.add_argument("--timing-prefix", default="", help="command prefix for the runs that time models")
     p.add_argument("--extra-method", default="reap", choices=["reap", "l1"],
                    help="method for --extra models (l1: no data, no PRO: widths from the table alone, for speed)")
+    p.add_argument("--mac-curve", nargs="*", type=float, default=[],
+                   help="also prune by MACs at these multiples of the latency prune's MAC fraction, and compare "
+                        "accuracy at the latency prune's measured speedup (interpolated on the curve)")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "KEEP_LATENCY.md")
     p.add_argument("--plot", type=Path)
     args = p.parse_args()
     PREFIX[:] = shlex.split(args.timing_prefix)
     command = "python tools/bench_keep_latency.py " + " ".join(sys.argv[1:])
-    rows, points = [], []
+    rows, points, equal = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sources = [(name, ROOT / "models" / f"{name}_fmnist.onnx", CALIB, True, None) for name in args.models]
@@ -121,16 +146,19 @@ def main() -> None:
                     continue
                 ranking = report["latency"].get("pro_ranking")
                 ranked = f" ({ranking})" if ranking else ""
-                variants.append((f"latency {keep}{ranked}", out, report))
+                variants.append((f"latency {keep}{ranked}", out, report, (keep, None)))
                 macs = report["macs_after"] / report["macs_before"]
                 for round_to in (8, 16):
-                    out_m = tmp / f"{name}_mac{keep}_{round_to}.onnx"
-                    mac_report = prune(model, out_m, calib, ["--keep-flops", f"{macs:.4f}"], args.threads, round_to,
-                                       shape_args, args.pro_samples, method)
-                    if "error" in mac_report:
-                        rows.append((name, f"flops {macs:.3f}, round-to {round_to}", mac_report["error"], *[""] * 7))
-                    else:
-                        variants.append((f"flops {macs:.3f}, round-to {round_to}", out_m, mac_report))
+                    for factor in sorted({1.0, *args.mac_curve}):
+                        fraction = min(macs * factor, 1.0)
+                        out_m = tmp / f"{name}_mac{keep}_{round_to}_{factor}.onnx"
+                        mac_report = prune(model, out_m, calib, ["--keep-flops", f"{fraction:.4f}"], args.threads,
+                                           round_to, shape_args, args.pro_samples, method)
+                        label = f"flops {fraction:.3f}, round-to {round_to}"
+                        if "error" in mac_report:
+                            rows.append((name, label, mac_report["error"], *[""] * 7))
+                        else:
+                            variants.append((label, out_m, mac_report, (keep, round_to)))
             if not variants:
                 continue
             speed: dict[tuple[str, int], list[float]] = {}
@@ -141,7 +169,8 @@ def main() -> None:
                     for r in json.loads(bench.stdout):
                         speed.setdefault((r["model"], r["batch"]), []).append(r["speedup"])
             original = json.loads(onnxprune("eval", model, "--data", TEST, "--json").stdout) if labelled else None
-            for label, out, report in variants:
+            results = {}  # out -> (speedup at the latency batch, quality)
+            for label, out, report, _ in variants:
                 if labelled:
                     quality = json.loads(onnxprune("eval", out, "--data", TEST, "--json").stdout)["accuracy"]
                     quality_text = f"{100 * quality:.2f}% ({100 * (quality - original['accuracy']):+.2f})"
@@ -158,9 +187,20 @@ def main() -> None:
                              f"{np.median(b32):.2f}x ({min(b32):.2f}-{max(b32):.2f})", quality_text,
                              f"{report['seconds']:.0f} s",
                              f"{lat['table_meta']['seconds']} s" if lat else ""))
+                results[out] = (float(np.median(b1 if args.latency_batch == 1 else b32)), quality)
                 if labelled:  # agreement on random inputs is not accuracy: kept out of the plot
-                    points.append((name, label.split()[0], float(np.median(b1 if args.latency_batch == 1 else b32)),
-                                   quality))
+                    points.append((name, label.split()[0], *results[out]))
+            for label, out, _, (keep, round_to) in variants:
+                if round_to is not None or not args.mac_curve or not labelled:
+                    continue
+                speed, quality = results[out]
+                cells = []
+                for r in (8, 16):
+                    curve = [results[o] for _, o, _, (k, rt) in variants if k == keep and rt == r]
+                    acc = at_speed(curve, speed)
+                    cells.append("outside its curve" if acc is None else
+                                 f"{100 * acc:.2f}% ({100 * (quality - acc):+.2f})")
+                equal.append((name, label, f"{speed:.2f}x", f"{100 * quality:.2f}%", *cells))
     lines = ["# Pruning to a latency target", "",
              f"Produced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}, on this 2-core machine: onnxruntime "
              f"CPU provider, all graph optimisations, {args.threads} threads. Every row is REAP + PRO "
@@ -177,6 +217,14 @@ def main() -> None:
              "(vs original) | prune time | table time |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
+    if equal:
+        lines += ["", f"Accuracy at equal measured speed (batch {args.latency_batch}): each latency prune beside the "
+                  "MAC-based prunes' accuracy interpolated at its median speedup, on the curve of the MAC-based "
+                  f"prunes at {', '.join(f'{f:g}' for f in sorted({1.0, *args.mac_curve}))} x its MAC fraction "
+                  "(in brackets: the latency prune's accuracy minus the curve's).", "",
+                  "| model | target | speedup | accuracy | round-to 8 at that speed | round-to 16 at that speed |",
+                  "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(r) + " |" for r in equal]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

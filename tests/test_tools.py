@@ -1,0 +1,34 @@
+"""Helpers of the benchmark scripts under tools/ that decide numbers written in docs/."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, TOOLS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+at_speed = _tool("bench_keep_latency").at_speed
+
+
+def test_accuracy_at_a_speed_is_linear_between_the_two_points_that_bracket_it():
+    curve = [(2.2, 0.86), (1.6, 0.91), (1.9, 0.89)]  # unordered, as the runs come
+    assert at_speed(curve, 2.0) == pytest.approx(0.89 + (0.86 - 0.89) * (0.1 / 0.3))
+    assert at_speed(curve, 1.75) == pytest.approx(0.90)
+    assert at_speed(curve, 1.9) == pytest.approx(0.89)  # on a point: that point
+
+
+def test_points_of_equal_speed_are_averaged_and_a_speed_outside_the_curve_has_no_accuracy():
+    curve = [(1.8, 0.90), (1.8, 0.88), (2.0, 0.85)]
+    assert at_speed(curve, 1.8) == pytest.approx(0.89)
+    assert at_speed(curve, 1.9) == pytest.approx((0.89 + 0.85) / 2)
+    assert at_speed(curve, 1.79) is None
+    assert at_speed(curve, 2.01) is None
+    assert at_speed([(1.8, 0.9)], 1.9) is None
