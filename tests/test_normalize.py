@@ -8,7 +8,7 @@ from checks import assert_same_outputs
 from hypothesis import given, settings
 from onnx import helper, numpy_helper
 
-from onnxprune import normalize
+from onnxprune import PruneConfig, normalize, prune
 
 
 def ops(model):
@@ -233,6 +233,36 @@ def test_constant_nodes_of_every_form_become_initializers_of_their_dtype():
     assert sorted(ops(normalized)) == ["Add", "Add", "Add", "ConstantOfShape", "Mul", "Mul", "Mul", "Shape"]
     assert {i.data_type for i in normalized.graph.initializer} == {onnx.TensorProto.FLOAT}
     assert_same_outputs(model, normalized, random_feeds(model))
+
+
+def test_string_constants_and_initializers_survive_folding_and_pruning():
+    """A string Constant, or an Identity of a string initializer, is folded into a numpy array of
+    strings, which graphsurgeon's export cannot write (it crashed normalisation); they are
+    written back as STRING tensors, and the model still prunes."""
+    rng = np.random.default_rng(3)
+    w1, w2 = rng.standard_normal((8, 3, 3, 3)).astype(np.float32), rng.standard_normal((4, 8, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["input", "w1"], ["a"], name="c1", pads=[1] * 4),
+        helper.make_node("Relu", ["a"], ["b"], name="r"),
+        helper.make_node("Conv", ["b", "w2"], ["out"], name="c2", pads=[1] * 4),
+        constant("label", value=numpy_helper.from_array(np.array(["cat", "dog"], dtype=object))),
+        helper.make_node("Identity", ["names"], ["names_out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+        [helper.make_tensor_value_info("out", onnx.TensorProto.FLOAT, ["N", 4, 8, 8]),
+         helper.make_tensor_value_info("label", onnx.TensorProto.STRING, [2]),
+         helper.make_tensor_value_info("names_out", onnx.TensorProto.STRING, [1])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+         numpy_helper.from_array(np.array(["x"], dtype=object), "names")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    normalized, _ = normalize(model)
+    assert ops(normalized) == ["Conv", "Relu", "Conv"]
+    feeds = random_feeds(model)
+    for got in (run(normalized, feeds), run(prune(model, PruneConfig(ratio=0.5, round_to=1)).model, feeds)):
+        assert got[1].tolist() == ["cat", "dog"] and got[2].tolist() == ["x"]
+    np.testing.assert_allclose(run(normalized, feeds)[0], run(model, feeds)[0], rtol=1e-5, atol=1e-6)
 
 
 def test_constant_nodes_in_subgraphs_keep_their_values():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnx_graphsurgeon.logger import G_LOGGER
 
 from .io import graphs_in
@@ -37,7 +38,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
 
 # The Constant attributes to_graph turns into the equivalent tensor ``value``, with their dtypes:
 # graphsurgeon drops a sparse_value on import (the Constant it exports has no value) and constant
-# folding turns value_float(s) into float64 initializers. (String constants it cannot export at all.)
+# folding turns value_float(s) into float64 initializers.
 _CONSTANT_DTYPES = {"value_float": np.float32, "value_floats": np.float32,
                     "value_int": np.int64, "value_ints": np.int64, "sparse_value": None}
 
@@ -85,6 +86,7 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
             tensor.shape = None
+    _strings_as_protos(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = like.ir_version
     del model.opset_import[:]
@@ -103,6 +105,17 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
                     onnx.helper.make_tensor_value_info(init.name, init.data_type, list(init.dims))
                 )
     return model
+
+
+def _strings_as_protos(graph: gs.Graph) -> None:
+    """String constants that constant folding made numpy arrays, given back as ONNX tensors:
+    graphsurgeon exports a numpy-valued constant through raw bytes, which strings cannot use
+    (a string Constant or initializer would otherwise crash the export)."""
+    for g in (graph, *graph.subgraphs(recursive=True)):
+        for tensor in g.tensors().values():
+            if (isinstance(tensor, gs.Constant) and not isinstance(tensor._values, LazyValues)
+                    and tensor.values.dtype.kind in "OSU"):
+                tensor._values = LazyValues(onnx.numpy_helper.from_array(tensor.values.astype(object), tensor.name))
 
 
 def unique_name(graph: gs.Graph, base: str) -> str:

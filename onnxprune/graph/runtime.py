@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import re
 
 import numpy as np
 import onnx
@@ -53,7 +54,14 @@ def loaded(model: onnx.ModelProto, what: str, providers: list[str] | tuple[str, 
     try:
         return session(model, providers, **options)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(f"onnxruntime cannot load {what}: {io.first_line(exc)}") from None
+        raise OnnxPruneError(f"onnxruntime cannot load {what}: {runtime_reason(exc)}") from None
+
+
+def runtime_reason(exc: BaseException) -> str:
+    """onnxruntime's message without the source location and C++ signature it starts with
+    ("... model.cc:256 onnxruntime::Model::Model(...) Unsupported model IR version: 14, ...")."""
+    line = io.first_line(exc)
+    return line.rsplit(") ", 1)[-1] if re.search(r"\.(cc|h):\d+ ", line) else line
 
 
 def _any_size(model: onnx.ModelProto, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:

@@ -3,27 +3,36 @@
 from __future__ import annotations
 
 import onnx
+import onnxruntime as ort
 
 from ..errors import OnnxPruneError
-from .io import first_line
-from .runtime import session
+from .runtime import runtime_reason, session
 from .shapes import random_feeds, unknown_ops
 
 
 def check_runs(model: onnx.ModelProto) -> None:
     """Refuse, before any work, a model that onnxruntime cannot load: every rewritten model is
-    run before it is written (``validate``), which it could not be. Only a model with an op onnx
-    does not know (custom domains) is tried: a session of any other model costs time and memory
-    for nothing."""
-    if not unknown_ops(model):
-        return
-    try:
-        session(model, optimize=False)
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(
-            f"onnxruntime cannot load the input model ({first_line(exc)}); onnxprune runs every model it writes, "
-            "so it cannot rewrite this one (`onnxprune inspect` shows its channel groups)"
-        ) from None
+    run before it is written (``validate``), which it could not be. Its IR version and opsets
+    are tried on an empty model with the same header (an IR version newer than this onnxruntime
+    reads would otherwise fail only at the end, as if the rewrite were wrong); the model itself
+    only where it has an op onnx does not know (custom domains): a session of any other model
+    costs time and memory for nothing."""
+    for candidate in [header_only(model), *([model] if unknown_ops(model) else [])]:
+        try:
+            session(candidate, optimize=False)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise OnnxPruneError(
+                f"onnxruntime {ort.__version__} cannot load the input model ({runtime_reason(exc)}); onnxprune runs "
+                "every model it writes, so it cannot rewrite this one (`onnxprune inspect` shows its channel groups)"
+            ) from None
+
+
+def header_only(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A model with ``model``'s IR version and opset imports and nothing else (its one input is its output)."""
+    value = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+    empty = onnx.ModelProto(ir_version=model.ir_version, graph=onnx.helper.make_graph([], "header", [value], [value]))
+    empty.opset_import.extend(model.opset_import)
+    return empty
 
 
 def validate(model: onnx.ModelProto, input_shapes=None) -> None:
