@@ -12,7 +12,8 @@ repeats' speedups is reported with their spread), and evaluated on the Fashion-M
 set. Models under tests/data/real (no labels) and a YOLOv8n-architecture model made by
 tools/make_yolo.py can be added with --extra PATH[:INPUT=D0,D1,...] (the shape fixes dynamic
 dims, batch first): they are pruned with 64 random calibration inputs and compared by speed
-and output agreement with the original on those inputs. Writes a markdown page.
+and output agreement with the original on those inputs. Writes a markdown page, and every
+prune's --json report beside it (the page's name with .json).
 
 Equal MACs are not equal speed. With --mac-curve F1 F2 ..., MAC-based prunes are also made at
 those multiples of the latency prune's MAC fraction, timed in the same runs, so each
@@ -124,7 +125,7 @@ def main() -> None:
     args = p.parse_args()
     PREFIX[:] = shlex.split(args.timing_prefix)
     command = "python tools/bench_keep_latency.py " + " ".join(sys.argv[1:])
-    rows, points, equal = [], [], []
+    rows, points, equal, reports = [], [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sources = [(name, ROOT / "models" / f"{name}_fmnist.onnx", CALIB, True, None) for name in args.models]
@@ -169,6 +170,7 @@ def main() -> None:
                     for r in json.loads(bench.stdout):
                         speed.setdefault((r["model"], r["batch"]), []).append(r["speedup"])
             original = json.loads(onnxprune("eval", model, "--data", TEST, "--json").stdout) if labelled else None
+            reports[name] = {label: report for label, _, report, _ in variants}
             results = {}  # out -> (speedup at the latency batch, quality)
             for label, out, report, _ in variants:
                 if labelled:
@@ -227,6 +229,7 @@ def main() -> None:
         lines += ["| " + " | ".join(r) + " |" for r in equal]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps(reports, indent=1) + "\n")  # every prune's --json report
     print("\n".join(lines))
     if args.plot and points:
         import matplotlib
