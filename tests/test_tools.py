@@ -32,3 +32,12 @@ def test_points_of_equal_speed_are_averaged_and_a_speed_outside_the_curve_has_no
     assert at_speed(curve, 1.79) is None
     assert at_speed(curve, 2.01) is None
     assert at_speed([(1.8, 0.9)], 1.9) is None
+
+
+def test_a_profiled_kernel_maps_back_to_the_graph_node_it_runs():
+    graph_node = _tool("profile_operators").graph_node
+    writers, names = {"relu_out": "relu1", "x": "conv0"}, {"relu1", "conv0", "gemm"}
+    assert graph_node("gemm", writers, names) == "gemm"  # kept its name
+    assert graph_node("fused gemm", writers, names) == "gemm"  # an activation fused into it
+    assert graph_node("relu_out_nchwc", writers, names) == "relu1"  # NCHWc: named by the tensor it writes
+    assert graph_node("ReorderOutput", writers, names) is None  # a layout change onnxruntime inserted
