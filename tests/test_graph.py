@@ -1,5 +1,6 @@
 """Models over protobuf's 2 GiB: sessions and the whole CLI, with the limits lowered."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +141,16 @@ def test_loading_a_large_model_file_checks_the_file(tmp_path, monkeypatch):
     io.save(model, tmp_path / "m.onnx")
     io.load(tmp_path / "m.onnx")
     assert checked == [str(tmp_path / "m.onnx")]
+
+
+def test_a_profiled_session_records_each_kernel_it_runs(tmp_path):
+    """``session(profile=...)``: onnxruntime's profiler on, its file under the prefix, with one
+    kernel event per node run (the options otherwise as for timing: all optimisations)."""
+    model = FACTORIES["conv_chain"]()
+    profiled = runtime.session(model, threads=1, profile=str(tmp_path / "p"))
+    profiled.run(None, random_feeds(model))
+    path = Path(profiled.end_profiling())
+    assert path.parent == tmp_path and path.name.startswith("p")
+    kernels = [e for e in json.loads(path.read_text()) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    assert kernels and all(e["dur"] >= 0 for e in kernels)
+    assert not runtime.session(model).get_session_options().enable_profiling  # off unless asked

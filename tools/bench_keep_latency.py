@@ -195,14 +195,14 @@ def main() -> None:
             for label, out, _, (keep, round_to) in variants:
                 if round_to is not None or not args.mac_curve or not labelled:
                     continue
-                speed, quality = results[out]
+                speedup, quality = results[out]
                 cells = []
                 for r in (8, 16):
                     curve = [results[o] for _, o, _, (k, rt) in variants if k == keep and rt == r]
-                    acc = at_speed(curve, speed)
+                    acc = at_speed(curve, speedup)
                     cells.append("outside its curve" if acc is None else
                                  f"{100 * acc:.2f}% ({100 * (quality - acc):+.2f})")
-                equal.append((name, label, f"{speed:.2f}x", f"{100 * quality:.2f}%", *cells))
+                equal.append((name, label, f"{speedup:.2f}x", f"{100 * quality:.2f}%", *cells))
     lines = ["# Pruning to a latency target", "",
              f"Produced by `{command.strip()}` on {time.strftime('%Y-%m-%d')}, on this 2-core machine: onnxruntime "
              f"CPU provider, all graph optimisations, {args.threads} threads. Every row is REAP + PRO "

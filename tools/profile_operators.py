@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnxprune import normalize
+from onnxprune.graph.runtime import session
 from onnxprune.graph.shapes import batch_feeds
 
 
@@ -47,16 +47,11 @@ def main() -> None:
     feeds = batch_feeds(model, args.batch, {}, 0)
     if feeds is None:
         raise SystemExit("the model has dynamic input dims other than the batch")
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory() as tmp:
-        options.profile_file_prefix = str(Path(tmp) / "profile")
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        timed = session(model, threads=args.threads, profile=str(Path(tmp) / "profile"))
         for _ in range(args.runs):
-            session.run(None, feeds)
-        events = json.loads(Path(session.end_profiling()).read_text())
+            timed.run(None, feeds)
+        events = json.loads(Path(timed.end_profiling()).read_text())
     kernels: dict[tuple[str, str], list[float]] = defaultdict(list)
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):

@@ -27,7 +27,7 @@ class Device(str, enum.Enum):
 
 
 def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | None = None, *, optimize: bool = True,
-            threads: int = 0, log_level: int = 3) -> ort.InferenceSession:
+            threads: int = 0, log_level: int = 3, profile: str | None = None) -> ort.InferenceSession:
     """An onnxruntime session of ``model`` (of any size) on ``providers`` (CPU by default).
 
     ``optimize``: all graph optimisations (fusions, layouts) or none, which keeps every
@@ -35,7 +35,8 @@ def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | Non
     Idle threads never spin (onnxruntime's default is to busy-wait for the next run):
     calibration's short runs alternate with numpy work that needs the cores, and timings of
     several sessions with spinning pools on a shared machine are bimodal (docs/LATENCY.md),
-    while without spinning they are stable and rank models alike."""
+    while without spinning they are stable and rank models alike. ``profile``: a file prefix for
+    onnxruntime's profiler (each kernel's time; ``end_profiling`` writes the file)."""
     options = ort.SessionOptions()
     options.log_severity_level = log_level
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -44,6 +45,9 @@ def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | Non
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+    if profile is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile
     return _any_size(model, options, list(providers or CPU))
 
 
