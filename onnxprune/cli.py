@@ -17,6 +17,7 @@ from . import methods
 from .analysis.cost import cost_of, model_cost
 from .analysis.groups import analyze
 from .bench import benchmark, table
+from .calibration.sampling import DEFAULT_ROWS_PER_COLUMN
 from .calibration.statistics import Calibration, StatsMode
 from .config import DATA_METHOD, DEFAULT_METHOD, DEFAULT_ROUND_TO, Method, PruneConfig, default_method, pro_by_default
 from .data import DataSource, open_data, parse_image_options
@@ -168,6 +169,9 @@ def inspect(model, input_shapes, as_json):
               help="Calibration data for the data methods and --pro: .npz, .npy or a folder of images.")
 @click.option("--calib-limit", type=int, help="Use only the first N calibration samples.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Calibration samples per run.")
+@click.option("--calib-rows", type=int, default=DEFAULT_ROWS_PER_COLUMN, show_default=True,
+              help="Rows per weight column that each layer's least squares reads: output positions drawn at "
+                   "random (seeded) from every sample, enough for a well-determined fit; 0 reads them all.")
 @click.option("--cache-mb", type=int, default=256, show_default=True,
               help="MiB of activations kept between layers, so that each layer's statistics run only the "
                    "graph after the last pruned group; 0 reruns from the input every time.")
@@ -185,7 +189,7 @@ def inspect(model, input_shapes, as_json):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latency, latency_batch, threads, latency_table,
               pro, pro_samples, exclude, round_to, calib_path,
-              calib_limit, batch_size, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
+              calib_limit, batch_size, calib_rows, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
               channels, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     has_data = calib_path is not None
@@ -210,6 +214,8 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
             raise OnnxPruneError(f"--calib-limit {calib_limit}: must be a positive integer")
         if cache_mb < 0:
             raise OnnxPruneError(f"--cache-mb {cache_mb}: must be 0 (no cache) or more")
+        if calib_rows < 0:
+            raise OnnxPruneError(f"--calib-rows {calib_rows}: must be 0 (every row) or more")
     loaded, inputs = read(model)
     protected = _check_outputs(inputs, [("the calibration data", calib_path)], output=output, report=report)
     calibration = None
@@ -218,7 +224,7 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         config = replace(config, input_shapes=data.input_shapes(config.input_shapes, "--calib"))
         calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
                                   tuple(providers(Device(device))), sequential=not independent,
-                                  cache_bytes=cache_mb << 20)
+                                  cache_bytes=cache_mb << 20, rows_per_column=calib_rows)
     result = prune(loaded, config, calibration, no_progress if quiet or as_json else _progress)
     data = result.to_json()
     with Staging() as staging:  # the report after the model, both or neither

@@ -248,7 +248,7 @@ def test_pro_draws_only_the_calibration_batches_its_samples_need(monkeypatch):
 @pytest.mark.parametrize("mode", [StatsMode.HOST, StatsMode.GRAPH])
 def test_reconstructions_use_statistics_collected_in_the_calibrations_mode(mode):
     """PRO's reconstructions fit on the original model's statistics computed as the calibration
-    says (host float64 or onnxruntime): the same, to the bit, as collecting them in that mode."""
+    says (host or onnxruntime, its rows sampled as it says): the same, to the bit, as collecting them in that mode."""
     model = FACTORIES["conv_chain"](widths=(8, 16, 8))
     normalized, _ = normalize(model)
     analysis = analyze(normalized)
@@ -257,7 +257,8 @@ def test_reconstructions_use_statistics_collected_in_the_calibrations_mode(mode)
     cal = replace(calibration(model), mode=mode)
     rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, cal, no_progress)
     consumers = list({c.node: c for g in channels for c in plans[g]}.values())
-    fit, holdout = collect(normalized, normalized, consumers, cal.batches, mode, list(cal.providers), HOLDOUT_EVERY)
+    fit, holdout = collect(normalized, normalized, consumers, cal.batches, mode, list(cal.providers), HOLDOUT_EVERY,
+                           rows=cal.sampling)
     for mine, theirs in ((rebuilt.fit, fit), (rebuilt.holdout, holdout)):
         assert mine.keys() == theirs.keys() and mine
         for node, s in theirs.items():

@@ -85,7 +85,8 @@ def test_reap_keeps_what_brute_force_reap_keeps(name):
     k = n // 2 - 1
     calib = calibration(model)
     _, keep, _ = prune_sequential(normalized, analysis, {g: k}, methods.get("reap"), calib)
-    fit, holdout = collect(normalized, normalized, plans[g], calib.batches, holdout_every=HOLDOUT_EVERY)
+    fit, holdout = collect(normalized, normalized, plans[g], calib.batches, holdout_every=HOLDOUT_EVERY,
+                           rows=calib.sampling)
     nodes = {node.name: node for node in analysis.graph.nodes}
     problems = [(fit[c.node] + holdout[c.node], c.taps, theta_of(nodes[c.node], c)) for c in plans[g]]
     naive = reap_order_naive(problems, n, SELECTION_ALPHA, target=k)

@@ -34,7 +34,8 @@ from ..errors import OnnxPruneError
 from ..graph.probe import probe_model
 from ..graph.runtime import CPU, run_all, session
 from .grouped import block_stats
-from .layer_stats import LayerStats
+from .layer_stats import LayerStats, weighted_stats
+from .sampling import ALL_ROWS, DEFAULT_ROWS_PER_COLUMN, RowSampling
 from .transposed import direct_input, direct_pads
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
@@ -50,7 +51,8 @@ class StatsMode(str, enum.Enum):
 class Calibration:
     """Calibration data and how to run it: ``batches()`` yields feeds; ``sequential``: X from
     the pruned model (True) or from the original (False); ``cache_bytes``: activations kept
-    between groups, in all (cache.py)."""
+    between groups, in all (cache.py); ``rows_per_column``: the row budget of every consumer's
+    statistics, per column (sampling.py; 0: every output position of every sample)."""
 
     batches: Batches
     samples: int
@@ -58,17 +60,16 @@ class Calibration:
     providers: tuple[str, ...] = CPU
     sequential: bool = True
     cache_bytes: int = 256 << 20
+    rows_per_column: int = DEFAULT_ROWS_PER_COLUMN  # rows each consumer's statistics read (sampling.py); 0: all
+
+    @property
+    def sampling(self) -> RowSampling:
+        return RowSampling(self.rows_per_column, self.samples)
 
 
-def augmented(x: np.ndarray, c: Consumer, dtype: np.dtype) -> np.ndarray:
-    """Xa = [im2col(x) 1] of ``dtype``, written in one pass (the cast included): rows (sample,
-    output position), columns channel*K + tap, then the ones column."""
-    n = x.shape[0]
-    if c.op not in ("Conv", "ConvTranspose"):
-        out = np.empty((n, x[0].size + 1), dtype)
-        out[:, :-1] = x.reshape(n, -1)
-        out[:, -1] = 1
-        return out
+def windows(x: np.ndarray, c: Consumer) -> np.ndarray:
+    """The patches of a Conv or ConvTranspose input as a view [N, C, Ho, Wo, kh, kw] (no copy
+    but the padding; a ConvTranspose's are those of the direct conv it equals, transposed.py)."""
     (kh, kw), (dh, dw) = c.kernel, c.dilations
     if c.op == "ConvTranspose":  # a direct conv, stride 1, of the zero-inserted input (transposed.py)
         xp, (sh, sw) = direct_input(x, c), (1, 1)
@@ -79,41 +80,76 @@ def augmented(x: np.ndarray, c: Consumer, dtype: np.dtype) -> np.ndarray:
     win = win[:, :, ::sh, ::sw, ::dh, ::dw]  # [N, C, Ho, Wo, kh, kw]
     if c.op == "ConvTranspose":
         win = win[..., ::-1, ::-1]  # the direct conv's kernel is flipped: column t is W[:, :, t]'s
-    ch, ho, wo = win.shape[1:4]
-    out = np.empty((n * ho * wo, ch * kh * kw + 1), dtype)
-    body = out[:, :-1].view()
-    body.shape = (n, ho, wo, ch, kh, kw)  # a view (setting .shape never copies)
-    body[...] = win.transpose(0, 2, 3, 1, 4, 5)
-    out[:, -1] = 1
+    return win
+
+
+def augmented(x: np.ndarray, c: Consumer, dtype: np.dtype, pick: np.ndarray | None = None,
+              ones: bool = True) -> np.ndarray:
+    """Xa = [im2col(x) 1] of ``dtype``, written in one pass (the cast included): rows (sample,
+    output position), columns channel*K + tap, then the ones column (none if not ``ones``).
+    ``pick``: only these rows (flat indices sample * positions + position, sampling.py)."""
+    n, extra = x.shape[0], int(ones)
+    if c.op not in ("Conv", "ConvTranspose"):
+        rows = x.reshape(n, -1) if pick is None else x.reshape(n, -1)[pick]
+        out = np.empty((rows.shape[0], rows.shape[1] + extra), dtype)
+        out[:, :rows.shape[1]] = rows
+    else:
+        win = windows(x, c)
+        ch, ho, wo, kh, kw = win.shape[1:]
+        width = ch * kh * kw
+        if pick is not None:  # fancy indexing gathers just the drawn patches: [rows, C, kh, kw]
+            sample, position = np.divmod(pick, ho * wo)
+            out = np.empty((len(pick), width + extra), dtype)
+            out[:, :width] = win[sample, :, position // wo, position % wo].reshape(len(pick), width)
+        else:
+            out = np.empty((n * ho * wo, width + extra), dtype)
+            body = out[:, :width].view()
+            body.shape = (n, ho, wo, ch, kh, kw)  # a view (setting .shape never copies)
+            body[...] = win.transpose(0, 2, 3, 1, 4, 5)
+    if ones:
+        out[:, -1] = 1
     return out
 
 
-def targets(y: np.ndarray, c: Consumer) -> np.ndarray:
-    """Consumer outputs laid out like the rows of ``augmented``: (sample, position) x outputs."""
+def targets(y: np.ndarray, c: Consumer, pick: np.ndarray | None = None) -> np.ndarray:
+    """Consumer outputs laid out like the rows of ``augmented``: (sample, position) x outputs
+    (``pick``: only those rows)."""
     if y.ndim == 2:
-        return y
-    return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+        return y if pick is None else y[pick]
+    if pick is None:
+        return np.moveaxis(y, 1, -1).reshape(-1, y.shape[1])
+    positions = int(np.prod(y.shape[2:], dtype=np.int64))
+    sample, position = np.divmod(pick, positions)
+    flat = y.reshape(y.shape[0], y.shape[1], positions)
+    return flat[sample, :, position]
 
 
-def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, chunk_bytes: int = 64 << 20) -> LayerStats:
-    """Statistics of one batch, in float64, on the host: G = Xa^T Xa and C = Xa^T Y by
-    BLAS on chunks of whole samples, so memory stays near ``chunk_bytes`` per consumer."""
-    rows_per_sample = int(np.prod(y.shape[2:], dtype=np.int64))
-    p, m = c.columns, y.shape[1]
-    step = max(1, chunk_bytes // (rows_per_sample * p * 8))
-    gram, cross, yy, rows = np.zeros((p, p)), np.zeros((p, m)), np.zeros(m), 0
-    for start in range(0, x.shape[0], step):
-        xa = augmented(x[start:start + step], c, np.dtype(np.float64))
-        ys = targets(y[start:start + step], c).astype(np.float64)
-        gram += xa.T @ xa  # a plain GEMM: faster here than syrk on half the matrix
-        cross += xa.T @ ys
-        yy += np.einsum("ij,ij->j", ys, ys)
-        rows += xa.shape[0]
-    return LayerStats(gram, cross, yy, rows)
+def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, rows: RowSampling = ALL_ROWS, batch: int = 0,
+               chunk_bytes: int = 32 << 20) -> LayerStats:
+    """Statistics of one batch on the host, in chunks of whole samples so that memory stays near
+    ``chunk_bytes`` per consumer: the rows ``rows`` draws for batch number ``batch`` (all by
+    default), each chunk's products in float32 around its mean (``weighted_stats``)."""
+    positions = int(np.prod(y.shape[2:], dtype=np.int64))
+    n, p = x.shape[0], c.columns
+    drawn = rows.draw(c.node, batch, n, positions, p)
+    pick, weight = drawn if drawn is not None else (None, 1.0)
+    per_sample = positions if pick is None else len(pick) // n
+    step = max(1, chunk_bytes // (per_sample * p * 4))
+    total = None
+    for start in range(0, n, step):
+        stop = min(n, start + step)
+        local = None if pick is None else pick[start * per_sample:stop * per_sample] - start * positions
+        xs = augmented(x[start:stop], c, np.dtype(np.float32), local, ones=False)
+        ys = np.asarray(targets(y[start:stop], c, local), dtype=np.float32)
+        s = weighted_stats(xs, ys, weight)
+        total = s if total is None else total + s
+    return total
 
 
-def stats_graph(c: Consumer, x_shape: tuple[int, ...], m: int, dtype=np.float32) -> onnx.ModelProto:
-    """A small model computing one batch's statistics from inputs ``x`` and ``y`` in onnxruntime.
+def stats_graph(c: Consumer, x_shape: tuple[int, ...], m: int, dtype=np.float32, sampled: bool = False,
+                ) -> onnx.ModelProto:
+    """A small model computing one batch's statistics from inputs ``x`` and ``y`` in onnxruntime
+    (``sampled``: of the rows that the input ``pick`` names only, sampling.py).
 
     Conv with one-hot kernels E[c*K + t, c, t] = 1 turns x into its patches exactly
     (a copy: each output sums one value and zeros); G and C are float64 MatMuls. For a
@@ -152,9 +188,14 @@ def stats_graph(c: Consumer, x_shape: tuple[int, ...], m: int, dtype=np.float32)
     else:
         nodes += [helper.make_node("Identity", ["x"], ["xr"]), helper.make_node("Identity", ["y"], ["yr"])]
         y_rank = 2
+    rows_x, rows_y = "xr", "yr"
+    if sampled:
+        nodes += [helper.make_node("Gather", ["xr", "pick"], ["xg"], axis=0),
+                  helper.make_node("Gather", ["yr", "pick"], ["yg"], axis=0)]
+        rows_x, rows_y = "xg", "yg"
     nodes += [
-        helper.make_node("Cast", ["xr"], ["xd"], to=TensorProto.DOUBLE),
-        helper.make_node("Cast", ["yr"], ["yd"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", [rows_x], ["xd"], to=TensorProto.DOUBLE),
+        helper.make_node("Cast", [rows_y], ["yd"], to=TensorProto.DOUBLE),
         helper.make_node("Shape", ["xd"], ["xs"], start=0, end=1),
         helper.make_node("Concat", ["xs", "one"], ["ones_shape"], axis=0),
         helper.make_node("ConstantOfShape", ["ones_shape"], ["ones"],
@@ -172,7 +213,8 @@ def stats_graph(c: Consumer, x_shape: tuple[int, ...], m: int, dtype=np.float32)
     graph = helper.make_graph(
         nodes, "stats",
         [helper.make_tensor_value_info("x", elem, [None] * len(x_shape)),
-         helper.make_tensor_value_info("y", elem, [None] * y_rank)],
+         helper.make_tensor_value_info("y", elem, [None] * y_rank),
+         *([helper.make_tensor_value_info("pick", TensorProto.INT64, [None])] if sampled else [])],
         [helper.make_tensor_value_info("gram", TensorProto.DOUBLE, None),
          helper.make_tensor_value_info("cross", TensorProto.DOUBLE, None),
          helper.make_tensor_value_info("yy", TensorProto.DOUBLE, None),
@@ -189,19 +231,28 @@ class GraphStats:
         self.providers = device_providers
         self.sessions: dict[tuple, ort.InferenceSession] = {}
 
-    def __call__(self, x: np.ndarray, y: np.ndarray, c: Consumer) -> LayerStats:
-        key = (c, x.dtype.str, y.shape[1])
+    def __call__(self, x: np.ndarray, y: np.ndarray, c: Consumer, rows: RowSampling = ALL_ROWS,
+                 batch: int = 0) -> LayerStats:
+        positions = int(np.prod(y.shape[2:], dtype=np.int64))
+        drawn = rows.draw(c.node, batch, x.shape[0], positions, c.columns)
+        key = (c, x.dtype.str, y.shape[1], drawn is not None)
         if key not in self.sessions:
-            self.sessions[key] = session(stats_graph(c, x.shape, y.shape[1], x.dtype), self.providers)
-        gram, cross, yy, rows = self.sessions[key].run(None, {"x": x, "y": y})
-        return LayerStats(gram, cross, yy, int(rows[0]))
+            self.sessions[key] = session(stats_graph(c, x.shape, y.shape[1], x.dtype, drawn is not None),
+                                         self.providers)
+        feeds = {"x": x, "y": y} if drawn is None else {"x": x, "y": y, "pick": drawn[0].astype(np.int64)}
+        gram, cross, yy, used = self.sessions[key].run(None, feeds)
+        if drawn is None:
+            return LayerStats(gram, cross, yy, int(used[0]))
+        w = drawn[1]
+        return LayerStats(w * gram, w * cross, w * yy, int(round(w * int(used[0]))), int(used[0]))
 
 
 def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consumers: list[Consumer],
             batches: Batches, mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
-            holdout_every: int = 0, on_batch: Callable[[int], None] | None = None,
+            holdout_every: int = 0, on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
             ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
-    """Statistics of every consumer: X from ``inputs_model``, Y from ``targets_model``.
+    """Statistics of every consumer: X from ``inputs_model``, Y from ``targets_model``, of the
+    rows that ``rows`` draws (sampling.py; default all).
 
     Returns (fit, holdout): with ``holdout_every`` = h > 0, every h-th batch goes to
     the holdout statistics (for choosing the ridge), the rest to fit.
@@ -215,12 +266,12 @@ def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consu
         x_session = session(probe_model(inputs_model, sorted(ins)), device_providers)
         y_session = session(probe_model(targets_model, sorted(outs)), device_providers)
         runs = ((run_all(x_session, feeds), run_all(y_session, feeds)) for feeds in batches())
-    return accumulate(runs, consumers, mode, device_providers, holdout_every, on_batch)
+    return accumulate(runs, consumers, mode, device_providers, holdout_every, on_batch, rows)
 
 
 def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], consumers: list[Consumer],
                mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
-               holdout_every: int = 0, on_batch: Callable[[int], None] | None = None,
+               holdout_every: int = 0, on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
                ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
     """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``. A
     grouped conv's are per block (grouped.BlockStats)."""
@@ -229,8 +280,12 @@ def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]
     holdout: dict[str, LayerStats] = {}
     for i, (xs, ys) in enumerate(runs):
         bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
+        def reduce_i(x: np.ndarray, y: np.ndarray, c: Consumer, i: int = i) -> LayerStats:
+            return reduce(x, y, c, rows, i)
+
         for c in consumers:
-            s = reduce(xs[c.input], ys[c.output], c) if c.groups == 1 else block_stats(reduce, xs[c.input], ys[c.output], c)
+            s = (reduce_i(xs[c.input], ys[c.output], c) if c.groups == 1
+                 else block_stats(reduce_i, xs[c.input], ys[c.output], c))
             bucket[c.node] = s if c.node not in bucket else bucket[c.node] + s
         if on_batch is not None:
             on_batch(len(xs[consumers[0].input]))

@@ -42,7 +42,9 @@ from scipy import linalg as sla
 from ..calibration.layer_stats import LayerStats
 
 SINGULAR = 1e-12  # a Cholesky pivot L_ii^2 below SINGULAR * a_ii: column i depends on the others
-JITTER = 1e-10  # ridge (relative to mean diag) added to the channels of a singular Gram matrix
+# Ridges (relative to mean diag) tried in turn on the channels of a singular Gram matrix: the
+# smallest that factors (float32 statistics can leave a singular one slightly indefinite).
+JITTERS = (1e-10, 1e-8, 1e-6)
 # Ridge used while selecting channels (relative to mean(diag G)); reconstruction picks its own.
 SELECTION_ALPHA = 1e-3
 ALPHA_GRID = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -111,7 +113,8 @@ def ridge_diag(p: int, lam: float) -> np.ndarray:
 def cholesky(a: np.ndarray) -> tuple[np.ndarray, bool]:
     """``cho_factor`` of a Gram matrix a (bias last). If a is numerically singular (a pivot
     L_ii^2 < SINGULAR * a_ii, e.g. a dead ReLU channel or a channel that is a combination of
-    others), factor a + JITTER * mean(diag a) I' instead (the bias is never regularised)."""
+    others), factor a + j * mean(diag a) I' instead with the smallest j of JITTERS that factors
+    (the bias is never regularised)."""
     try:
         low, _ = sla.cho_factor(a, lower=True)
         if np.all(np.diag(low) ** 2 >= SINGULAR * np.diag(a)):
@@ -119,7 +122,12 @@ def cholesky(a: np.ndarray) -> tuple[np.ndarray, bool]:
     except np.linalg.LinAlgError:
         pass
     scale = float(np.mean(np.diag(a)[:-1])) or 1.0  # 1.0: every channel is dead
-    return sla.cho_factor(a + np.diag(ridge_diag(len(a), JITTER * scale)), lower=True)
+    for jitter in JITTERS[:-1]:
+        try:
+            return sla.cho_factor(a + np.diag(ridge_diag(len(a), jitter * scale)), lower=True)
+        except np.linalg.LinAlgError:
+            pass
+    return sla.cho_factor(a + np.diag(ridge_diag(len(a), JITTERS[-1] * scale)), lower=True)
 
 
 def removals(n: int, target: int) -> int:

@@ -84,7 +84,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         else:
             runs = ((v, v) for v in x_runner.run(normalized, ins + outs, following))
         with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {target} channels", calib.samples) as advance:
-            fit, holdout = accumulate(runs, reads, calib.mode, providers, HOLDOUT_EVERY, advance)
+            fit, holdout = accumulate(runs, reads, calib.mode, providers, HOLDOUT_EVERY, advance, calib.sampling)
         outputs = {c.node: kept_outputs(analysis, c, removed) for c, *_ in plan}
         problems = []  # per consumer: its pieces (one, or one per block of a grouped conv)
         for c, _, problem, read_rows, rows, copies in plan:
@@ -102,7 +102,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
             mine, used = new_thetas[at:at + len(ps)], alphas[at:at + len(ps)]
             at += len(ps)
             thetas[c.node] = (c, join(c, ps, mine, len(outputs[c.node])), outputs[c.node])
-            notes.append(LayerNote(gid, c.node, ps[0].total.rows, len(ps[0].rows), max(used),
+            notes.append(LayerNote(gid, c.node, ps[0].total.used, len(ps[0].rows), max(used),
                                    relative_error(ps, mine)))
         keep[gid] = kept
         current = prune_channels(overlay_weights(normalized, thetas), analysis, keep)

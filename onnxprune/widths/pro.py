@@ -199,7 +199,7 @@ class Reconstructions:
         everyone = list({c.node: c for g in channels for c in plans[g]}.values())
         with progress("PRO: calibrating", calib.samples) as advance:
             self.fit, self.holdout = collect(normalized, normalized, everyone, calib.batches, calib.mode,
-                                             list(calib.providers), HOLDOUT_EVERY, advance)
+                                             list(calib.providers), HOLDOUT_EVERY, advance, calib.sampling)
         self.nodes = {n.name: n for n in analysis.graph.nodes}
         self.nothing = np.zeros(len(analysis.class_group), dtype=bool)
         self.plans = {g: self._plan(g, n) for g, n in channels.items()}
