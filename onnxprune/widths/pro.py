@@ -47,7 +47,7 @@ from ..progress import Progress, no_progress
 from .budget import Steps, step_of
 from .variants import Variants
 
-REFRESH_EVERY = 8  # commits between full re-measurements of every group
+REFRESH_EVERY = 8  # commits between full re-measurements of every group, at least (refresh_interval)
 REBASE = 0.85  # candidates run on a model pruned to the current widths once they cost 15 % less
 
 Counts = dict[int, int]
@@ -68,6 +68,14 @@ class ProChoice:
     counts: Counts
     steps: list[ProStep]  # the commits, before channels were given back
     error: float  # mean squared final-output error at ``counts`` (independent reconstruction)
+
+
+def refresh_interval(groups: int) -> int:
+    """Commits between full re-measurements: max(REFRESH_EVERY, ceil(groups / 2)). A full one
+    costs an evaluation per group, a commit about two (the lazy re-measurement and its own next
+    step): so refreshing costs at most about what the commits cost however many groups there
+    are (a detector has dozens), and a model of up to 16 groups refreshes every 8 as before."""
+    return max(REFRESH_EVERY, -(-groups // 2))
 
 
 def allowed_counts(n: int, round_to: int, step: int) -> list[int]:
@@ -142,6 +150,7 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
     # group -> (increase per rank saved, cost, rank, error, commits when measured)
     measured: dict[int, tuple[float, int, int, float, int]] = {}
     trace: list[ProStep] = []
+    refresh = refresh_interval(len(channels))
 
     def measure(g: int) -> None:
         if position[g] + 1 >= len(ladders[g]):
@@ -155,7 +164,7 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
 
     with progress("PRO: choosing per-layer widths", max(1, int(current_cost - budget))) as advance:
         while current_cost > budget:
-            if commits % REFRESH_EVERY == 0:
+            if commits % refresh == 0:
                 for g in channels:
                     measure(g)
             while True:  # lazy greedy: the best candidate is re-measured before it is committed
