@@ -279,13 +279,13 @@ def test_pro_keeps_the_ranking_whose_widths_have_the_smaller_error_among_those_w
         return [1.0] + [0.6] * len(models)
 
     monkeypatch.setattr(latency, "measure", measure)
-    optimize = latency.optimize_counts
+    choose = latency.ProSearch.choose
 
-    def recorded(*args, **kwargs):
-        runs.append(optimize(*args, **kwargs))
+    def recorded(self, budget):
+        runs.append(choose(self, budget))
         return runs[-1]
 
-    monkeypatch.setattr(latency, "optimize_counts", recorded)
+    monkeypatch.setattr(latency.ProSearch, "choose", recorded)
     result = invoke("prune", path, "-o", tmp_path / "out.onnx", "--method", "reap", "--calib", calib,
                     "--keep-latency", "0.6", "--pro-samples", "16", "--json", "-q")
     assert result.exit_code == 0, result.output

@@ -426,3 +426,25 @@ def test_candidates_on_a_pruned_base_measure_what_they_measure_on_the_original_s
     never, always = traces
     assert len(never) > 2 and [(p.group, p.channels) for p in never] == [(p.group, p.channels) for p in always]
     np.testing.assert_allclose([p.error for p in always], [p.error for p in never], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["reap", "l1"])
+def test_one_search_answers_several_budgets_as_fresh_searches_do(method):
+    """A ProSearch asked for 0.6 of the MACs, then 0.4 (it continues its path), then 0.75 (it
+    reads the path's start), then 0.6 again: each answer (counts, steps, error) is what a fresh
+    search for that budget alone gives."""
+    model = FACTORIES["conv_chain"](widths=(16, 32, 16))
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes, analysis.unknown_after)).macs
+    cost = lambda keep: macs(analysis.removed_mask(keep))  # noqa: E731
+    full = cost({g: np.arange(n) for g, n in channels.items()})
+    search = pro.ProSearch(normalized, analysis, methods.get(method), channels, cost, calibration(model), 2, 16)
+    answers = [(f, search.choose(f * full)) for f in (0.6, 0.4, 0.75, 0.6)]
+    assert len({len(a.steps) for _, a in answers}) == 3
+    for fraction, answer in answers:
+        fresh = optimize_counts(normalized, analysis, methods.get(method), channels, cost, fraction * full,
+                                calibration(model), 2, 16)
+        assert answer.counts == fresh.counts and answer.steps == fresh.steps
+        assert answer.error == pytest.approx(fresh.error, rel=1e-6, abs=1e-12)

@@ -46,7 +46,7 @@ from ..passes.surgery import prune_channels
 from ..progress import Progress
 from ..methods.scores import select
 from .budget import Counts, block_steps, fit_budget, uniform
-from .pro import Keep, ProChoice, Reconstructions, allowed_counts, optimize_counts
+from .pro import Keep, ProChoice, ProSearch, Reconstructions, allowed_counts
 
 FORMAT = "onnxprune-latency-table/1"
 CHECK_RATIOS = (0.25, 0.5, 0.75)  # uniform widths whose whole models are timed to fit and check the scale
@@ -370,14 +370,18 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
     ranks = {"per microsecond": lambda keep: round(1000 * table.predict({g: len(k) for g, k in keep.items()})),
              "per MAC": macs} if goal.pro else {}
 
+    searches: dict[str, ProSearch] = {}  # per ranking, kept for the refits: each continues or reads its path
+
     def fit(budget_ms: float, names: list[str]) -> dict[str | None, ProChoice]:
         """Widths within ``budget_ms`` for each PRO ranking in ``names``, with PRO's steps and the
         final-output error of the widths; without PRO, the uniform fit (under None)."""
         if not goal.pro:
             return {None: ProChoice(fit_budget(channels, table.predict, budget_ms, steps), [], 0.0)}
-        return {name: optimize_counts(normalized, analysis, method, channels, ranks["per microsecond"],
-                                      1000 * budget_ms, calibration, steps, goal.pro_samples, progress, ranks[name],
-                                      rebuilt) for name in names}
+        for name in names:
+            if name not in searches:
+                searches[name] = ProSearch(normalized, analysis, method, channels, ranks["per microsecond"],
+                                           calibration, steps, goal.pro_samples, progress, ranks[name], rebuilt)
+        return {name: searches[name].choose(1000 * budget_ms) for name in names}
 
     choices = fit(budget, list(ranks))
     name = min(choices, key=lambda n: choices[n].error)  # on the table alone: the smaller error

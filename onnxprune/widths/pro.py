@@ -99,7 +99,8 @@ class Candidates(Protocol):
         """Make ``counts`` (changed in ``group``) the committed widths."""
 
     def at(self, counts: Counts) -> np.ndarray:
-        """The output with ``counts``, which may differ from the committed ones anywhere."""
+        """The output with ``counts``, which may differ from the committed ones anywhere; the committed
+        widths stay as they were."""
 
 
 def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
@@ -109,91 +110,118 @@ def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: Sel
     """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO with
     steps ranked by error added per ``rank`` saved (default: per ``cost`` saved). ``rebuilt``:
     the data method's reconstructions, when a caller runs PRO more than once."""
-    rank = cost if rank is None else rank
-    feeds = _first_samples(calib, samples)
-    output = normalized.graph.output[0].name
-    candidates: Candidates
-    if method.reconstructs:
-        if rebuilt is None:
-            rebuilt = Reconstructions(normalized, analysis, method, channels, calib, progress)
-        orders = rebuilt.orders
-    else:
-        orders = method.orders(analysis, channels)
-    steps = {g: step_of(round_to, g) for g in channels}
-    ladders = {g: allowed_counts(n, steps[g], max(steps[g], n // 16)) for g, n in channels.items()}
-    position = {g: 0 for g in channels}  # index into the group's ladder
+    return ProSearch(normalized, analysis, method, channels, cost, calib, round_to, samples, progress, rank,
+                     rebuilt).choose(budget)
 
-    def keep_of(counts: Counts) -> Keep:
-        return {g: np.sort(np.setdiff1d(np.arange(channels[g]), orders[g][: channels[g] - k]))
+
+class ProSearch:
+    """PRO's greedy search, kept between budgets.
+
+    Which step it commits next depends on the errors and ranks measured, never on the budget:
+    the budget only says where it stops. So one search answers several budgets as a fresh
+    search for each would: a budget its path already passed reads the path up to the first
+    commit within it, and a smaller one continues the path from where it stopped
+    (--keep-latency fits several budgets with each ranking).
+    """
+
+    def __init__(self, normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
+                 cost: Callable[[Keep], int], calib: Calibration, round_to: Steps, samples: int,
+                 progress: Progress = no_progress, rank: Callable[[Keep], int] | None = None,
+                 rebuilt: Reconstructions | None = None):
+        self.channels, self.cost, self.progress = channels, cost, progress
+        self.rank = cost if rank is None else rank
+        feeds = _first_samples(calib, samples)
+        output = normalized.graph.output[0].name
+        if method.reconstructs:
+            if rebuilt is None:
+                rebuilt = Reconstructions(normalized, analysis, method, channels, calib, progress)
+            self.orders = rebuilt.orders
+        else:
+            self.orders = method.orders(analysis, channels)
+        self.steps = {g: step_of(round_to, g) for g in channels}
+        self.ladders = {g: allowed_counts(n, self.steps[g], max(self.steps[g], n // 16)) for g, n in channels.items()}
+        self.position = {g: 0 for g in channels}  # index into the group's ladder
+        self.candidates: Candidates = (
+            VariantCandidates(normalized, analysis, channels, rebuilt, self.keep_of, cost, feeds, output, calib)
+            if method.reconstructs else PrunedCandidates(normalized, analysis, channels, self.keep_of, feeds, output,
+                                                         calib))
+        self.reference = self.candidates.evaluate({}, None).astype(np.float64)
+        start = self.keep_of(self.counts_at(self.position))
+        self.current_cost, self.current_rank, self.current_error = cost(start), self.rank(start), 0.0
+        self.start_cost = self.current_cost
+        self.commits = 0
+        # group -> (increase per rank saved, cost, rank, error, commits when measured)
+        self.measured: dict[int, tuple[float, int, int, float, int]] = {}
+        self.trace: list[ProStep] = []  # the path: every commit so far
+        self.refresh = refresh_interval(len(channels))
+
+    def keep_of(self, counts: Counts) -> Keep:
+        return {g: np.sort(np.setdiff1d(np.arange(self.channels[g]), self.orders[g][: self.channels[g] - k]))
                 for g, k in counts.items()}
 
-    def counts_at(pos: dict[int, int]) -> Counts:
-        return {g: ladders[g][i] for g, i in pos.items()}
+    def counts_at(self, pos: dict[int, int]) -> Counts:
+        return {g: self.ladders[g][i] for g, i in pos.items()}
 
-    if method.reconstructs:
-        candidates = VariantCandidates(normalized, analysis, channels, rebuilt, keep_of, cost, feeds, output, calib)
-    else:
-        candidates = PrunedCandidates(normalized, analysis, channels, keep_of, feeds, output, calib)
-    reference = candidates.evaluate({}, None).astype(np.float64)
-
-    def distance(out: np.ndarray) -> float:
+    def distance(self, out: np.ndarray) -> float:
+        """Mean squared distance of final outputs from the original's."""
         out = out.astype(np.float64)
-        return float(np.mean(np.sum((out - reference) ** 2, axis=tuple(range(1, out.ndim)))))
+        return float(np.mean(np.sum((out - self.reference) ** 2, axis=tuple(range(1, out.ndim)))))
 
-    def error(counts: Counts, changed: int) -> float:
-        return distance(candidates.evaluate(counts, changed))
-
-    current_cost = cost(keep_of(counts_at(position)))
-    current_rank = rank(keep_of(counts_at(position)))
-    current_error = 0.0
-    commits = 0
-    # group -> (increase per rank saved, cost, rank, error, commits when measured)
-    measured: dict[int, tuple[float, int, int, float, int]] = {}
-    trace: list[ProStep] = []
-    refresh = refresh_interval(len(channels))
-
-    def measure(g: int) -> None:
-        if position[g] + 1 >= len(ladders[g]):
-            measured.pop(g, None)
+    def measure(self, g: int) -> None:
+        if self.position[g] + 1 >= len(self.ladders[g]):
+            self.measured.pop(g, None)
             return
-        trial = counts_at({**position, g: position[g] + 1})
-        keep = keep_of(trial)
-        c, e = cost(keep), error(trial, g)
-        r = c if rank is cost else rank(keep)
-        measured[g] = ((e - current_error) / max(current_rank - r, 1), c, r, e, commits)
+        trial = self.counts_at({**self.position, g: self.position[g] + 1})
+        keep = self.keep_of(trial)
+        c, e = self.cost(keep), self.distance(self.candidates.evaluate(trial, g))
+        r = c if self.rank is self.cost else self.rank(keep)
+        self.measured[g] = ((e - self.current_error) / max(self.current_rank - r, 1), c, r, e, self.commits)
 
-    with progress("PRO: choosing per-layer widths", max(1, int(current_cost - budget))) as advance:
-        while current_cost > budget:
-            if commits % refresh == 0:
-                for g in channels:
-                    measure(g)
-            while True:  # lazy greedy: the best candidate is re-measured before it is committed
-                if not measured:
-                    raise OnnxPruneError("PRO cannot reach the target: every group is at its smallest width")
-                g = min(measured, key=lambda k: measured[k][0])
-                if measured[g][4] == commits:
-                    break
-                measure(g)
-            _, new_cost, current_rank, current_error, _ = measured.pop(g)
-            advance(int(current_cost - new_cost))
-            current_cost = new_cost
-            position[g] += 1
-            commits += 1
-            candidates.commit(counts_at(position), g)
-            trace.append(ProStep(g, ladders[g][position[g]], current_cost, current_error))
-            measure(g)
-    # The last step may overshoot: give channels back, latest-cut groups first, while within budget.
-    counts = counts_at(position)
-    grew = True
-    while grew:
-        grew = False
-        for g in dict.fromkeys(step.group for step in reversed(trace)):
-            if counts[g] < channels[g]:
-                trial = {**counts, g: min(channels[g], counts[g] + steps[g])}
-                if cost(keep_of(trial)) <= budget:
-                    counts, grew = trial, True
-    given_back = counts != counts_at(position)
-    return ProChoice(counts, trace, distance(candidates.at(counts)) if given_back else current_error)
+    def _advance_to(self, budget: float) -> None:
+        """Commit steps until the cost is within ``budget``."""
+        with self.progress("PRO: choosing per-layer widths", max(1, int(self.current_cost - budget))) as advance:
+            while self.current_cost > budget:
+                if self.commits % self.refresh == 0:
+                    for g in self.channels:
+                        self.measure(g)
+                while True:  # lazy greedy: the best candidate is re-measured before it is committed
+                    if not self.measured:
+                        raise OnnxPruneError("PRO cannot reach the target: every group is at its smallest width")
+                    g = min(self.measured, key=lambda k: self.measured[k][0])
+                    if self.measured[g][4] == self.commits:
+                        break
+                    self.measure(g)
+                _, new_cost, self.current_rank, self.current_error, _ = self.measured.pop(g)
+                advance(int(self.current_cost - new_cost))
+                self.current_cost = new_cost
+                self.position[g] += 1
+                self.commits += 1
+                self.candidates.commit(self.counts_at(self.position), g)
+                self.trace.append(ProStep(g, self.ladders[g][self.position[g]], self.current_cost,
+                                          self.current_error))
+                self.measure(g)
+
+    def choose(self, budget: float) -> ProChoice:
+        """The counts PRO chooses for ``budget``: along the path to the first commit within it,
+        then channels given back, latest-cut groups first, while the cost stays within it (the
+        last step may overshoot)."""
+        self._advance_to(budget)
+        within = (i + 1 for i, step in enumerate(self.trace) if step.cost <= budget)
+        trace = self.trace[:0 if self.start_cost <= budget else next(within)]
+        counts = dict(self.channels)
+        for step in trace:
+            counts[step.group] = step.channels
+        path_counts, path_error = dict(counts), trace[-1].error if trace else 0.0
+        grew = True
+        while grew:
+            grew = False
+            for g in dict.fromkeys(step.group for step in reversed(trace)):
+                if counts[g] < self.channels[g]:
+                    trial = {**counts, g: min(self.channels[g], counts[g] + self.steps[g])}
+                    if self.cost(self.keep_of(trial)) <= budget:
+                        counts, grew = trial, True
+        given_back = counts != path_counts
+        return ProChoice(counts, trace, self.distance(self.candidates.at(counts)) if given_back else path_error)
 
 
 class Reconstructions:
@@ -305,8 +333,11 @@ class VariantCandidates:
             self.variants.commit(self.params(counts, group))
 
     def at(self, counts: Counts) -> np.ndarray:
+        committed = self.removed, self.base_cost, self.variants
         self.rebase(counts)
-        return self.evaluate(counts, None)
+        out = self.evaluate(counts, None)
+        self.removed, self.base_cost, self.variants = committed  # the search may go on from its commits
+        return out
 
 
 class PrunedCandidates:
