@@ -352,7 +352,8 @@ def test_cuda_works_only_when_a_session_really_gets_cuda(monkeypatch):
 
 
 def test_calibration_options_reach_the_calibration(model_path, tmp_path, monkeypatch):
-    """--calib-limit, --batch-size, --independent, --stats graph and --cache-mb, as the library sees them."""
+    """--calib-limit, --batch-size, --independent, --stats graph, --cache-mb and --calib-rows, as the
+    library sees them."""
     from onnxprune import cli
 
     seen = {}
@@ -361,7 +362,8 @@ def test_calibration_options_reach_the_calibration(model_path, tmp_path, monkeyp
     def spy(model, config, calibration, progress):
         batches = list(calibration.batches())
         seen.update(samples=calibration.samples, sizes=[len(b["input"]) for b in batches], mode=calibration.mode,
-                    sequential=calibration.sequential, cache=calibration.cache_bytes, first=batches[0]["input"])
+                    sequential=calibration.sequential, cache=calibration.cache_bytes, first=batches[0]["input"],
+                    rows=calibration.rows_per_column)
         return real(model, config, calibration, progress)
 
     monkeypatch.setattr(cli, "prune", spy)
@@ -370,18 +372,21 @@ def test_calibration_options_reach_the_calibration(model_path, tmp_path, monkeyp
     base = ["prune", model_path, "-o", tmp_path / "o.onnx", "--method", "reap", "--ratio", "0.5", "--round-to", "1",
             "--calib", tmp_path / "calib.npz", "--json"]
     result = invoke(*base, "--calib-limit", "24", "--batch-size", "10", "--independent", "--stats", "graph",
-                    "--cache-mb", "3")
+                    "--cache-mb", "3", "--calib-rows", "0")
     assert result.exit_code == 0, result.output
     assert seen.pop("sizes") == [10, 10, 4]
     np.testing.assert_array_equal(seen.pop("first"), images[:10])
-    assert seen == {"samples": 24, "mode": StatsMode.GRAPH, "sequential": False, "cache": 3 << 20}
-    rows = {n["node"]: n["rows"] for n in json.loads(result.stdout)["reconstruction"]}
-    assert rows["gemm0"] == 24 and all(r in (24, 24 * 64, 24 * 16) for r in rows.values())
+    assert seen == {"samples": 24, "mode": StatsMode.GRAPH, "sequential": False, "cache": 3 << 20, "rows": 0}
+    every = {n["node"]: n["rows"] for n in json.loads(result.stdout)["reconstruction"]}
+    assert every["gemm0"] == 24 and all(r in (24, 24 * 64, 24 * 16) for r in every.values())
+    result = invoke(*base, "--calib-limit", "24", "--calib-rows", "1")  # the rows read are reported
+    drawn = {n["node"]: n["rows"] for n in json.loads(result.stdout)["reconstruction"]}
+    assert drawn["gemm0"] == 24 and any(drawn[k] < every[k] for k in every)
     result = invoke(*base)
     assert result.exit_code == 0
     assert seen.pop("sizes") == [40]
-    assert {k: seen[k] for k in ("samples", "mode", "sequential", "cache")} == {
-        "samples": 40, "mode": StatsMode.HOST, "sequential": True, "cache": 256 << 20}
+    assert {k: seen[k] for k in ("samples", "mode", "sequential", "cache", "rows")} == {
+        "samples": 40, "mode": StatsMode.HOST, "sequential": True, "cache": 256 << 20, "rows": 64}
 
 
 def test_too_few_calibration_rows_are_warned_about(tmp_path):

@@ -448,3 +448,22 @@ def test_one_search_answers_several_budgets_as_fresh_searches_do(method):
                                 calibration(model), 2, 16)
         assert answer.counts == fresh.counts and answer.steps == fresh.steps
         assert answer.error == pytest.approx(fresh.error, rel=1e-6, abs=1e-12)
+
+
+def test_every_stage_of_a_data_prune_reports_its_progress_to_the_end():
+    """REAP + PRO: PRO's statistics, removal orders and search, then each group's statistics,
+    each a labelled step whose work done adds up to its total (the search may overshoot it)."""
+    model = FACTORIES["conv_chain"](widths=(16, 32, 16))
+    progress, steps = recording_progress()
+    result = prune(model, PruneConfig(method=Method.REAP, pro=True, pro_samples=16, keep_flops=0.5),
+                   calibration(model), progress)
+    pruned = [c for c in result.groups if c.channels_after < c.group.channels]
+    labels = list(steps)
+    assert labels[:3] == ["PRO: calibrating", "PRO: removal orders", "PRO: choosing per-layer widths"]
+    assert [label.split(" group")[0] for label in labels[3:]] == [f"[{i}/{len(pruned)}]"
+                                                                 for i in range(1, len(pruned) + 1)]
+    for label, (total, done) in steps.items():
+        if label.startswith("PRO: choosing"):
+            assert sum(done) >= total > 0
+        else:
+            assert sum(done) == total > 0, label

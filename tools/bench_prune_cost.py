@@ -15,7 +15,7 @@ progress labels the library reports (onnxprune.progress):
 
     analyse       normalise, analyse, cost model (before the first labelled step)
     PRO stats     "PRO: calibrating": the original model's statistics for PRO
-    PRO orders    after it: every group's removal order (REAP's selection) for PRO
+    PRO orders    "PRO: removal orders": every group's removal order (REAP's selection) for PRO
     PRO search    "PRO: choosing ...": candidates' final outputs
     latency       "latency: ..." and what follows it: the latency table, refits
     stats         "[i/n] group ...": the sequential pass's statistics
@@ -43,6 +43,8 @@ def stage_of(label: str) -> tuple[str, str]:
     """(the stage of a labelled step, the stage of the unlabelled time after it)."""
     if label.startswith("PRO: calibrating"):
         return "PRO stats", "PRO orders"
+    if label.startswith("PRO: removal orders"):
+        return "PRO orders", "PRO search"
     if label.startswith("PRO: choosing"):
         return "PRO search", "finish"
     if label.startswith("latency"):

@@ -1,12 +1,13 @@
-"""Export a ResNeXt-50 32x4d (torchvision's architecture, random weights) to ONNX, with random calibration and test data.
+"""Export a ResNeXt-50 32x4d or a ResNet-50 (torchvision's architectures, random weights) to ONNX, with random calibration and test data.
 
     pip install ".[tools]"      # torch: never imported by onnxprune or its tests
-    python tools/make_resnext.py DIR [--size 64] [--samples 128] [--test 256]
+    python tools/make_resnext.py DIR [--arch resnext50|resnet50] [--size 64] [--samples 128] [--test 256]
 
-writes DIR/resnext50.onnx (about 100 MB: not committed), DIR/calib.npz and DIR/test.npz (standard
-normal images of 3 x size x size). The network is defined here as torchvision defines
+writes DIR/ARCH.onnx (about 100 MB: not committed), DIR/calib.npz and DIR/test.npz (standard
+normal images of 3 x size x size). The networks are defined here as torchvision defines
 resnext50_32x4d (Bottleneck v1.5: the stride on the grouped 3x3 conv, width = planes / 64 * 4 * 32,
-25,028,904 parameters), so torchvision is not needed; convs are Kaiming-normal and every
+25,028,904 parameters) and resnet50 (the same with groups 1 and width = planes, 25,557,032
+parameters), so torchvision is not needed; convs are Kaiming-normal and every
 BatchNorm gets random statistics and affine parameters, so that the folded convs are not plain
 initialisations. The batch dim is dynamic. With random weights the network gives every input
 the same top-1 class: compare outputs with tools/output_error.py rather than by agreement.
@@ -20,11 +21,14 @@ from pathlib import Path
 import numpy as np
 
 
-def resnext50(torch):
+ARCHS = {"resnext50": (32, 4), "resnet50": (1, 64)}  # (groups, base width) of the 3x3 convs
+
+
+def resnext50(torch, groups: int = 32, base_width: int = 4):
     nn = torch.nn
 
     class Bottleneck(nn.Module):
-        def __init__(self, cin, planes, stride, groups=32, base_width=4):
+        def __init__(self, cin, planes, stride):
             super().__init__()
             width, out = int(planes * base_width / 64) * groups, planes * 4
             self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
@@ -63,6 +67,7 @@ def resnext50(torch):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
+    p.add_argument("--arch", choices=list(ARCHS), default="resnext50")
     p.add_argument("--size", type=int, default=64, help="input height and width")
     p.add_argument("--samples", type=int, default=128, help="calibration images")
     p.add_argument("--test", type=int, default=256, help="test images")
@@ -71,7 +76,7 @@ def main() -> None:
     import torch
 
     torch.manual_seed(args.seed)
-    model = resnext50(torch)
+    model = resnext50(torch, *ARCHS[args.arch])
     for m in model.modules():
         if isinstance(m, torch.nn.Conv2d):
             torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -82,13 +87,13 @@ def main() -> None:
             m.bias.data.normal_(0, 0.1)
     model.eval()
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, torch.randn(1, 3, args.size, args.size), str(args.out / "resnext50.onnx"),
+    torch.onnx.export(model, torch.randn(1, 3, args.size, args.size), str(args.out / f"{args.arch}.onnx"),
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17, dynamo=False)
     rng = np.random.default_rng(args.seed)
     for name, count in (("calib", args.samples), ("test", args.test)):
         np.savez(args.out / f"{name}.npz", input=rng.standard_normal((count, 3, args.size, args.size)).astype(np.float32))
-    print(f"{args.out / 'resnext50.onnx'}: {sum(p.numel() for p in model.parameters())} parameters")
+    print(f"{args.out / f'{args.arch}.onnx'}: {sum(p.numel() for p in model.parameters())} parameters")
 
 
 if __name__ == "__main__":

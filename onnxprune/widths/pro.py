@@ -179,6 +179,8 @@ class ProSearch:
 
     def _advance_to(self, budget: float) -> None:
         """Commit steps until the cost is within ``budget``."""
+        if self.current_cost <= budget:
+            return
         with self.progress("PRO: choosing per-layer widths", max(1, int(self.current_cost - budget))) as advance:
             while self.current_cost > budget:
                 if self.commits % self.refresh == 0:
@@ -239,7 +241,11 @@ class Reconstructions:
                                              list(calib.providers), HOLDOUT_EVERY, advance, calib.sampling)
         self.nodes = {n.name: n for n in analysis.graph.nodes}
         self.nothing = np.zeros(len(analysis.class_group), dtype=bool)
-        self.plans = {g: self._plan(g, n) for g, n in channels.items()}
+        with progress("PRO: removal orders", len(channels)) as advance:
+            self.plans = {}
+            for g, n in channels.items():
+                self.plans[g] = self._plan(g, n)
+                advance(1)
         self.orders = {g: plan.order for g, plan in self.plans.items()}
         # Classes of other groups that g's consumers read (a Concat): the weights depend on which stay.
         self.others = {g: np.setdiff1d(np.concatenate([analysis.atom_class[analysis.layouts[c.input].atoms]
