@@ -1,14 +1,17 @@
-"""The README's commands: the first one's job runs as written; CI runs the second."""
+"""The README's commands: the first one's job runs as written; CI runs the second; every command the README and docs/ show exists, with its options."""
 
 import os
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import onnx
 
 from onnxprune import cost_of, load
+from onnxprune.cli import main
 from onnxprune.data import open_data
 from onnxprune.evaluate import evaluate
 
@@ -48,3 +51,80 @@ def test_readme_main_job_runs(tmp_path):
     model, pruned = load(source), load(out)
     test = open_data(ROOT / "models" / "fmnist_test.npz", model, batch_size=500, limit=2000)
     assert evaluate(pruned, test).accuracy > evaluate(model, test).accuracy - 0.03
+
+
+# -- every command the README and docs/ show names a command and options that exist
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+OPTION = r"(?<![\w/.=-])(--?[A-Za-z][\w-]*)"
+
+
+def shown_commands(text: str) -> list[str]:
+    """The commands a page may show: every line of its ```sh blocks (comments dropped, `\\`
+    continuations joined) and every inline code span (spans may wrap across lines)."""
+    commands = []
+    for block in re.findall(r"^```sh\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
+        joined = re.sub(r"\\\n", " ", block)
+        commands += [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip()
+                     and not line.lstrip().startswith("#")]
+    fenced = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
+    return commands + [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", fenced)]
+
+
+def calls(command: str) -> list[tuple[str, str, list[str]]]:
+    """(program, subcommand or tool, options) of every onnxprune or tools/ call in a command line
+    (`a && b`, `a; b`; prefixes such as `taskset -c 0` or `/usr/bin/time` and "quoted" values skipped)."""
+    found = []
+    for part in re.split(r"&&|;", re.sub(r"\"[^\"]*\"", '""', command)):  # a quoted argument is a value
+        onnxprune = re.search(r"(?:^|[\s(])(?:python -m )?onnxprune\s+([a-z]+)\b(.*)", part)
+        tool = re.search(r"(?:^|\s)python (tools/[\w.]+\.py)\b(.*)", part)
+        if onnxprune and onnxprune.group(1) != "install":  # `pip install . && onnxprune ...` splits first
+            found.append(("onnxprune", onnxprune.group(1), re.findall(OPTION, onnxprune.group(2))))
+        elif tool:  # after a test file, the options are pytest's (tools/mutation.py --try MUTANT tests/x.py -k ...)
+            found.append(("tool", tool.group(1), re.findall(OPTION, re.split(r"\s\S+\.py\b", tool.group(2))[0])))
+    return found
+
+
+def onnxprune_options(command: str) -> set[str]:
+    cmd = main.commands[command]
+    return {"--help", *(o for p in cmd.params if isinstance(p, click.Option) for o in (*p.opts, *p.secondary_opts))}
+
+
+def tool_options(path: str) -> set[str]:
+    """Options a tools/ script declares to argparse ("--name" strings in its source)."""
+    return {"--help", "-h", *re.findall(r"[\"'](--?[A-Za-z][\w-]*)[\"']", (ROOT / path).read_text())}
+
+
+def test_the_shown_commands_and_options_exist():
+    problems, checked = [], 0
+    for page in PAGES:
+        for command in shown_commands(page.read_text()):
+            for program, name, options in calls(command):
+                checked += 1
+                where = f"{page.relative_to(ROOT)}: `{command}`"
+                if program == "onnxprune":
+                    if name not in main.commands:
+                        problems.append(f"{where}: no command `onnxprune {name}`")
+                        continue
+                    known = onnxprune_options(name)
+                elif not (ROOT / name).is_file():
+                    problems.append(f"{where}: no script {name}")
+                    continue
+                else:
+                    known = tool_options(name)
+                problems += [f"{where}: {name} has no option {o}" for o in options if o not in known]
+    assert checked > 40  # the pages show many commands; a parsing slip would check none
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_finds_a_missing_option_and_a_missing_command():
+    text = "```sh\nonnxprune prune m.onnx -o o.onnx --keep-flop 0.5\n```\nthen `onnxprune trim m.onnx`."
+    found = [c for command in shown_commands(text) for c in calls(command)]
+    assert found == [("onnxprune", "prune", ["-o", "--keep-flop"]), ("onnxprune", "trim", [])]
+    assert "--keep-flop" not in onnxprune_options("prune") and "trim" not in main.commands
+    wrapped = ("run `python\ntools/bench_latency.py --models vgg16 --no-such` and `taskset -c 0 onnxprune bench a b --rounds 3`"
+               ' and `python tools/bench_keep_latency.py --timing-prefix "taskset -c 0"`')
+    found = [c for command in shown_commands(wrapped) for c in calls(command)]
+    assert found == [("tool", "tools/bench_latency.py", ["--models", "--no-such"]), ("onnxprune", "bench", ["--rounds"]),
+                     ("tool", "tools/bench_keep_latency.py", ["--timing-prefix"])]
+    assert "--models" in tool_options("tools/bench_latency.py") and "--no-such" not in tool_options("tools/bench_latency.py")
