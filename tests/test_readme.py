@@ -61,10 +61,10 @@ OPTION = r"(?<![\w/.=-])(--?[A-Za-z][\w-]*)"
 
 def shown_commands(text: str) -> list[str]:
     """The commands a page may show: every line of its ```sh blocks (comments dropped, `\\`
-    continuations joined) and every inline code span (spans may wrap across lines)."""
+    and indented continuations joined) and every inline code span (spans may wrap across lines)."""
     commands = []
     for block in re.findall(r"^```sh\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
-        joined = re.sub(r"\\\n", " ", block)
+        joined = re.sub(r"\\\n|\n(?=[ \t])", " ", block)  # `\` or an indented line continues the one before
         commands += [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip()
                      and not line.lstrip().startswith("#")]
     fenced = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
@@ -118,7 +118,7 @@ def test_the_shown_commands_and_options_exist():
 
 
 def test_the_check_finds_a_missing_option_and_a_missing_command():
-    text = "```sh\nonnxprune prune m.onnx -o o.onnx --keep-flop 0.5\n```\nthen `onnxprune trim m.onnx`."
+    text = "```sh\nonnxprune prune m.onnx -o o.onnx\n    --keep-flop 0.5  # wrapped\n```\nthen `onnxprune trim m.onnx`."
     found = [c for command in shown_commands(text) for c in calls(command)]
     assert found == [("onnxprune", "prune", ["-o", "--keep-flop"]), ("onnxprune", "trim", [])]
     assert "--keep-flop" not in onnxprune_options("prune") and "trim" not in main.commands
