@@ -57,28 +57,33 @@ def test_readme_main_job_runs(tmp_path):
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 OPTION = r"(?<![\w/.=-])(--?[A-Za-z][\w-]*)"
+SPAN = r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)"  # a code span: a run of backticks to the next run as long
+# what may stand before a command: a timer, a pinning, a niceness (each with its own options)
+PREFIX = r"^\s*(?:(?:/usr/bin/time|time|taskset|nice)(?:\s+-\w+(?:\s+\d+)?)*\s+)*"
 
 
 def shown_commands(text: str) -> list[str]:
     """The commands a page may show: every line of its ```sh blocks (comments dropped, `\\`
-    and indented continuations joined) and every inline code span (spans may wrap across lines)."""
+    and indented continuations joined, split at `;`) and every inline code span (spans may wrap
+    across lines; a `;` in one is prose, as in a quoted message)."""
     commands = []
     for block in re.findall(r"^```sh\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL):
         joined = re.sub(r"\\\n|\n(?=[ \t])", " ", block)  # `\` or an indented line continues the one before
-        commands += [line.split(" #")[0].strip() for line in joined.splitlines() if line.strip()
-                     and not line.lstrip().startswith("#")]
+        commands += [part.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")
+                     for part in line.split(" #")[0].split(";")]  # `a; b` in a shell line: two commands
     fenced = re.sub(r"^```.*?^```", "", text, flags=re.MULTILINE | re.DOTALL)
-    return commands + [" ".join(s.split()) for s in re.findall(r"`([^`]+)`", fenced)]
+    return commands + [" ".join(m.group(2).split()) for m in re.finditer(SPAN, fenced, flags=re.DOTALL)]
 
 
 def calls(command: str) -> list[tuple[str, str, list[str]]]:
-    """(program, subcommand or tool, options) of every onnxprune or tools/ call in a command line
-    (`a && b`, `a; b`; prefixes such as `taskset -c 0` or `/usr/bin/time` and "quoted" values skipped)."""
+    """(program, subcommand or tool, options) of every onnxprune or tools/ call a command line
+    starts (`a && b`; prefixes such as `taskset -c 0` or `/usr/bin/time -v` and "quoted" values
+    skipped). Prose that merely mentions onnxprune starts no call."""
     found = []
-    for part in re.split(r"&&|;", re.sub(r"\"[^\"]*\"", '""', command)):  # a quoted argument is a value
-        onnxprune = re.search(r"(?:^|[\s(])(?:python -m )?onnxprune\s+([a-z]+)\b(.*)", part)
-        tool = re.search(r"(?:^|\s)python (tools/[\w.]+\.py)\b(.*)", part)
-        if onnxprune and onnxprune.group(1) != "install":  # `pip install . && onnxprune ...` splits first
+    for part in re.split(r"&&", re.sub(r"\"[^\"]*\"", '""', command)):  # a quoted argument is a value
+        onnxprune = re.search(PREFIX + r"(?:python -m )?onnxprune\s+([a-z]+)\b(.*)", part)
+        tool = re.search(PREFIX + r"python (tools/[\w.]+\.py)\b(.*)", part)
+        if onnxprune:
             found.append(("onnxprune", onnxprune.group(1), re.findall(OPTION, onnxprune.group(2))))
         elif tool:  # after a test file, the options are pytest's (tools/mutation.py --try MUTANT tests/x.py -k ...)
             found.append(("tool", tool.group(1), re.findall(OPTION, re.split(r"\s\S+\.py\b", tool.group(2))[0])))
@@ -118,13 +123,17 @@ def test_the_shown_commands_and_options_exist():
 
 
 def test_the_check_finds_a_missing_option_and_a_missing_command():
-    text = "```sh\nonnxprune prune m.onnx -o o.onnx\n    --keep-flop 0.5  # wrapped\n```\nthen `onnxprune trim m.onnx`."
+    text = ("```sh\nonnxprune prune m.onnx -o o.onnx\n    --keep-flop 0.5  # wrapped\nonnxprune inspect m --json; "
+            "onnxprune srn m -o s\n```\nthen `onnxprune trim m.onnx`.")
     found = [c for command in shown_commands(text) for c in calls(command)]
-    assert found == [("onnxprune", "prune", ["-o", "--keep-flop"]), ("onnxprune", "trim", [])]
+    assert found == [("onnxprune", "prune", ["-o", "--keep-flop"]), ("onnxprune", "inspect", ["--json"]),
+                     ("onnxprune", "srn", ["-o"]), ("onnxprune", "trim", [])]
     assert "--keep-flop" not in onnxprune_options("prune") and "trim" not in main.commands
     wrapped = ("run `python\ntools/bench_latency.py --models vgg16 --no-such` and `taskset -c 0 onnxprune bench a b --rounds 3`"
-               ' and `python tools/bench_keep_latency.py --timing-prefix "taskset -c 0"`')
+               ' and `python tools/bench_keep_latency.py --timing-prefix "taskset -c 0"`, ```sh blocks, `/usr/bin/time -v'
+               ' onnxprune eval m --limit 1`; `` the message (`onnxprune runs` is prose) `` and `onnxprune writes it`')
     found = [c for command in shown_commands(wrapped) for c in calls(command)]
     assert found == [("tool", "tools/bench_latency.py", ["--models", "--no-such"]), ("onnxprune", "bench", ["--rounds"]),
-                     ("tool", "tools/bench_keep_latency.py", ["--timing-prefix"])]
+                     ("tool", "tools/bench_keep_latency.py", ["--timing-prefix"]), ("onnxprune", "eval", ["--limit"]),
+                     ("onnxprune", "writes", [])]
     assert "--models" in tool_options("tools/bench_latency.py") and "--no-such" not in tool_options("tools/bench_latency.py")
