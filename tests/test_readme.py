@@ -1,4 +1,4 @@
-"""The README's commands: the first one's job runs as written; CI runs the second; every command the README and docs/ show exists, with its options."""
+"""The README's commands: the first one's job and the Python block run as written; CI runs the second; every command the README and docs/ show exists, with its options."""
 
 import os
 import re
@@ -137,3 +137,18 @@ def test_the_check_finds_a_missing_option_and_a_missing_command():
                      ("tool", "tools/bench_keep_latency.py", ["--timing-prefix"]), ("onnxprune", "eval", ["--limit"]),
                      ("onnxprune", "writes", [])]
     assert "--models" in tool_options("tools/bench_latency.py") and "--no-such" not in tool_options("tools/bench_latency.py")
+
+
+def test_readme_python_snippet_runs(tmp_path):
+    """The README's Python block, run as written in a folder holding the bundled models."""
+    text = (ROOT / "README.md").read_text()
+    snippet = re.search(r"^```python\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL).group(1)
+    (tmp_path / "models").symlink_to(ROOT / "models")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", snippet], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    pruned = onnx.load(tmp_path / "pruned.onnx")
+    onnx.checker.check_model(pruned, full_check=True)
+    before, after = cost_of(onnx.load(ROOT / "models" / "resnet20_fmnist.onnx")).macs, cost_of(pruned).macs
+    assert after <= 0.5 * before
+    assert proc.stdout.strip() == f"{after / before:.1%} of the MACs kept"
