@@ -152,3 +152,30 @@ def test_readme_python_snippet_runs(tmp_path):
     before, after = cost_of(onnx.load(ROOT / "models" / "resnet20_fmnist.onnx")).macs, cost_of(pruned).macs
     assert after <= 0.5 * before
     assert proc.stdout.strip() == f"{after / before:.1%} of the MACs kept"
+
+
+MEASUREMENT = r"\d(?:[\d,.]*\d)?\s?(?:%|x\b| points\b| s\b| GB\b| GiB\b| MiB\b| ms\b)"
+
+
+def readme_blocks(text: str) -> list[str]:
+    """The README's paragraphs, list items and table rows, code blocks left out."""
+    text = re.sub(r"^```.*?^```\n", "", text, flags=re.MULTILINE | re.DOTALL)
+    blocks = []
+    for paragraph in re.split(r"\n\s*\n", text):
+        if paragraph.startswith("|"):
+            blocks += paragraph.splitlines()
+        else:
+            blocks += re.split(r"\n(?=- )", paragraph)
+    return blocks
+
+
+def test_every_measured_number_in_the_readme_links_to_its_source():
+    """A percentage, speedup, time or size in the README sits in a paragraph, item or table row
+    that links to the docs/ page giving the command that measured it."""
+    blocks = readme_blocks((ROOT / "README.md").read_text())
+    measured = [b for b in blocks if re.search(MEASUREMENT, b)]
+    assert len(measured) > 5
+    unlinked = [b for b in measured if "](docs/" not in b]
+    assert not unlinked, "\n\n".join(unlinked)
+    assert readme_blocks("a 1.5x speedup\n\n| x | 91.2% | [s](docs/A.md) |\n- 3 s here\n- none") == \
+        ["a 1.5x speedup", "| x | 91.2% | [s](docs/A.md) |", "- 3 s here", "- none"]
