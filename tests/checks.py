@@ -102,7 +102,7 @@ def assert_closest_allowed(model, result, round_to, keep_flops=None, keep_params
 
 
 def assert_refused(result, message):
-    """The README's promise for bad input: one `error:` line naming the problem and exit status 2,
+    """The promise for bad input (docs/GUIDE.md): one `error:` line naming the problem and exit status 2,
     from a handled error (an unhandled exception would also exit non-zero, with status 1)."""
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
     assert isinstance(result.exception, SystemExit)

@@ -1,4 +1,4 @@
-"""MACs and parameters: absolute counts of known layers (README's conventions), and the
+"""MACs and parameters: absolute counts of known layers (docs/GUIDE.md's conventions), and the
 predictors that fit widths against a recount of the pruned model."""
 
 import re

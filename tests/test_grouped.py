@@ -52,7 +52,7 @@ def conv_shapes(model):
 
 
 def recount_macs(model) -> int:
-    """MACs by the README's formula, from the pruned model alone: Conv C_out * H_out * W_out *
+    """MACs by the formula of docs/GUIDE.md, from the pruned model alone: Conv C_out * H_out * W_out *
     (C_in / group) * kh * kw (the weight's dims 1..3), Gemm its weight's size."""
     convs, weights = conv_shapes(model)
     total = sum(int(np.prod(out[1:])) * int(np.prod(w[1:])) for _, w, _, out in convs.values())

@@ -1,6 +1,6 @@
 """Accuracy vs kept MACs for every method on the reference models, with time and memory.
 
-    python tools/bench_methods.py                       # everything: writes docs/RESULTS.md and a plot
+    python tools/bench_methods.py                       # everything: writes docs/RESULTS_<models>.md and a plot
     python tools/bench_methods.py --models resnet20 --keep 0.5 0.25 --methods l1 reap
     python tools/bench_methods.py ... --jobs 2 2> rows.log     # two prunes at a time
     python tools/bench_methods.py ... --rows rows.log          # resume: reuse the cells measured
@@ -201,13 +201,15 @@ def main() -> None:
     p.add_argument("--model-dir", type=Path, default=ROOT / "models", help="where the <name>_fmnist.onnx models are")
     p.add_argument("--calib", type=Path, default=ROOT / "models" / "fmnist_calib.npz")
     p.add_argument("--test", type=Path, default=ROOT / "models" / "fmnist_test.npz")
-    p.add_argument("--out", type=Path, default=ROOT / "docs" / "RESULTS.md")
+    p.add_argument("--out", type=Path, help="the page to write [default: docs/RESULTS_<models>.md, e.g. "
+                   "docs/RESULTS_resnet20.md; docs/RESULTS.md is the index, written by hand]")
     p.add_argument("--plot", type=Path, default=ROOT / "docs" / "accuracy_vs_macs.png")
     p.add_argument("--no-memory", action="store_true", help="skip the calibration memory measurement")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.add_argument("--jobs", type=int, default=1, help="prunes run at once (their times then include contention)")
     p.add_argument("--rows", type=Path, help="stderr of an earlier run: its cells join the table, and are not measured again")
     args = p.parse_args()
+    args.out = args.out or ROOT / "docs" / f"RESULTS_{'_'.join(args.models)}.md"
     rows = run(args.models, args.methods, args.keep, args.calib, args.test, args.model_dir, args.jobs,
                earlier_rows(args.rows))
     memory = []

@@ -1,6 +1,6 @@
 """MACs and parameters, per node and in total.
 
-Conventions (also in the README):
+Conventions (also in docs/GUIDE.md):
 - MACs are multiply-accumulates of Conv, ConvTranspose, Gemm and MatMul only,
   per sample (a dynamic batch dim counts as 1):
   Conv          N * C_out * prod(out_spatial) * (C_in / group) * prod(kernel)
