@@ -50,7 +50,7 @@ class StatsMode(str, enum.Enum):
 class Calibration:
     """Calibration data and how to run it: ``batches()`` yields feeds; ``sequential``: X from
     the pruned model (True) or from the original (False); ``cache_bytes``: activations kept
-    between groups, in all (cache.py)."""
+    between groups, in all (cache.py); ``source``: where the data come from, for messages."""
 
     batches: Batches
     samples: int
@@ -58,6 +58,7 @@ class Calibration:
     providers: tuple[str, ...] = CPU
     sequential: bool = True
     cache_bytes: int = 256 << 20
+    source: str = "the calibration data"
 
 
 def augmented(x: np.ndarray, c: Consumer, dtype: np.dtype) -> np.ndarray:
