@@ -14,8 +14,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import OnnxPruneError
-from .graph.io import first_line
-from .graph.runtime import loaded
+from .graph.runtime import loaded, runtime_reason
 from .graph.shapes import batch_feeds
 from .graph.timing import in_rounds, round_speedups
 
@@ -86,7 +85,7 @@ def _first_runs(sessions: list[ort.InferenceSession], feeds: list[dict[str, np.n
         try:
             session.run(None, feed)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise OnnxPruneError(f"onnxruntime cannot run {name} at batch {batch}: {first_line(exc)}") from None
+            raise OnnxPruneError(f"onnxruntime cannot run {name} at batch {batch}: {runtime_reason(exc)}") from None
 
 
 def table(results: list[Latency]) -> str:

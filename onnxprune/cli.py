@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
+import os
+import re
 import signal
 import sys
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, NoReturn
@@ -25,17 +26,35 @@ from .errors import OnnxPruneError
 from .evaluate import evaluate
 from .graph.files import Staging, check_output
 from .graph.io import load, read, stage
-from .graph.runtime import Device, providers
+from .graph.runtime import Device, check_threads, failing, providers
 from .graph.shapes import parse_input_shapes
 from .graph.validate import check_runs, validate
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import no_progress
 from .prune import excluded_groups, prune
-from .report import inspect_json, inspect_table, latency_miss, profile_summary, prune_summary, srn_summary
+from .report import (inspect_json, inspect_table, json_text, latency_miss, profile_summary, prune_summary,
+                     srn_summary, table_unchecked)
 from .widths.latency import Target, profile
 
+
+class _OutputFile(click.Path):
+    """A file to write: not '-' (standard output, which no command writes to) and not a name ending
+    in '/' (a folder; pathlib would drop the slash and write a file of the folder's name)."""
+
+    def __init__(self):
+        super().__init__(path_type=Path)
+
+    def convert(self, value, param, ctx):
+        if value == "-":
+            self.fail("'-': the output goes to a file, not to standard output; name a file", param, ctx)
+        if isinstance(value, str) and value.endswith(("/", os.sep)):
+            self.fail(f"{value!r} ends with '/', which names a folder; name a file", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 MODEL = click.argument("model", type=click.Path(dir_okay=True, path_type=Path))
+OUTPUT_FILE = _OutputFile()
 INPUT_SHAPE = click.option(
     "--input-shape", "input_shapes", multiple=True, metavar="NAME=D0,D1,...",
     help="Fix a model input's dynamic dims (repeatable). A dynamic batch dim counts as 1.",
@@ -94,8 +113,14 @@ _HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {_one_line(message)}", err=True)
     sys.exit(2)
+
+
+def _one_line(message: str) -> str:
+    """``message`` with its control characters escaped: a newline in a path (or in onnxruntime's
+    reason) must not split the one `error:` line, nor an escape sequence recolour the terminal."""
+    return re.sub(r"[\x00-\x1f\x7f]", lambda m: repr(m.group())[1:-1], message)
 
 
 def _usage(exc: click.UsageError) -> str:
@@ -134,14 +159,14 @@ def inspect(model, input_shapes, as_json):
     analysis = analyze(normalized, parse_input_shapes(input_shapes))
     cost = model_cost(analysis.graph, analysis.shapes, analysis.unknown_after, partial=True)
     if as_json:
-        click.echo(json.dumps(inspect_json(analysis, cost), indent=2))
+        click.echo(json_text(inspect_json(analysis, cost)))
     else:
         click.echo(inspect_table(analysis, cost))
 
 
 @main.command(name="prune")
 @MODEL
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the pruned model.")
+@click.option("-o", "--output", required=True, type=OUTPUT_FILE, help="Where to write the pruned model.")
 @click.option("--method", type=click.Choice(methods.names()),
               help=f"How channels are chosen [default: {DATA_METHOD} with --calib, else {DEFAULT_METHOD}]: " + "; ".join(
                   f"{m.name}: {m.summary}" + (" (needs --calib)" if m.needs_data else "") for m in methods.all_methods()))
@@ -152,7 +177,8 @@ def inspect(model, input_shapes, as_json):
               help="Fraction of the onnxruntime latency to keep (0 < L <= 1), measured here with --device, "
                    "--threads and --latency-batch, or predicted from --latency-table.")
 @click.option("--latency-batch", type=int, default=1, show_default=True, help="Batch size latency is measured at.")
-@click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads for latency (0: its default).")
+@click.option("--threads", type=int, default=0,
+              help="onnxruntime intra-op threads for latency (0: its default; at most the machine's cores).")
 @click.option("--latency-table", type=click.Path(path_type=Path),
               help="A table from `onnxprune profile` measured on the target device, instead of measuring here.")
 @click.option("--pro/--no-pro", default=None,
@@ -184,7 +210,7 @@ def inspect(model, input_shapes, as_json):
 @DEVICE
 @image_options
 @INPUT_SHAPE
-@click.option("--report", type=click.Path(path_type=Path), help="Also write the JSON report to this file.")
+@click.option("--report", type=OUTPUT_FILE, help="Also write the JSON report to this file.")
 @JSON
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latency, latency_batch, threads, latency_table,
@@ -217,34 +243,39 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         if calib_rows < 0:
             raise OnnxPruneError(f"--calib-rows {calib_rows}: must be 0 (every row) or more")
     loaded, inputs = read(model)
-    protected = _check_outputs(inputs, [("the calibration data", calib_path)], output=output, report=report)
+    protected = _check_outputs(inputs, [("the calibration data", calib_path), ("the latency table", latency_table)],
+                               output=output, report=report)
     calibration = None
     if uses_data:
         data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels)
         config = replace(config, input_shapes=data.input_shapes(config.input_shapes, "--calib"))
         calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
                                   tuple(providers(Device(device))), sequential=not independent,
-                                  cache_bytes=cache_mb << 20, rows_per_column=calib_rows)
-    result = prune(loaded, config, calibration, no_progress if quiet or as_json else _progress)
+                                  cache_bytes=cache_mb << 20, source=f"--calib {calib_path}",
+                                  rows_per_column=calib_rows)
+    # the first calibration batch is tried before any work; a later failure is on the data still
+    with failing(f"onnxruntime failed on --calib {calib_path}") if calibration else nullcontext():
+        result = prune(loaded, config, calibration, no_progress if quiet or as_json else _progress)
     data = result.to_json()
+    text = json_text(data)
     with Staging() as staging:  # the report after the model, both or neither
         stage(result.model, output, staging, protected["output"])
         if report is not None:
-            staging.write(report, (json.dumps(data, indent=2) + "\n").encode())
+            staging.write(report, (text + "\n").encode())
         staging.commit()
     if not uses_data and not config.selection.reconstructs:
         click.echo(f"warning: --method {method} without calibration data chooses channels by their weights "
                    "and leaves the remaining weights as they are: without fine-tuning it loses accuracy "
                    f"(give --calib DATA to prune with {DATA_METHOD}, which reconstructs the layers)", err=True)
-    missed = latency_miss(data.get("latency"))
-    if missed:
-        click.echo(f"warning: {missed}", err=True)
-    click.echo(json.dumps(data, indent=2) if as_json else prune_summary(result, str(model), str(output)))
+    for warning in (table_unchecked(data.get("latency")), latency_miss(data.get("latency"))):
+        if warning:
+            click.echo(f"warning: {_one_line(warning)}", err=True)
+    click.echo(text if as_json else prune_summary(result, str(model), str(output)))
 
 
 @main.command(name="srn")
 @MODEL
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the serial model.")
+@click.option("-o", "--output", required=True, type=OUTPUT_FILE, help="Where to write the serial model.")
 @INPUT_SHAPE
 @JSON
 def srn_cmd(model, output, input_shapes, as_json):
@@ -255,12 +286,12 @@ def srn_cmd(model, output, input_shapes, as_json):
     normalized, _ = normalize(loaded)
     check_runs(normalized)
     serial, report = serialize_residuals(normalized, shapes)
-    validate(serial, shapes)
+    validate(serial, shapes, normalized)
     data = report.to_json(cost_of(normalized, shapes).macs, cost_of(serial, shapes).macs)
     with Staging() as staging:
         stage(serial, output, staging, protected["output"])
         staging.commit()
-    click.echo(json.dumps(data, indent=2) if as_json else srn_summary(data, str(model), str(output)))
+    click.echo(json_text(data) if as_json else srn_summary(data, str(model), str(output)))
 
 
 @main.command(name="eval")
@@ -280,12 +311,12 @@ def eval_cmd(model, data_path, reference, batch_size, limit, resize, mean, std, 
     ref = load(reference) if reference is not None else None
     data = _open(data_path, loaded, batch_size, limit, resize, mean, std, layout, channels)
     result = evaluate(loaded, data, ref)
-    click.echo(json.dumps(result.to_json(), indent=2) if as_json else result.summary())
+    click.echo(json_text(result.to_json()) if as_json else result.summary())
 
 
 @main.command(name="profile")
 @MODEL
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the table (JSON).")
+@click.option("-o", "--output", required=True, type=OUTPUT_FILE, help="Where to write the table (JSON).")
 @click.option("--batch", type=int, default=1, show_default=True, help="Batch size to measure at.")
 @click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default).")
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True,
@@ -298,8 +329,9 @@ def eval_cmd(model, data_path, reference, batch_size, limit, resize, mean, std, 
 @JSON
 def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, input_shapes, as_json):
     """Measure MODEL's latency table on this machine, for `prune --keep-latency --latency-table`."""
-    if batch < 1 or runs < 1 or round_to < 1 or threads < 0:
-        raise OnnxPruneError("--batch, --runs and --round-to must be positive integers, --threads 0 or more")
+    if batch < 1 or runs < 1 or round_to < 1:
+        raise OnnxPruneError("--batch, --runs and --round-to must be positive integers")
+    check_threads(threads)
     loaded, inputs = read(model)
     _check_outputs(inputs, [], output=output)
     normalized, _ = normalize(loaded)
@@ -314,9 +346,9 @@ def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, 
                     Target(tuple(providers(Device(device))), threads, batch, tuple(shapes.items())), round_to, runs)
     data = table.to_json()
     with Staging() as staging:
-        staging.write(output, (json.dumps(data, indent=1) + "\n").encode())
+        staging.write(output, (json_text(data, indent=1) + "\n").encode())
         staging.commit()
-    click.echo(json.dumps(data, indent=2) if as_json else profile_summary(table, str(model), str(output)))
+    click.echo(json_text(data) if as_json else profile_summary(table, str(model), str(output)))
 
 
 @main.command(name="bench")
@@ -336,6 +368,7 @@ def bench_cmd(models, data_path, batches, runs, rounds, threads, device, input_s
     """onnxruntime latency of MODELS side by side (median, p90) and the speedup over the first."""
     if runs < 1 or rounds < 1 or any(b < 1 for b in batches):
         raise OnnxPruneError("--runs, --rounds and --batch must be positive integers")
+    check_threads(threads)
     loaded = {str(p): load(p) for p in models}
     if len(loaded) < len(models):
         raise OnnxPruneError("bench: the same model is named twice")
@@ -345,7 +378,7 @@ def bench_cmd(models, data_path, batches, runs, rounds, threads, device, input_s
         sample = next(iter(open_data(data_path, first, batch_size=max(batches)))).feeds
     results = benchmark(loaded, tuple(batches), runs, providers=providers(Device(device)), threads=threads, data=sample,
                         input_shapes=parse_input_shapes(input_shapes), rounds=rounds)
-    click.echo(json.dumps([r.to_json() for r in results], indent=2) if as_json else table(results))
+    click.echo(json_text([r.to_json() for r in results]) if as_json else table(results))
 
 
 @contextmanager

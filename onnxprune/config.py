@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from . import methods
 from .errors import OnnxPruneError
-from .graph.runtime import Device
+from .graph.runtime import Device, check_threads
 
 DEFAULT_ROUND_TO = 8
 DEFAULT_METHOD = "l1"  # without calibration data (and the library's PruneConfig default)
@@ -77,8 +77,7 @@ class PruneConfig:
                                  "(`onnxprune srn`) with --keep-latency instead")
         if self.latency_batch < 1:
             raise OnnxPruneError(f"--latency-batch {self.latency_batch}: must be a positive integer")
-        if self.threads < 0:
-            raise OnnxPruneError(f"--threads {self.threads}: must be 0 (onnxruntime's choice) or more")
+        check_threads(self.threads)
         if self.pro_samples < 1:
             raise OnnxPruneError(f"--pro-samples {self.pro_samples}: must be a positive integer")
         if self.round_to < 1:

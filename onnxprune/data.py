@@ -11,6 +11,7 @@ is opened (numpy cannot memory-map inside a zip): data larger than memory belong
 
 from __future__ import annotations
 
+import stat
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import onnx
 from PIL import Image
 
 from .errors import OnnxPruneError
+from .graph.files import lookup
 from .graph.io import first_line
 from .graph.shapes import graph_inputs
 
@@ -182,16 +184,17 @@ def open_data(path: str | Path, model: onnx.ModelProto, *, batch_size: int = 32,
     specs = model_inputs(model)
     if not specs:
         raise OnnxPruneError("the model has no inputs to feed")
-    if not path.exists():
+    status = lookup(path)
+    if status is None:
         raise OnnxPruneError(f"{path}: no such file or folder")
-    if path.is_dir():
+    if stat.S_ISDIR(status.st_mode):
         columns, labels = _image_folder(path, specs, image_options or ImageOptions())
     else:
         if image_options is not None:
             raise OnnxPruneError(f"{path}: --resize, --mean, --std, --layout and --channels apply to image folders only")
-        if not path.is_file():
+        if not stat.S_ISREG(status.st_mode):
             raise OnnxPruneError(f"{path}: not a file")
-        if path.stat().st_size == 0:
+        if status.st_size == 0:
             raise OnnxPruneError(f"{path}: empty file")
         suffix = path.suffix.lower()
         if suffix == ".npz":

@@ -16,8 +16,7 @@ import onnxruntime as ort
 
 from .data import Batch, DataSource, InputSpec, model_inputs, quoted
 from .errors import OnnxPruneError
-from .graph.io import first_line
-from .graph.runtime import loaded
+from .graph.runtime import loaded, runtime_reason
 
 
 @dataclass(frozen=True)
@@ -147,7 +146,7 @@ def _run(sess: ort.InferenceSession, batch: Batch, what: str) -> np.ndarray:
     try:
         y = np.asarray(sess.run([sess.get_outputs()[0].name], batch.feeds)[0])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(f"onnxruntime failed on {samples} with {what}: {first_line(exc)}") from None
+        raise OnnxPruneError(f"onnxruntime failed on {samples} with {what}: {runtime_reason(exc)}") from None
     if np.issubdtype(y.dtype, np.floating) and not np.isfinite(y).all():
         raise OnnxPruneError(f"{what} outputs NaN or Inf on {samples}")
     return y

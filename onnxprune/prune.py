@@ -14,7 +14,7 @@ from .analysis.groups import Analysis, ChannelGroup, analyze
 from .calibration.statistics import Calibration
 from .config import PruneConfig
 from .errors import OnnxPruneError
-from .graph.validate import check_runs, validate
+from .graph.validate import check_runs, check_runs_on, validate
 from .methods.scores import l1_scores, select
 from .methods.sequential import LayerNote
 from .passes.normalize import normalize
@@ -89,6 +89,11 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         raise OnnxPruneError("--pro measures the final-output error on calibration data: give --calib DATA")
     normalized, _ = normalize(model)
     check_runs(normalized)
+    given = normalized
+    # the first calibration batch: inputs the model takes, for every run (timing, validation) when given
+    sample = None if calibration is None else next(iter(calibration.batches()), None)
+    if sample is not None:
+        check_runs_on(normalized, sample, f"the first batch of {calibration.source}")
     srn_report = None
     if config.srn:  # targets stay relative to the original, not the wider serial model
         original = cost_of(normalized, config.input_shapes)
@@ -116,7 +121,8 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         counts = uniform(channels, config.ratio, steps)
     elif config.keep_latency is not None:
         goal = LatencyGoal(config.keep_latency, Target(tuple(providers(config.device)), config.threads,
-                                                       config.latency_batch, tuple(config.input_shapes.items())),
+                                                       config.latency_batch, tuple(config.input_shapes.items()),
+                                                       sample),
                            config.round_to, config.latency_table, config.pro, config.pro_samples)
         macs = MacPredictor(analysis, before).macs
         counts, trace, latency = latency_counts(normalized, analysis, method, channels, goal, calibration, progress,
@@ -145,7 +151,8 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
             counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget, steps)
     done = method.prune(normalized, analysis, counts, calibration, progress)
     pruned, keep, notes = done.model, done.keep, done.notes
-    validate(pruned, config.input_shapes)
+    validate(pruned, config.input_shapes, given, sample,
+             "random inputs" if sample is None else f"the first batch of {calibration.source}")
     if latency is not None:
         latency.measure_result(normalized, pruned)
     after = cost_of(pruned, config.input_shapes)

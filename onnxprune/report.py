@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 from .analysis.cost import Cost
 from .analysis.groups import Analysis
+from .errors import OnnxPruneError
 from .prune import PruneResult
+
+
+def json_text(data, indent: int = 2) -> str:
+    """``data`` as JSON; a NaN or Infinity in it, which JSON has no way to write, is an error
+    (never a file that JSON readers refuse)."""
+    try:
+        return json.dumps(data, indent=indent, allow_nan=False)
+    except ValueError as exc:
+        raise OnnxPruneError(f"internal error: the report holds a number JSON cannot hold ({exc})") from None
 
 
 def human(n: float) -> str:
@@ -153,6 +165,16 @@ def latency_miss(latency: dict | None) -> str | None:
             f"{100 * (fraction / target - 1):.0f} % over the target; the widths measured closest to it were kept. "
             "Time it again (`onnxprune bench`): on a busy or virtual machine one timing can be off by 10 % "
             "(docs/LATENCY.md); if it stays over, ask for less")
+
+
+def table_unchecked(latency: dict | None) -> str | None:
+    """What to warn of when a --latency-table does not record settings it was measured at
+    (made before onnxprune recorded them), which could then not be checked; None when it does."""
+    if not latency or not latency.get("table_unchecked"):
+        return None
+    return (f"--latency-table {latency['table']} does not record the {' or '.join(latency['table_unchecked'])} "
+            "it was measured at (made by an older onnxprune), so they could not be checked against this prune's; "
+            "profile it again to have them checked")
 
 
 def latency_lines(latency: dict) -> list[str]:

@@ -553,6 +553,76 @@ def matmul_head_net(channels=8, seed=0):
     return b.model(b.matmul(x, 10))
 
 
+def batch_one_net(channels=8, seed=0):
+    """conv-relu -> GAP -> Reshape [1, -1] -> Gemm(10): declared with a dynamic batch, it runs only at batch 1
+    (at batch b the Reshape makes [1, b * channels], which the Gemm refuses)."""
+    b = NetBuilder(3, seed=seed)
+    x = b.gap(b.relu(b.conv("input", channels)))
+    y = b._emit("Reshape", "reshape_one", [x, b._const("reshape_one.shape", [1, -1], np.int64)], channels, None)
+    return b.model(b.gemm(y, 10))
+
+
+def as_float64(model):
+    """A copy of ``model`` in float64: its float initializers, inputs, outputs and value infos (onnxruntime's CPU
+    Conv has no float64 kernel)."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for t in copy.graph.initializer:
+        if t.data_type == TensorProto.FLOAT:
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float64), t.name))
+    for info in [*copy.graph.input, *copy.graph.output, *copy.graph.value_info]:
+        if info.type.tensor_type.elem_type == TensorProto.FLOAT:
+            info.type.tensor_type.elem_type = TensorProto.DOUBLE
+    return copy
+
+
+def text_cnn(vocab=100, length=16, dim=8, width=16, shift=0, contrib=False, seed=0):
+    """A text CNN: int64 token ids [N, length] -> Gather from a [vocab, dim] embedding -> Transpose and Unsqueeze
+    to [N, dim, 1, length] -> conv (1x3) -> relu -> a residual block (conv-relu-conv, Add, Relu) -> GAP -> Flatten
+    -> Gemm(10). ``shift``: the ids are shifted by it before the Gather (an Add the tracing of index bounds does not
+    follow: ids below vocab - shift run). ``contrib``: the first conv is onnxruntime's com.microsoft FusedConv, an
+    op onnx has no schema for, so the shapes after it come from an onnxruntime run only."""
+    rng = np.random.default_rng(seed)
+    weights = {"emb": rng.normal(0, 1, (vocab, dim)), "w0": rng.normal(0, 0.4, (width, dim, 1, 3)),
+               "w1": rng.normal(0, 0.3, (width, width, 1, 3)), "w2": rng.normal(0, 0.3, (width, width, 1, 3)),
+               "wg": rng.normal(0, 0.3, (10, width))}
+    weights.update({f"b{i}": rng.normal(0, 0.1, width) for i in range(3)}, bg=rng.normal(0, 0.1, 10))
+    inits = [numpy_helper.from_array(np.asarray(v, np.float32), k) for k, v in weights.items()]
+    inits.append(numpy_helper.from_array(np.array([2], np.int64), "axes"))
+    conv = dict(kernel_shape=[1, 3], pads=[0, 1, 0, 1])
+    ids = "ids"
+    nodes = []
+    if shift:
+        inits.append(numpy_helper.from_array(np.array(shift, np.int64), "shift"))
+        nodes.append(helper.make_node("Add", ["ids", "shift"], ["ids_shifted"], name="shift"))
+        ids = "ids_shifted"
+    nodes += [
+        helper.make_node("Gather", ["emb", ids], ["embedded"], name="embed", axis=0),
+        helper.make_node("Transpose", ["embedded"], ["channels_first"], name="transpose", perm=[0, 2, 1]),
+        helper.make_node("Unsqueeze", ["channels_first", "axes"], ["x"], name="unsqueeze"),
+        helper.make_node("FusedConv", ["x", "w0", "b0"], ["relu0"], name="conv0", domain="com.microsoft",
+                         activation="Relu", **conv) if contrib else
+        helper.make_node("Conv", ["x", "w0", "b0"], ["conv0"], name="conv0", **conv),
+        *([] if contrib else [helper.make_node("Relu", ["conv0"], ["relu0"], name="relu0")]),
+        helper.make_node("Conv", ["relu0", "w1", "b1"], ["conv1"], name="conv1", **conv),
+        helper.make_node("Relu", ["conv1"], ["relu1"], name="relu1"),
+        helper.make_node("Conv", ["relu1", "w2", "b2"], ["conv2"], name="conv2", **conv),
+        helper.make_node("Add", ["conv2", "relu0"], ["sum"], name="add"),
+        helper.make_node("Relu", ["sum"], ["relu2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["relu2"], ["pooled"], name="gap"),
+        helper.make_node("Flatten", ["pooled"], ["flat"], name="flatten"),
+        helper.make_node("Gemm", ["flat", "wg", "bg"], ["logits"], name="gemm", transB=1),
+    ]
+    graph = helper.make_graph(nodes, "text_cnn", [helper.make_tensor_value_info("ids", TensorProto.INT64,
+                                                                                 ["N", length])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])], inits)
+    opsets = [helper.make_opsetid("", 17), *([helper.make_opsetid("com.microsoft", 1)] if contrib else [])]
+    model = helper.make_model(graph, opset_imports=opsets, ir_version=8)
+    if not contrib:
+        onnx.checker.check_model(model, full_check=True)
+    return model
+
+
 FACTORIES = {
     f.__name__: f
     for f in (

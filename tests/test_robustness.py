@@ -21,13 +21,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from builders import FACTORIES
+from builders import FACTORIES, as_float64, batch_one_net, text_cnn
+from builders import run as run_model
 from click.testing import CliRunner
 from onnx import helper
 
+from onnxprune import OnnxPruneError, analyze, normalize
 from onnxprune.cli import _terminate_on_sigterm, main
-from onnxprune.graph import io, validate
+from onnxprune.graph import io, shapes, validate
 from onnxprune.graph.files import Staging
+from onnxprune.widths import latency
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
@@ -187,6 +190,176 @@ if os.geteuid() == 0:  # only root makes device nodes; a copy of /dev/null's, ne
                                  ["null: exists and is a character device"])
 
 
+# -- issue 27: latency tables, threads, onnxruntime's failures, integer inputs, names and paths
+
+
+def dynamic(folder: Path) -> str:
+    """conv_chain with a dynamic batch, height and width."""
+    onnx.save(_dynamic_chain(), folder / "dyn.onnx")
+    return "dyn.onnx"
+
+
+def _dynamic_chain() -> onnx.ModelProto:
+    proto = FACTORIES["conv_chain"]()
+    for dim, name in zip(proto.graph.input[0].type.tensor_type.shape.dim, "NCHW"):
+        if name != "C":
+            dim.dim_param = name
+    return proto
+
+
+def table_data(proto: onnx.ModelProto, shape=(1, 3, 8, 8)) -> dict:
+    """A valid table for ``proto``, made at batch 1, default threads and input [1, 3, 8, 8]: each group's time
+    linear in its width, the whole model 1 ms."""
+    normalized = normalize(proto)[0]
+    steps = {str(g.id): {str(k): k / g.channels for k in latency.ladder(g.channels, 8)}
+             for g in analyze(normalized, {"input": shape}).groups if g.prunable}
+    return {"format": latency.FORMAT, "full_ms": 1.0, "scale": 1.0, "checks": [], "steps": steps,
+            "meta": {"model_sha256": latency.model_hash(normalized), "batch": 1, "threads": 0,
+                     "input_shapes": {"input": list(shape)}}}
+
+
+def table(folder: Path, name: str = "t.json", proto: onnx.ModelProto | None = None, raw: str | None = None,
+          **changes) -> str:
+    """The table of ``proto`` (conv_chain's) with ``changes`` to its top-level fields, a dict value merged
+    ("meta", and "steps" by group); ``raw`` replaces the value set to "RAW" with text (NaN, Infinity, a
+    401-digit integer, which json.dumps would not write as such)."""
+    data = table_data(proto or FACTORIES["conv_chain"]())
+    for key, value in changes.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and key in ("meta", "steps") else value
+    (folder / name).write_text(json.dumps(data).replace('"RAW"', raw or '"RAW"'))
+    return name
+
+
+LATENCY = ["--keep-latency", "0.9", "-q"]
+
+
+def with_table(make) -> callable:
+    """A case: prune conv_chain (m.onnx) with the table that ``make(folder)`` writes."""
+    return lambda f: ["prune", model(f), "-o", "out.onnx", "--report", "r.json", *LATENCY, "--latency-table", make(f)]
+
+
+def nested(folder: Path) -> str:
+    (folder / "t.json").write_text("[" * 100_000 + "]" * 100_000)
+    return "t.json"
+
+
+THREADS = str((os.cpu_count() or 1) + 1)
+LONG = "m" * 300 + ".onnx"  # over the 255 bytes a file name may have
+DEEP = "d/" * 2100 + "m.onnx"  # over the 4,096 bytes a path may have
+
+
+def calib8(folder: Path) -> str:
+    """8 random samples for conv_chain or batch_one_net (3 x 8 x 8)."""
+    np.savez(folder / "c.npz", input=np.random.default_rng(0).standard_normal((8, 3, 8, 8)).astype(np.float32))
+    return "c.npz"
+
+
+def batch_one(folder: Path) -> str:
+    onnx.save(batch_one_net(), folder / "one.onnx")
+    return "one.onnx"
+
+
+def float64(folder: Path) -> str:
+    onnx.save(as_float64(FACTORIES["conv_chain"]()), folder / "f64.onnx")
+    np.savez(folder / "c64.npz", input=np.random.default_rng(0).standard_normal((8, 3, 8, 8)))
+    return "f64.onnx"
+
+
+CASES.update({
+    # latency tables that are JSON but wrong: tracebacks, or exit 0 with a wrong prune
+    "table-full-ms-0": (with_table(lambda f: table(f, full_ms=0)), ["t.json", "full_ms 0 is not positive"]),
+    "table-full-ms-minus-0": (with_table(lambda f: table(f, full_ms=-0.0)), ["full_ms -0.0 is not positive"]),
+    "table-full-ms-negative": (with_table(lambda f: table(f, full_ms=-1)), ["full_ms -1 is not positive"]),
+    "table-empty-steps": (with_table(lambda f: table(f, steps={"0": {}})), ["group 0: no widths measured"]),
+    "table-nested": (with_table(nested), ["t.json: not a JSON latency table (nested too deeply)"]),
+    "table-401-digits": (with_table(lambda f: table(f, full_ms="RAW", raw="9" * 401)), ["full_ms", "out of range"]),
+    "table-full-ms-nan": (with_table(lambda f: table(f, full_ms="RAW", raw="NaN")), ["NaN is not a number"]),
+    "table-full-ms-infinity": (with_table(lambda f: table(f, full_ms="RAW", raw="Infinity")),
+                               ["Infinity is not a number"]),
+    "table-full-ms-1e400": (with_table(lambda f: table(f, full_ms="RAW", raw="1e400")), ["1e400 is out of range"]),
+    "table-scale-nan": (with_table(lambda f: table(f, scale="RAW", raw="NaN")), ["NaN is not a number"]),
+    "table-scale-0": (with_table(lambda f: table(f, scale=0)), ["scale 0 is not positive"]),
+    "table-step-infinity": (with_table(lambda f: table(f, steps={"1": {"8": "RAW", "16": 1.0}}, raw="-Infinity")),
+                            ["-Infinity is not a number"]),
+    "table-step-string": (with_table(lambda f: table(f, steps={"1": {"8": "0.5", "16": 1.0}})),
+                          ["group 1 width 8 '0.5' is not a number"]),
+    "table-step-negative": (with_table(lambda f: table(f, steps={"1": {"8": -0.5, "16": 1.0}})),
+                            ["group 1 width 8 -0.5 is not positive"]),
+    "table-step-falls": (with_table(lambda f: table(f, steps={"1": {"8": 2.0, "16": 1.0}})),
+                         ["group 1: width 16 is faster than width 8"]),
+    "table-check-nan": (with_table(lambda f: table(f, checks=[{"ratio": 0.5, "measured_ms": "RAW"}], raw="NaN")),
+                        ["NaN is not a number"]),
+    "table-wrong-width": (with_table(lambda f: table(f, steps={"1": {"8": 0.5, "24": 1.0}})),
+                          ["group 1 is measured up to 24 channels, the model's has 16"]),
+    # the table is an input, never overwritten
+    "output-is-table": (lambda f: ["prune", model(f), "-o", table(f), *LATENCY, "--latency-table", "t.json"],
+                        ["t.json: the output path is the latency table"]),
+    "report-is-table": (lambda f: ["prune", model(f), "-o", "out.onnx", "--report", table(f), *LATENCY,
+                                   "--latency-table", "t.json"], ["t.json: the report path is the latency table"]),
+    # files that are not tables, whose reading never ends
+    "table-is-fifo": (with_table(fifo), ["fifo: is a FIFO, not a regular file; the latency table must be one"]),
+    "table-is-dev-zero": (with_table(lambda f: "/dev/zero"), ["/dev/zero: is a character device, not a regular"]),
+    "table-is-folder": (with_table(lambda f: "."), [".: is a folder, not a regular file"]),
+    # measured elsewhere than the prune asks for
+    "table-other-batch": (lambda f: [*with_table(table)(f), "--latency-batch", "7"],
+                          ["measured with batch 1, this prune's batch 7 (--latency-batch)"]),
+    "table-other-threads": (lambda f: [*with_table(lambda f: table(f, meta={"threads": 1}))(f), "--threads", "0"],
+                            ["measured with threads 1, this prune's threads 0 (--threads)"]),
+    "table-other-input-shape": (
+        lambda f: ["prune", dynamic(f), "-o", "out.onnx", *LATENCY, "--latency-table",
+                   table(f, proto=_dynamic_chain()), "--input-shape", "input=1,3,16,16"],
+        ["measured with input shapes {'input': [1, 3, 8, 8]}, this prune's input shapes {'input': [1, 3, 16, 16]}"]),
+    # --threads beyond the machine's cores, refused before any session
+    "threads-prune": (lambda f: ["prune", model(f), "-o", "out.onnx", *LATENCY, "--threads", THREADS],
+                      [f"--threads {THREADS}: must be 0 (onnxruntime's choice) to {os.cpu_count() or 1}"]),
+    "threads-profile": (lambda f: ["profile", model(f), "-o", "t.json", "--threads", THREADS], [f"--threads {THREADS}"]),
+    "threads-bench": (lambda f: ["bench", model(f), "--threads", THREADS], [f"--threads {THREADS}"]),
+    # onnxruntime's failures: the input model's, on the inputs named
+    "batch-one-calib": (lambda f: ["prune", batch_one(f), "-o", "out.onnx", "--method", "reap", "--calib", calib8(f),
+                                   "--ratio", "0.5", "-q"],
+                        ["cannot run the input model on the first batch of --calib c.npz (input 'input' float32 "
+                         "[8, 3, 8, 8]): ", "Gemm node"]),
+    "batch-one-profile": (lambda f: ["profile", batch_one(f), "-o", "t.json", "--batch", "2", "--runs", "1"],
+                          ["onnxruntime cannot run the input model at batch 2 (input 'input' float32 [2, 3, 8, 8]): "]),
+    "batch-one-keep-latency": (lambda f: ["prune", batch_one(f), "-o", "out.onnx", *LATENCY, "--latency-batch", "2"],
+                               ["onnxruntime cannot run the input model at batch 2"]),
+    "batch-one-eval": (lambda f: ["eval", batch_one(f), "--data", calib8(f)], ["onnxruntime failed on samples 0 to 7"]),
+    "batch-one-bench": (lambda f: ["bench", batch_one(f), "--batch", "2", "--runs", "1"],
+                        ["onnxruntime cannot run one.onnx at batch 2"]),
+    "float64-calib": (lambda f: ["prune", float64(f), "-o", "out.onnx", "--method", "reap", "--calib", "c64.npz",
+                                 "--ratio", "0.5", "-q"],
+                      ["cannot run the input model on the first batch of --calib c64.npz (input 'input' float64",
+                       "Could not find an implementation for Conv(11)"]),
+    "float64-l1": (lambda f: ["prune", float64(f), "-o", "out.onnx", *PRUNE],
+                   ["cannot run the input model on random inputs (input 'input' float64 [1, 3, 8, 8])",
+                    "Could not find an implementation for Conv(11)"]),
+    # names and paths
+    "long-model-name": (lambda f: ["inspect", LONG], [f"{LONG[:40]}...", "cannot read (File name too long)"]),
+    "deep-model-path": (lambda f: ["inspect", DEEP], ["cannot read (File name too long)"]),
+    "long-calib-name": (lambda f: ["prune", model(f), "-o", "out.onnx", "--method", "reap", "--calib", LONG,
+                                   "--ratio", "0.5"], ["File name too long"]),
+    "long-eval-data": (lambda f: ["eval", model(f), "--data", LONG], ["File name too long"]),
+    "long-reference": (lambda f: ["eval", model(f), "--data", calib(f), "--reference", LONG], ["File name too long"]),
+    "long-output": (lambda f: ["prune", model(f), "-o", LONG, *PRUNE],
+                    ["the output file name is 305 bytes long; the file system takes at most"]),
+    "long-report": (lambda f: ["prune", model(f), "-o", "out.onnx", "--report", LONG, *PRUNE],
+                    ["the report file name is 305 bytes long"]),
+    "deep-output": (lambda f: ["prune", model(f), "-o", DEEP, *PRUNE], ["the output path is 4206 bytes long"]),
+    "long-profile-output": (lambda f: ["profile", model(f), "-o", LONG], ["the output file name is 305 bytes long"]),
+    "output-dash": (lambda f: ["prune", model(f), "-o", "-", *PRUNE],
+                    ["Invalid value for '-o' / '--output': '-': the output goes to a file, not to standard output"]),
+    "output-trailing-slash": (lambda f: ["prune", model(f), "-o", "nonexist/", *PRUNE],
+                              ["'nonexist/' ends with '/', which names a folder"]),
+    "report-trailing-slash": (lambda f: ["prune", model(f), "-o", "out.onnx", "--report", "r/", *PRUNE],
+                              ["Invalid value for '--report': 'r/' ends with '/'"]),
+    "srn-output-dash": (lambda f: ["srn", model(f), "-o", "-"], ["'-': the output goes to a file"]),
+    "profile-output-slash": (lambda f: ["profile", model(f), "-o", "t/"], ["'t/' ends with '/'"]),
+    "newline-in-model-path": (lambda f: ["inspect", "a\nb.onnx"], ["a\\nb.onnx: no such file"]),
+    "newline-in-output-folder": (lambda f: ["prune", model(f), "-o", "x\ny/out.onnx", *PRUNE],
+                                 ["x\\ny/out.onnx: output folder x\\ny does not exist"]),
+})
+
+
 def snapshot(folder: Path) -> dict[str, object]:
     """Every entry under ``folder``: a regular file's bytes, a symlink's target, else its type."""
     found = {}
@@ -202,21 +375,21 @@ def cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.Complete
                           text=True, timeout=timeout)
 
 
-def prepare(name: str, root: Path) -> tuple[list[str], Path, dict]:
+def prepare(name: str, root: Path, cases: dict = CASES) -> tuple[list[str], Path, dict]:
     """The case's folder (inside ``root``, so that it has a parent to point outside of), its
     arguments and a snapshot of the folder."""
     folder = root / "case"
     folder.mkdir()
-    args = CASES[name][0](folder)
+    args = cases[name][0](folder)
     return args, folder, snapshot(folder)
 
 
-def check_refused(name: str, code: int, stderr: str, before: dict, after: dict) -> None:
+def check_refused(name: str, code: int, stderr: str, before: dict, after: dict, cases: dict = CASES) -> None:
     assert "Traceback" not in stderr, stderr
     assert code == 2, stderr
     lines = stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr
-    for fragment in CASES[name][1]:
+    for fragment in cases[name][1]:
         assert fragment in lines[0]
     assert after == before  # inputs unchanged; nothing at -o or --report; no temporary
 
@@ -416,3 +589,204 @@ def test_a_model_of_an_ir_version_onnxruntime_cannot_read_is_refused_as_input_no
         assert message + f"Unsupported model IR version: {newer}" in result.stderr, result.stderr
         assert ".cc:" not in result.stderr and len(result.stderr.splitlines()) == 1
     assert snapshot(tmp_path) == before
+
+
+# -- issue 27, beyond the one-line cases above
+
+
+# onnxruntime's failures, and the tables that were tracebacks, as a user runs them: one line on stderr,
+# none of onnxruntime's own log lines before it
+IN_A_PROCESS = ["batch-one-calib", "batch-one-profile", "batch-one-keep-latency", "batch-one-eval", "batch-one-bench",
+                "float64-calib", "float64-l1", "table-full-ms-0", "table-empty-steps", "table-nested",
+                "table-401-digits", "long-model-name"]
+
+
+def run_cases(names: list[str], root: Path, cases: dict = CASES, limit=None) -> None:
+    """The ``cases`` ``names``, each in a process of its own (``limit``: a function run in it first)."""
+    prepared = {}
+    for name in names:
+        (root / name).mkdir()
+        prepared[name] = prepare(name, root / name, cases)
+
+    def run(name):
+        args, folder, before = prepared[name]
+        result = subprocess.run([sys.executable, "-m", "onnxprune", *args], cwd=folder, env=ENV, capture_output=True,
+                                text=True, timeout=300, preexec_fn=limit)
+        return name, result, before, folder
+
+    with ThreadPoolExecutor(4) as pool:
+        for name, result, before, folder in pool.map(run, prepared):
+            check_refused(name, result.returncode, result.stderr, before, snapshot(folder), cases)
+
+
+def test_onnxruntime_failures_are_one_line_without_its_log_in_a_real_process(tmp_path):
+    run_cases(IN_A_PROCESS, tmp_path)
+
+
+def _two_gib():
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+
+
+MEMORY_CASES = {  # only in processes limited to 2 GiB: elsewhere they may well fit
+    "batch-100000-profile": (lambda f: ["profile", model(f), "-o", "t.json", "--batch", "100000", "--runs", "1"],
+                             ["onnxruntime cannot run the input model at batch 100000 (input 'input' float32 "
+                              "[100000, 3, 8, 8]): Failed to allocate memory"]),
+    "batch-100000-keep-latency": (lambda f: ["prune", model(f), "-o", "out.onnx", *LATENCY, "--latency-batch",
+                                             "100000"], ["at batch 100000", "Failed to allocate memory"]),
+    "batch-billion-bench": (lambda f: ["bench", model(f), "--batch", "1000000000", "--runs", "1"],
+                            ["random inputs for 'input' of shape [1000000000, 3, 8, 8] do not fit in memory"]),
+}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="address-space limits as Linux sets them")
+def test_a_batch_that_does_not_fit_in_memory_is_one_error_line(tmp_path):
+    """In processes limited to 2 GiB of address space, onnxruntime cannot allocate a batch of 100,000
+    (200 MB a tensor), nor numpy random inputs of a billion samples: each failure is an error naming
+    the batch, not a traceback."""
+    run_cases(list(MEMORY_CASES), tmp_path, MEMORY_CASES, _two_gib)
+
+
+def test_a_table_over_the_size_limit_is_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setattr(latency, "MAX_TABLE_BYTES", 1 << 20)
+    monkeypatch.chdir(tmp_path)
+    args = with_table(table)(tmp_path)
+    with (tmp_path / "t.json").open("a") as padded:
+        padded.write(" " * (1 << 20))
+    before = snapshot(tmp_path)
+    result = invoke(args)
+    assert result.exit_code == 2 and result.stderr == "error: t.json: over 1 MiB, too large for a latency table\n"
+    assert snapshot(tmp_path) == before
+
+
+def test_a_table_from_before_settings_were_recorded_is_used_with_a_warning(tmp_path, monkeypatch):
+    """Tables made before input shapes were recorded still work; the prune says plainly what it
+    could not check, in a warning, and the report lists it."""
+    monkeypatch.chdir(tmp_path)
+    data = table_data(FACTORIES["conv_chain"]())
+    del data["meta"]["input_shapes"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    result = invoke(["prune", model(tmp_path), "-o", "out.onnx", *LATENCY, "--latency-table", "old.json", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert ("warning: --latency-table old.json does not record the input shapes it was measured at (made by an older "
+            "onnxprune), so they could not be checked against this prune's; profile it again to have them checked\n"
+            ) in result.stderr
+    assert json.loads(result.stdout)["latency"]["table_unchecked"] == ["input shapes"]
+    data["meta"]["input_shapes"] = {"input": [1, 3, 8, 8]}
+    (tmp_path / "new.json").write_text(json.dumps(data))
+    result = invoke(["prune", "m.onnx", "-o", "out.onnx", *LATENCY, "--latency-table", "new.json"])
+    assert result.exit_code == 0 and "warning: --latency-table" not in result.stderr
+
+
+def test_a_report_never_holds_nan(tmp_path, monkeypatch):
+    """JSON has no NaN: a table whose check measured NaN is an error, and no file is written."""
+    monkeypatch.chdir(tmp_path)
+    model(tmp_path)
+    broken = latency.LatencyTable({}, 1.0, {0: {8: 1.0}}, 1.0, [{"ratio": 0.5, "measured_ms": float("nan")}])
+    monkeypatch.setattr("onnxprune.cli.profile", lambda *a, **k: broken)
+    monkeypatch.setattr("onnxprune.cli.profile_summary", lambda *a, **k: "")
+    before = snapshot(tmp_path)
+    result = invoke(["profile", "m.onnx", "-o", "t.json"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: internal error: the report holds a number JSON cannot hold")
+    assert snapshot(tmp_path) == before
+
+
+def text_model(folder: Path, **options) -> str:
+    """``text_cnn(**options)`` as text.onnx, with 32 samples of token ids below 100 as ids.npz."""
+    onnx.save(text_cnn(**options), folder / "text.onnx")
+    np.savez(folder / "ids.npz", ids=np.random.default_rng(0).integers(0, 100, (32, 16)))
+    return "text.onnx"
+
+
+def runs_on_token_ids(path: Path) -> None:
+    """The model at ``path`` runs on the token ids of (almost) the whole vocabulary, 0 to 95."""
+    (logits,) = run_model(onnx.load(path), {"ids": np.arange(96).reshape(6, 16)})
+    assert logits.shape == (6, 10) and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("options", [["--ratio", "0.5"], ["--method", "reap", "--calib", "ids.npz", "--ratio", "0.5"],
+                                     ["--calib", "ids.npz", "--keep-flops", "0.5", "--srn"]],
+                         ids=["l1", "reap", "srn-pro"])
+def test_a_text_cnn_over_a_100_row_embedding_is_pruned(tmp_path, monkeypatch, options):
+    """Random probe and validation inputs of token ids were drawn from [0, 255): no text CNN with a
+    small embedding could be pruned ("internal error ... Gather idx=216 must be within [-100, 99]")."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["prune", text_model(tmp_path), "-o", "out.onnx", *options, "-q", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["macs_after"] < json.loads(result.stdout)["macs_before"]
+    runs_on_token_ids(tmp_path / "out.onnx")
+
+
+def test_a_text_cnn_is_serialised_and_profiled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke(["srn", text_model(tmp_path), "-o", "serial.onnx", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["blocks_serialized"] == 1
+    runs_on_token_ids(tmp_path / "serial.onnx")
+    result = invoke(["profile", "text.onnx", "-o", "t.json", "--runs", "3"])
+    assert result.exit_code == 0, result.stderr
+    meta = latency.load_table(tmp_path / "t.json").meta
+    assert (meta["batch"], meta["threads"], meta["input_shapes"]) == (1, 0, {"ids": [1, 16]})
+
+
+def test_integer_inputs_are_drawn_below_the_size_of_the_table_they_index():
+    assert shapes.index_bounds(text_cnn(vocab=100)) == {"ids": 100}
+    assert shapes.index_bounds(text_cnn(vocab=7, contrib=True)) == {"ids": 7}
+    feeds = shapes.random_feeds(text_cnn(vocab=7), {"ids": (64, 16)})
+    assert feeds["ids"].min() == 0 and feeds["ids"].max() == 6
+    # traced no further than ops that pass values unchanged: after an Add, nothing is known but 0 and 1
+    assert shapes.index_bounds(text_cnn(shift=99)) == {}
+    assert set(np.unique(shapes.random_feeds(text_cnn(shift=99))["ids"])) == {0, 1}
+
+
+def test_calibration_data_is_used_for_every_run_when_given(tmp_path, monkeypatch):
+    """Token ids shifted by 99 before a 100-row embedding: random inputs (0 and 1, nothing known
+    about them) do not run, and the model is refused for them, as the input model's failure; with
+    calibration data (ids 0), validation and timing run on the data."""
+    monkeypatch.chdir(tmp_path)
+    text_model(tmp_path, shift=99)
+    np.savez(tmp_path / "zeros.npz", ids=np.zeros((8, 16), np.int64))
+    result = invoke(["prune", "text.onnx", "-o", "out.onnx", "--ratio", "0.5", "-q"])
+    assert result.exit_code == 2 and "internal error" not in result.stderr
+    assert result.stderr.startswith("error: onnxruntime ") and "cannot run the input model on random inputs (input " \
+        "'ids' int64 [1, 16] in [0, 1]): " in result.stderr and "Gather node" in result.stderr
+    assert not (tmp_path / "out.onnx").exists()
+    for options in [["--ratio", "0.5"], ["--keep-latency", "1.0", "--no-pro"]]:
+        result = invoke(["prune", "text.onnx", "-o", "out.onnx", "--method", "reap", "--calib", "zeros.npz", *options,
+                         "-q"])
+        assert result.exit_code == 0, result.stderr
+
+
+def test_macs_of_a_model_whose_inputs_are_all_fixed_say_what_is_unknown(tmp_path, monkeypatch):
+    """Behind an op onnx does not know (as in transformer exports), the shapes come from an
+    onnxruntime run: token ids drawn within the embedding let it run, so the MACs are counted;
+    where it cannot run, the message no longer asks to fix input dims that are fixed."""
+    monkeypatch.chdir(tmp_path)
+    text_model(tmp_path, contrib=True)
+    result = invoke(["prune", "text.onnx", "-o", "out.onnx", "--method", "reap", "--calib", "ids.npz",
+                     "--keep-flops", "0.7", "--no-pro", "-q", "--json"])
+    assert result.exit_code == 0, result.stderr
+    monkeypatch.setattr(shapes, "_run_for_shapes", lambda *a: None)
+    result = invoke(["prune", "text.onnx", "-o", "out.onnx", "--input-shape", "ids=1,16", *PRUNE])
+    assert result.exit_code == 2
+    assert "is unknown after com.microsoft:FusedConv node 'conv0', an op onnx does not know, and onnxruntime " \
+           "could not run the model on random inputs to measure it (every input dim is fixed)" in result.stderr
+    assert "--input-shape" not in result.stderr
+
+
+def test_inspect_prints_none_of_onnxruntime_s_log_lines(tmp_path):
+    """inspect runs the model in onnxruntime for the shapes an op onnx does not know hides; when the
+    run fails (token ids it cannot take), the shapes stay unknown and onnxruntime says nothing."""
+    onnx.save(text_cnn(contrib=True, shift=99), tmp_path / "text.onnx")
+    result = subprocess.run([sys.executable, "-m", "onnxprune", "inspect", "text.onnx", "--input-shape", "ids=1,16"],
+                            cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stderr == ""
+    assert "shapes unknown after com.microsoft:FusedConv" in result.stdout
+
+
+def test_json_text_refuses_nan():
+    from onnxprune.report import json_text
+
+    with pytest.raises(OnnxPruneError, match="JSON cannot hold"):
+        json_text({"a": [float("inf")]})

@@ -44,9 +44,11 @@ class Cost:
     not_counted: dict[str, str] = field(default_factory=dict)
 
 
-def node_macs(node: gs.Node, shapes: dict[str, tuple], unknown_after: dict[str, str] | None = None) -> int:
+def node_macs(node: gs.Node, shapes: dict[str, tuple], unknown_after: dict[str, str] | None = None,
+              inputs_fixed: bool = False) -> int:
     """MACs of one node from the shapes of its tensors (0 for ops that are not counted); an error
-    naming the cause where a shape it needs is unknown (``unknown_after``: see shapes.unknown_after)."""
+    naming the cause where a shape it needs is unknown (``unknown_after``: see shapes.unknown_after;
+    ``inputs_fixed``: every graph input's dims are known, so fixing them is not the remedy)."""
     if node.op not in COSTED_OPS:
         return 0
 
@@ -55,6 +57,10 @@ def node_macs(node: gs.Node, shapes: dict[str, tuple], unknown_after: dict[str, 
         if shape is None or any(d is None for d in shape):
             where = f"cannot count MACs of {node.op} node '{node.name}': the shape of its {what} '{tensor.name}'"
             after = (unknown_after or {}).get(tensor.name)
+            if inputs_fixed:  # onnxruntime was asked for the shapes inference could not give
+                cause = f"after {after}, an op onnx does not know" if after else "to onnx shape inference"
+                raise OnnxPruneError(f"{where} is unknown {cause}, and onnxruntime could not run the model on "
+                                     "random inputs to measure it (every input dim is fixed)")
             if after is not None:
                 raise OnnxPruneError(
                     f"{where} is unknown after {after}, an op onnx does not know (onnxruntime works such "
@@ -93,13 +99,14 @@ def model_cost(graph: gs.Graph, shapes: dict[str, tuple], unknown_after: dict[st
     not_counted = {}
     counted: set[str] = set()
     params = 0
+    inputs_fixed = all(None not in shapes.get(t.name, (None,)) for t in graph.inputs)
     for node in graph.nodes:
         for t in node.inputs:
             if _is_float_constant(t) and t.name not in counted:
                 counted.add(t.name)
                 params += t.values.size
         try:
-            macs = node_macs(node, shapes, unknown_after)
+            macs = node_macs(node, shapes, unknown_after, inputs_fixed)
         except OnnxPruneError:
             after = next((unknown_after[t.name] for t in [*node.inputs, *node.outputs] if t.name in unknown_after), None)
             if not partial or after is None:

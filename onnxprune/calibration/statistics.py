@@ -51,8 +51,9 @@ class StatsMode(str, enum.Enum):
 class Calibration:
     """Calibration data and how to run it: ``batches()`` yields feeds; ``sequential``: X from
     the pruned model (True) or from the original (False); ``cache_bytes``: activations kept
-    between groups, in all (cache.py); ``rows_per_column``: the row budget of every consumer's
-    statistics, per column (sampling.py; 0: every output position of every sample)."""
+    between groups, in all (cache.py); ``source``: where the data come from, for messages;
+    ``rows_per_column``: the row budget of every consumer's statistics, per column (sampling.py;
+    0: every output position of every sample)."""
 
     batches: Batches
     samples: int
@@ -60,6 +61,7 @@ class Calibration:
     providers: tuple[str, ...] = CPU
     sequential: bool = True
     cache_bytes: int = 256 << 20
+    source: str = "the calibration data"
     rows_per_column: int = DEFAULT_ROWS_PER_COLUMN  # rows each consumer's statistics read (sampling.py); 0: all
 
     @property

@@ -30,6 +30,7 @@ def check_output(path: Path, what: str, protected: Protected = ()) -> None:
     not an existing folder, device, FIFO or socket (renaming over it would replace it), none of
     the ``protected`` files (the inputs, the other outputs), and in a folder that exists and
     where a file can be created."""
+    _check_length(path, what)
     kind = _special_kind(path)
     if kind is not None:
         raise OnnxPruneError(f"{path}: exists and is {kind}, not a regular file; choose another {what} path")
@@ -46,6 +47,44 @@ def check_output(path: Path, what: str, protected: Protected = ()) -> None:
     except OSError as exc:
         raise OnnxPruneError(f"{path}: cannot write in {folder} ({exc.strerror or exc})") from None
     probe.unlink()
+
+
+def _check_length(path: Path, what: str) -> None:
+    """Refuse a name longer than the file system takes, or a path longer than the system does: the
+    temporary is named after the name cut short, so only the rename at the very end would fail."""
+    name, whole = len(os.fsencode(path.name)), len(os.fsencode(str(path)))
+    name_max, path_max = _limit("PC_NAME_MAX", _folder(path), 255), _limit("PC_PATH_MAX", Path("/"), 4096)
+    if name > name_max:
+        raise OnnxPruneError(f"{_shown(path)}: the {what} file name is {name} bytes long; the file system takes "
+                             f"at most {name_max}")
+    if whole >= path_max:
+        raise OnnxPruneError(f"{_shown(path)}: the {what} path is {whole} bytes long; the system takes "
+                             f"at most {path_max - 1}")
+
+
+def _limit(name: str, folder: Path, default: int) -> int:
+    """A limit of the file system holding ``folder`` (os.pathconf), or ``default`` where it cannot say."""
+    try:
+        return os.pathconf(folder, name)
+    except (OSError, ValueError):
+        return default
+
+
+def _shown(path: Path, limit: int = 80) -> str:
+    """A long path as messages show it: its start and end around the byte count."""
+    text = str(path)
+    return text if len(text) <= limit else f"{text[:limit // 2]}...{text[-limit // 2:]}"
+
+
+def lookup(path: Path) -> os.stat_result | None:
+    """``path``'s status (symlinks followed), None where nothing is there; an error naming the path
+    where the system cannot look it up (a name too long, no permission to search its folder)."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise OnnxPruneError(f"{_shown(path)}: cannot read ({exc.strerror or exc})") from None
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -134,12 +173,40 @@ def _create_temporary(destination: Path) -> Path:
             continue
 
 
+def read_input(path: Path, what: str, limit: int) -> bytes:
+    """The bytes of the input file ``path`` (the ``what``: "latency table"): a regular file (a
+    FIFO would block, /dev/zero never end) of at most ``limit`` bytes. It is opened without
+    blocking and checked once open, so what is read is what was checked."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except FileNotFoundError:
+        raise OnnxPruneError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise OnnxPruneError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    kind = _kind(os.fstat(fd).st_mode)
+    if kind is not None:
+        os.close(fd)
+        raise OnnxPruneError(f"{path}: is {kind}, not a regular file; the {what} must be one")
+    with os.fdopen(fd, "rb") as file:
+        try:
+            data = file.read(limit + 1)
+        except OSError as exc:
+            raise OnnxPruneError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise OnnxPruneError(f"{path}: over {limit >> 20} MiB, too large for a {what}")
+    return data
+
+
 def _special_kind(path: Path) -> str | None:
     """What an existing ``path`` is when it is not a regular file (symlinks followed), else None."""
     try:
         mode = path.stat().st_mode
     except OSError:  # missing, or a dangling symlink: renaming over it harms nothing
         return None
+    return _kind(mode)
+
+
+def _kind(mode: int) -> str | None:
     return next((kind for test, kind in _KINDS.items() if test(mode)), None)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
 from ..errors import OnnxPruneError
-from .files import Protected, Staging, check_output, same_file
+from .files import Protected, Staging, check_output, lookup, same_file
 
 MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()
@@ -64,11 +65,12 @@ def read(source: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, 
 
 def _parse(path: Path) -> onnx.ModelProto:
     """The model's protobuf, external data not read yet."""
-    if not path.exists():
+    status = lookup(path)
+    if status is None:
         raise OnnxPruneError(f"{path}: no such file")
-    if not path.is_file():
+    if not stat.S_ISREG(status.st_mode):
         raise OnnxPruneError(f"{path}: not a file")
-    if path.stat().st_size == 0:
+    if status.st_size == 0:
         raise OnnxPruneError(f"{path}: empty file, not an ONNX model")
     try:
         return onnx.load(str(path), load_external_data=False)

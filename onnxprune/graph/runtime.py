@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import enum
 import functools
+import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.capi import onnxruntime_pybind11_state
 
 from ..errors import OnnxPruneError
 from . import io
 
-ort.set_default_logger_severity(3)  # onnxruntime's optimiser notes (constant folding) are not for our users
+ort.set_default_logger_severity(4)  # its notes and error lines are not for our users: its failures become `error:` lines
 
 CPU = ("CPUExecutionProvider",)
+# what a session's creation or run raises when onnxruntime fails: its own types (none derives from a
+# Python one) and, for what does not fit in memory (a batch of 100,000), MemoryError
+RUNTIME_ERRORS = (*(t for t in vars(onnxruntime_pybind11_state).values()
+                    if isinstance(t, type) and issubclass(t, Exception)), MemoryError)
 OUTSIDE_BYTES = 1 << 20  # in a model over 2 GB, initializers over this stay outside the serialised proto
 
 
@@ -27,7 +35,7 @@ class Device(str, enum.Enum):
 
 
 def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | None = None, *, optimize: bool = True,
-            threads: int = 0, log_level: int = 3, profile: str | None = None) -> ort.InferenceSession:
+            threads: int = 0, log_level: int = 4, profile: str | None = None) -> ort.InferenceSession:
     """An onnxruntime session of ``model`` (of any size) on ``providers`` (CPU by default).
 
     ``optimize``: all graph optimisations (fusions, layouts) or none, which keeps every
@@ -37,6 +45,7 @@ def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | Non
     several sessions with spinning pools on a shared machine are bimodal (docs/LATENCY.md),
     while without spinning they are stable and rank models alike. ``profile``: a file prefix for
     onnxruntime's profiler (each kernel's time; ``end_profiling`` writes the file)."""
+    check_threads(threads)
     options = ort.SessionOptions()
     options.log_severity_level = log_level
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -61,10 +70,39 @@ def loaded(model: onnx.ModelProto, what: str, providers: list[str] | tuple[str, 
         raise OnnxPruneError(f"onnxruntime cannot load {what}: {runtime_reason(exc)}") from None
 
 
+def check_threads(threads: int) -> None:
+    """``threads`` (--threads) must be 0 (onnxruntime's choice) up to the machine's cores: more only
+    compete for them, and onnxruntime makes every thread asked for (100,000 grew its memory
+    without bound, deaf to Ctrl-C)."""
+    cores = os.cpu_count() or 1
+    if not 0 <= threads <= cores:
+        raise OnnxPruneError(f"--threads {threads}: must be 0 (onnxruntime's choice) to {cores}, this machine's cores")
+
+
+@contextmanager
+def failing(message: str) -> Iterator[None]:
+    """onnxruntime's failures inside the block (an input it rejects, a kernel it lacks, memory it
+    cannot get) as one error: "{message}: {its reason}", the message saying what failed on which
+    inputs ("onnxruntime failed while timing at batch 2 (input 'x' float32 [2, 3, 8, 8])")."""
+    try:
+        yield
+    except RUNTIME_ERRORS as exc:
+        raise OnnxPruneError(f"{message}: {runtime_reason(exc)}") from None
+
+
+def describe_feeds(feeds: dict[str, np.ndarray]) -> str:
+    """"input 'x' float32 [2, 3, 8, 8], input 'ids' int64 [2, 16] in [0, 99]"."""
+    def one(name: str, value: np.ndarray) -> str:
+        values = f" in [{value.min()}, {value.max()}]" if value.size and np.issubdtype(value.dtype, np.integer) else ""
+        return f"input '{name}' {value.dtype} {list(value.shape)}{values}"
+    return ", ".join(one(name, value) for name, value in feeds.items())
+
+
 def runtime_reason(exc: BaseException) -> str:
-    """onnxruntime's message without the source location and C++ signature it starts with
-    ("... model.cc:256 onnxruntime::Model::Model(...) Unsupported model IR version: 14, ...")."""
-    line = io.first_line(exc)
+    """onnxruntime's message without the status code and the source location and C++ signature it
+    starts with ("[ONNXRuntimeError] : 1 : FAIL : ... model.cc:256 onnxruntime::Model::Model(...)
+    Unsupported model IR version: 14, ...")."""
+    line = re.sub(r"^\[ONNXRuntimeError\] : \d+ : \w+ : ", "", io.first_line(exc))  # its status code
     return line.rsplit(") ", 1)[-1] if re.search(r"\.(cc|h):\d+ ", line) else line
 
 
@@ -116,14 +154,11 @@ def cuda_works() -> bool:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7)
-    ort.set_default_logger_severity(4)
     try:
-        probe = session(model, ("CUDAExecutionProvider", *CPU), log_level=4)
+        probe = session(model, ("CUDAExecutionProvider", *CPU))
         return "CUDAExecutionProvider" in probe.get_providers()
     except Exception:  # any failure to start CUDA means: not here
         return False
-    finally:
-        ort.set_default_logger_severity(3)
 
 
 def run_all(run: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

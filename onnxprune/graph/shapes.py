@@ -34,28 +34,92 @@ NUMPY_OF = {
 
 
 def random_feeds(model: onnx.ModelProto, input_shapes=None, seed: int = 0) -> dict[str, np.ndarray] | None:
-    """Random inputs of the model's input shapes; None if some dim is unknown."""
+    """Random inputs of the model's input shapes; None if some dim is unknown. Floats are standard
+    normal; integers lie in [0, b), b the size of the smallest table the input indexes
+    (``index_bounds``: token ids into their embedding) or, where none is known, 2: any index,
+    mask, token type or class id the model takes may be 0 or 1, not always 2 or more."""
     rng = np.random.default_rng(seed)
     feeds = {}
     fixed = fixed_input_shapes(model, input_shapes)
+    bounds = index_bounds(model)
     for vi in graph_inputs(model):
         shape = fixed[vi.name]
         dtype = NUMPY_OF.get(vi.type.tensor_type.elem_type)
         if dtype is None or any(d is None for d in shape):
             return None
-        if np.issubdtype(dtype, np.floating):
-            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[vi.name] = rng.integers(0, 2 if dtype == np.bool_ else 255, size=shape).astype(dtype)
+        try:
+            if np.issubdtype(dtype, np.floating):
+                feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feeds[vi.name] = rng.integers(0, bounds.get(vi.name, 2), size=shape).astype(dtype)
+        except MemoryError:
+            raise OnnxPruneError(f"random inputs for '{vi.name}' of shape {list(shape)} do not fit in memory") from None
     return feeds
+
+
+_INTEGER_TYPES = {t for t, dtype in NUMPY_OF.items() if np.issubdtype(dtype, np.integer)}
+# ops whose first input's values reach their output unchanged (rearranged, copied or cut)
+_PASS_VALUES = {"Cast", "Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Expand", "Slice",
+                "Tile"}
+# ops through which a weight's shape is its own: a quantised embedding table is DequantizeLinear(int8)
+_SAME_SHAPE = {"Cast", "Identity", "DequantizeLinear"}
+
+
+def index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """For each integer graph input used as indices (Gather, GatherElements) into a table of known
+    shape, the smallest size it indexes: its values must lie below it. Followed from the input
+    through ops that pass values unchanged (``_PASS_VALUES``); the table's shape from an
+    initializer or a Constant, possibly behind ``_SAME_SHAPE`` ops."""
+    graph = model.graph
+    weights = {t.name: tuple(t.dims) for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            readers.setdefault(name, []).append((node, i))
+
+    def shape(name: str) -> tuple[int, ...] | None:
+        if name in weights:
+            return weights[name]
+        node = producers.get(name)
+        if node is not None and node.op_type in _SAME_SHAPE:
+            return shape(node.input[0])
+        if node is not None and node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            return tuple(node.attribute[0].t.dims)
+        return None
+
+    bounds = {}
+    for vi in graph_inputs(model):
+        if vi.type.tensor_type.elem_type not in _INTEGER_TYPES:
+            continue
+        sizes, seen, todo = [], set(), [vi.name]
+        while todo:
+            name = todo.pop()
+            seen.add(name)
+            for node, i in readers.get(name, []):
+                if node.op_type in _PASS_VALUES and i == 0:
+                    todo.extend(o for o in node.output if o and o not in seen)
+                elif node.op_type in ("Gather", "GatherElements") and i == 1:
+                    table = shape(node.input[0])
+                    axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+                    if table is not None and -len(table) <= axis < len(table):
+                        sizes.append(table[axis])
+        if sizes:
+            bounds[vi.name] = max(min(sizes), 1)
+    return bounds
 
 
 def batch_feeds(model: onnx.ModelProto, batch: int, input_shapes: dict[str, tuple[int, ...]] | None = None,
                 seed: int = 0) -> dict[str, np.ndarray] | None:
-    """Random inputs of ``batch`` samples: the model's input shapes with ``input_shapes`` fixing
-    dynamic dims and the batch dim replaced; None if some other dim is still unknown."""
-    fixed = fixed_input_shapes(model, input_shapes)
-    return random_feeds(model, {name: (batch, *dims[1:]) for name, dims in fixed.items()}, seed)
+    """Random inputs of ``batch`` samples (``batch_shapes``); None if some other dim is still unknown."""
+    return random_feeds(model, batch_shapes(model, batch, input_shapes), seed)
+
+
+def batch_shapes(model: onnx.ModelProto, batch: int,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Shape]:
+    """The model's input shapes with ``input_shapes`` fixing dynamic dims and the batch dim
+    replaced by ``batch`` (None for a dim still unknown)."""
+    return {name: (batch, *dims[1:]) for name, dims in fixed_input_shapes(model, input_shapes).items()}
 
 
 def parse_input_shapes(specs: tuple[str, ...] | list[str]) -> dict[str, tuple[int, ...]]:

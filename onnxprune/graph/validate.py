@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 
 from ..errors import OnnxPruneError
-from .runtime import runtime_reason, session
+from .runtime import describe_feeds, runtime_reason, session
 from .shapes import random_feeds, unknown_ops
 
 
@@ -35,17 +36,47 @@ def header_only(model: onnx.ModelProto) -> onnx.ModelProto:
     return empty
 
 
-def validate(model: onnx.ModelProto, input_shapes=None) -> None:
-    """Full onnx check (strict shape inference), then one onnxruntime run where shapes are known."""
+def check_runs_on(model: onnx.ModelProto, feeds: dict[str, np.ndarray], what: str) -> None:
+    """Refuse, before any work, a model that onnxruntime cannot run on ``feeds`` (``what``: where
+    they come from, e.g. the first calibration batch): every later run would fail the same way."""
+    problem = _run_problem(model, feeds)
+    if problem is not None:
+        raise _input_model_fails(problem, feeds, what)
+
+
+def validate(model: onnx.ModelProto, input_shapes=None, original: onnx.ModelProto | None = None,
+             feeds: dict[str, np.ndarray] | None = None, what: str = "random inputs") -> None:
+    """Full onnx check (strict shape inference), then one onnxruntime run, on ``feeds`` (``what``)
+    or, where shapes are known, on random inputs. A run that fails is the rewrite's fault only if
+    the ``original`` runs on the same inputs: else the input model is what onnxruntime cannot run."""
     try:
         if model.ByteSize() < 2_000_000_000:
             onnx.checker.check_model(model, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as exc:
         raise OnnxPruneError(f"internal error: the rewritten model fails the ONNX checker: {exc}") from None
+    feeds = random_feeds(model, input_shapes) if feeds is None else feeds
+    problem = _run_problem(model, feeds)
+    if problem is None:
+        return
+    if original is not None:
+        theirs = _run_problem(original, feeds)
+        if theirs is not None:
+            raise _input_model_fails(theirs, feeds, what)
+    raise OnnxPruneError(f"internal error: onnxruntime cannot run the rewritten model: {problem}")
+
+
+def _run_problem(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None) -> str | None:
+    """Why onnxruntime cannot make a session of ``model`` or run it on ``feeds`` (None: only the
+    session is made); None when it can."""
     try:
-        sess = session(model, optimize=False)
-        feeds = random_feeds(model, input_shapes)
+        run = session(model, optimize=False)
         if feeds is not None:
-            sess.run(None, feeds)
+            run.run(None, feeds)
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise OnnxPruneError(f"internal error: onnxruntime cannot run the rewritten model: {exc}") from None
+        return runtime_reason(exc)
+    return None
+
+
+def _input_model_fails(problem: str, feeds: dict[str, np.ndarray] | None, what: str) -> OnnxPruneError:
+    on = "" if feeds is None else f" on {what} ({describe_feeds(feeds)})"
+    return OnnxPruneError(f"onnxruntime {ort.__version__} cannot run the input model{on}: {problem}")

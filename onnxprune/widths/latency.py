@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import time
@@ -38,9 +39,10 @@ import onnxruntime as ort
 from ..analysis.consumers import touched_nodes
 from ..analysis.groups import Analysis
 from ..errors import OnnxPruneError
+from ..graph.files import read_input
 from ..graph.probe import probe_model
-from ..graph.runtime import CPU, run_all, session
-from ..graph.shapes import batch_feeds
+from ..graph.runtime import CPU, describe_feeds, failing, run_all, session
+from ..graph.shapes import batch_feeds, batch_shapes
 from ..graph.timing import in_rounds, interleaved, medians_ms, round_speedups
 from ..passes.surgery import prune_channels
 from ..progress import Progress
@@ -52,6 +54,7 @@ FORMAT = "onnxprune-latency-table/1"
 CHECK_RATIOS = (0.25, 0.5, 0.75)  # uniform widths whose whole models are timed to fit and check the scale
 FLAT = 0.03  # differences below this share of a group's full-width segment time are noise: the same step
 FLAT_MS = 0.002  # ... or below 2 microseconds
+MAX_TABLE_BYTES = 64 << 20  # a table holds a few numbers per group (a large model's: under 1 MB)
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class Target:
     threads: int = 0  # intra-op threads, 0: onnxruntime's choice
     batch: int = 1
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # dynamic input dims fixed (the batch is ``batch``)
+    # inputs to time on, repeated or cut to ``batch`` (the first calibration batch: inputs the model
+    # takes); None: random (``random_feeds``)
+    sample: dict[str, np.ndarray] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -93,14 +99,64 @@ class LatencyTable:
 
     @staticmethod
     def from_json(data: dict, source: str = "the latency table") -> LatencyTable:
+        """The table ``data`` holds, every number checked: times finite and positive, each group's
+        staircase non-empty and non-decreasing in width (as ``staircase`` makes it), the scale
+        finite and positive; anything else is an error naming what is wrong."""
         try:
-            if data.get("format") != FORMAT:
-                raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
-            steps = {int(g): {int(k): float(ms) for k, ms in s.items()} for g, s in data["steps"].items()}
-            return LatencyTable(dict(data["meta"]), float(data["full_ms"]), steps, float(data["scale"]),
-                                list(data.get("checks", [])))
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"format {data.get('format') if isinstance(data, dict) else None!r}, "
+                                 f"expected {FORMAT!r}")
+            steps = {_width(g, "group"): _staircase(g, s) for g, s in data["steps"].items()}
+            checks = [{key: _number(value, f"checks: {key}") for key, value in check.items()}
+                      for check in data.get("checks", [])]
+            if not isinstance(data["meta"], dict):
+                raise ValueError("meta is not an object")
+            return LatencyTable(dict(data["meta"]), _time(data["full_ms"], "full_ms"), steps,
+                                _time(data["scale"], "scale"), checks)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise OnnxPruneError(f"{source}: not an onnxprune latency table ({exc})") from None
+
+
+def _number(value, what: str) -> float:
+    """A JSON number as a finite float (not a string, a bool, NaN, Infinity or a float's overflow)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} {value!r} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{what} {str(value)[:20]}... is out of range") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} {value!r} is not finite")
+    return number
+
+
+def _time(value, what: str) -> float:
+    """A positive finite number (a time in ms, or the scale)."""
+    number = _number(value, what)
+    if number <= 0:
+        raise ValueError(f"{what} {value!r} is not positive")
+    return number
+
+
+def _width(key: str, what: str) -> int:
+    """A group id or a width: a JSON object key holding a non-negative integer (widths positive)."""
+    key = str(key) if isinstance(key, int) and not isinstance(key, bool) else key
+    if not isinstance(key, str) or not key.isdigit() or (what == "width" and int(key) == 0):
+        raise ValueError(f"{what} {key!r} is not a {'positive' if what == 'width' else 'non-negative'} integer")
+    return int(key)
+
+
+def _staircase(group: str, steps: dict) -> dict[int, float]:
+    """One group's widths and times: at least one, each time positive, non-decreasing in width."""
+    if not isinstance(steps, dict) or not steps:
+        raise ValueError(f"group {group}: no widths measured")
+    times = {_width(k, "width"): _time(ms, f"group {group} width {k}") for k, ms in steps.items()}
+    widths = sorted(times)
+    for narrow, wide in zip(widths, widths[1:]):
+        if times[wide] < times[narrow]:
+            raise ValueError(f"group {group}: width {wide} is faster than width {narrow} ({times[wide]} < "
+                             f"{times[narrow]} ms); the table's times never fall with width")
+    return times
 
 
 def model_hash(model: onnx.ModelProto) -> str:
@@ -109,18 +165,36 @@ def model_hash(model: onnx.ModelProto) -> str:
 
 
 def load_table(path: str | os.PathLike) -> LatencyTable:
+    """The table in the file ``path``: a regular file of at most MAX_TABLE_BYTES of JSON, without
+    NaN or Infinity (``LatencyTable.from_json`` checks the rest)."""
     path = Path(path)
+    text = read_input(path, "latency table", MAX_TABLE_BYTES)
     try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise OnnxPruneError(f"{path}: cannot read the latency table ({exc.strerror or exc})") from None
+        data = json.loads(text, parse_constant=_not_a_number, parse_float=_finite)
     except ValueError as exc:
         raise OnnxPruneError(f"{path}: not a JSON latency table ({exc})") from None
+    except RecursionError:
+        raise OnnxPruneError(f"{path}: not a JSON latency table (nested too deeply)") from None
     return LatencyTable.from_json(data, str(path))
 
 
-def check_table(table: LatencyTable, normalized: onnx.ModelProto, channels: Counts, source: str) -> None:
-    """Refuse a table made for another model, or one that lacks a group to be pruned."""
+def _not_a_number(name: str) -> float:
+    raise ValueError(f"{name} is not a number a table can hold")
+
+
+def _finite(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"{text[:20]} is out of range")
+    return number
+
+
+def check_table(table: LatencyTable, normalized: onnx.ModelProto, channels: Counts, source: str,
+                target: Target) -> list[str]:
+    """Refuse a table made for another model, one that lacks a group to be pruned or measures
+    it up to another width, and one measured at another batch size, thread count or input
+    shapes than ``target``'s. Returns what could not be checked: the settings a table made
+    before they were recorded does not hold."""
     if table.meta.get("model_sha256") != model_hash(normalized):
         raise OnnxPruneError(f"{source}: made for another model (its model_sha256 {table.meta.get('model_sha256')} "
                              f"is not this model's {model_hash(normalized)}); run `onnxprune profile` on this model")
@@ -128,6 +202,27 @@ def check_table(table: LatencyTable, normalized: onnx.ModelProto, channels: Coun
     if missing:
         raise OnnxPruneError(f"{source}: has no measurements for groups {missing}; profile with the same "
                              "options (--exclude, method) as the prune")
+    for g, n in channels.items():
+        if max(table.steps[g]) != n:
+            raise OnnxPruneError(f"{source}: group {g} is measured up to {max(table.steps[g])} channels, the model's "
+                                 f"has {n}; run `onnxprune profile` on this model")
+    shapes = {name: list(dims) for name, dims in batch_shapes(normalized, target.batch, dict(target.input_shapes)).items()}
+    ours = {"batch": (target.batch, "--latency-batch"), "threads": (target.threads, "--threads"),
+            "input_shapes": (shapes, "--input-shape, or the --calib data's")}
+    for key, (value, option) in ours.items():
+        theirs = table.meta.get(key, value)
+        if not (_same_shapes(theirs, value) if key == "input_shapes" else theirs == value):
+            what = key.replace("_", " ")
+            raise OnnxPruneError(f"{source}: measured with {what} {theirs}, this prune's {what} {value} ({option}); "
+                                 "prune with the table's, or profile again with this prune's")
+    return [key.replace("_", " ") for key in ours if key not in table.meta]
+
+
+def _same_shapes(theirs, ours: dict[str, list]) -> bool:
+    """A table's input shapes against the prune's, where a dim the prune leaves unknown (None) takes the table's."""
+    return isinstance(theirs, dict) and theirs.keys() == ours.keys() and all(
+        isinstance(theirs[name], list) and len(theirs[name]) == len(dims)
+        and all(d is None or d == t for t, d in zip(theirs[name], dims)) for name, dims in ours.items())
 
 
 def staircase(times: dict[int, float]) -> dict[int, float]:
@@ -179,6 +274,20 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
     start = time.perf_counter()
     feeds = _feeds(normalized, target, seed)
     values = _activations(normalized, feeds, target)
+    with failing(f"onnxruntime failed while timing at batch {target.batch} ({describe_feeds(feeds)})"):
+        steps, scale, full_ms, checks = _timed(normalized, analysis, channels, target, round_to, runs, seed, values)
+    meta = {"model_sha256": model_hash(normalized), "providers": list(target.providers),
+            "threads": target.threads, "batch": target.batch,
+            "input_shapes": {name: list(value.shape) for name, value in feeds.items()},
+            "round_to": round_to, "runs": runs, "onnxruntime": ort.__version__, "cpu": _cpu(),
+            "cpu_count": os.cpu_count(), "machine": platform.machine(), "made": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "seconds": round(time.perf_counter() - start, 1)}
+    return LatencyTable(meta, full_ms, steps, scale, checks)
+
+
+def _timed(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, target: Target, round_to: int,
+           runs: int, seed: int, values: dict[str, np.ndarray]) -> tuple[dict, float, float, list[dict]]:
+    """``profile``'s measurements: each group's staircase, the scale, the whole model's time and the checks."""
     steps = {}
     step = steps_of(analysis, channels, round_to)
     for g, n in channels.items():
@@ -200,14 +309,8 @@ def profile(normalized: onnx.ModelProto, analysis: Analysis, channels: Counts, t
         if np.any(predicted_saving > 0) else 1.0
     scale = min(max(scale, 0.1), 10.0)  # a check drowned in noise must not make the table absurd
     fitted = LatencyTable({}, full_ms, steps, scale)
-    meta = {"model_sha256": model_hash(normalized), "providers": list(target.providers),
-            "threads": target.threads, "batch": target.batch, "round_to": round_to, "runs": runs,
-            "onnxruntime": ort.__version__, "cpu": _cpu(), "cpu_count": os.cpu_count(),
-            "machine": platform.machine(), "made": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "seconds": round(time.perf_counter() - start, 1)}
-    return LatencyTable(meta, full_ms, steps, scale,
-                        [{"ratio": r, "predicted_ms": fitted.predict(c), "measured_ms": m}
-                         for (r, c), m in zip(checks.items(), measured)])
+    return steps, scale, full_ms, [{"ratio": r, "predicted_ms": fitted.predict(c), "measured_ms": m}
+                                   for (r, c), m in zip(checks.items(), measured)]
 
 
 def measure(original: onnx.ModelProto, models: list[onnx.ModelProto], target: Target, runs: int = 30,
@@ -220,14 +323,19 @@ def measure(original: onnx.ModelProto, models: list[onnx.ModelProto], target: Ta
     rounds (``round_speedups``), so that their ratios are the speedups."""
     feeds = [_feeds(original, target, seed)] * (1 + len(models))
     make = lambda: [session(m, target.providers, threads=target.threads) for m in [original, *models]]  # noqa: E731
-    spare = [make()]  # timed briefly to size the rounds, then the first round's sessions
-    first = medians_ms(interleaved(spare[0], feeds, 3))
-    per_round = max(-(-runs // rounds), min(1000, int(seconds * 1000 / sum(first) / rounds)))
-    medians, speedups = round_speedups(in_rounds(lambda: spare.pop() if spare else make(), feeds, per_round, rounds))
+    with failing(f"onnxruntime failed while timing at batch {target.batch} ({describe_feeds(feeds[0])})"):
+        spare = [make()]  # timed briefly to size the rounds, then the first round's sessions
+        first = medians_ms(interleaved(spare[0], feeds, 3))
+        per_round = max(-(-runs // rounds), min(1000, int(seconds * 1000 / sum(first) / rounds)))
+        times = in_rounds(lambda: spare.pop() if spare else make(), feeds, per_round, rounds)
+    medians, speedups = round_speedups(times)
     return [medians[0] / s for s in speedups]
 
 
 def _feeds(model: onnx.ModelProto, target: Target, seed: int) -> dict[str, np.ndarray]:
+    """The target's inputs at its batch: its sample repeated or cut to it, else random."""
+    if target.sample is not None:
+        return {name: np.resize(value, (target.batch, *value.shape[1:])) for name, value in target.sample.items()}
     feeds = batch_feeds(model, target.batch, dict(target.input_shapes), seed)
     if feeds is None:
         raise OnnxPruneError("latency: the model has dynamic input dims other than the batch; fix them with "
@@ -236,9 +344,11 @@ def _feeds(model: onnx.ModelProto, target: Target, seed: int) -> dict[str, np.nd
 
 
 def _activations(model: onnx.ModelProto, feeds: dict[str, np.ndarray], target: Target) -> dict[str, np.ndarray]:
-    """Every tensor of one run of ``model`` (the segments' real inputs)."""
+    """Every tensor of one run of ``model`` (the segments' real inputs): the first run of the input
+    model at the target's batch, whose failure is the input model's, on these inputs."""
     names = [o for n in model.graph.node for o in n.output if o]
-    values = run_all(session(probe_model(model, names), target.providers, optimize=False), feeds)
+    with failing(f"onnxruntime cannot run the input model at batch {target.batch} ({describe_feeds(feeds)})"):
+        values = run_all(session(probe_model(model, names), target.providers, optimize=False), feeds)
     return {**feeds, **values}
 
 
@@ -294,6 +404,7 @@ class LatencyFit:
     measured_ms: float | None = None
     rankings: dict[str, float] = field(default_factory=dict)  # with PRO: each ranking's error at the table's budget
     ranking: str | None = None  # with PRO: the ranking whose widths were kept
+    unchecked: list[str] = field(default_factory=list)  # settings a table from elsewhere does not record
 
     def measure_result(self, original: onnx.ModelProto, pruned: onnx.ModelProto) -> None:
         """Time the pruned model against the original, where the table was measured here."""
@@ -306,7 +417,7 @@ class LatencyFit:
             "target": self.goal.fraction, "batch": self.goal.target.batch, "threads": self.goal.target.threads,
             "providers": list(self.goal.target.providers),
             "table": self.goal.table or "measured here", "table_meta": table.meta, "table_scale": table.scale,
-            "table_checks": table.checks,
+            "table_checks": table.checks, "table_unchecked": self.unchecked,
             "original_ms": table.full_ms, "predicted_ms": self.predicted_ms,
             "predicted_fraction": self.predicted_ms / table.full_ms,
             "measured_original_ms": self.measured_original_ms, "measured_ms": self.measured_ms,
@@ -340,13 +451,14 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
     ``FASTER_THAN_ASKED`` faster than asked (speed beyond the target costs accuracy for
     nothing), the budget is scaled by the miss and that ranking's widths fitted again (at most
     3 times), and the widths of the largest budget measured within the target are kept."""
+    unchecked = []
     if goal.table is None:
         with progress(f"latency: timing {len(channels)} groups' widths", len(channels)) as advance:
             table = profile(normalized, analysis, channels, goal.target, goal.round_to)
             advance(len(channels))
     else:
         table = load_table(goal.table)
-        check_table(table, normalized, channels, goal.table)
+        unchecked = check_table(table, normalized, channels, goal.table, goal.target)
     budget = goal.fraction * table.full_ms
     steps = steps_of(analysis, channels, goal.round_to)
     deepest = uniform(channels, 1.0, steps)
@@ -387,7 +499,7 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
     name = min(choices, key=lambda n: choices[n].error)  # on the table alone: the smaller error
     choice = choices[name]
     result = LatencyFit(goal, table, choice.counts, table.predict(choice.counts), goal.table is None,
-                        rankings={n: c.error for n, c in choices.items() if n}, ranking=name)
+                        rankings={n: c.error for n, c in choices.items() if n}, ranking=name, unchecked=unchecked)
     if goal.table is not None or all(choice.counts[g] == n for g, n in channels.items()):
         return choice.counts, choice.steps, result
     tolerance = 1.05 if goal.pro else 1.02  # PRO's refits cost more: a looser tolerance
