@@ -33,7 +33,11 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import fields
+from itertools import product
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("analyse", "PRO stats", "PRO orders", "PRO search", "latency", "stats", "selection", "finish")
@@ -56,7 +60,6 @@ def stage_of(label: str) -> tuple[str, str]:
 
 def child(spec: dict) -> dict:
     """One prune in this process (the child): stage times, peak memory, the result's quality."""
-    import numpy as np
     import onnx
 
     from onnxprune import PruneConfig, prune
@@ -80,7 +83,10 @@ def child(spec: dict) -> dict:
     start = time.perf_counter()
     model = onnx.load(spec["model"])
     data = open_data(spec["calib"], model, batch_size=64, limit=spec.get("limit"))
-    calib = Calibration(lambda: (b.feeds for b in data), len(data), rows_per_column=spec["rows"])
+    if "rows_per_column" in {f.name for f in fields(Calibration)}:
+        calib = Calibration(lambda: (b.feeds for b in data), len(data), rows_per_column=spec["rows"])
+    else:  # a checkout from before --calib-rows: every row
+        calib, spec["rows"] = Calibration(lambda: (b.feeds for b in data), len(data)), None
     mode = spec["mode"]
     target = {"keep_latency": spec["keep"]} if mode == "latency" else {"keep_flops": spec["keep"]}
     config = PruneConfig(method="reap", pro=mode != "no-pro", input_shapes=data.input_shapes({}, "--calib"),
@@ -97,7 +103,8 @@ def child(spec: dict) -> dict:
         mark = b
     stages[after] += end - mark
 
-    out = {"seconds": end - start, "stages": stages, "macs": result.macs_after / result.macs_before,
+    out = {"rows": spec["rows"], "seconds": end - start, "stages": stages, "macs": result.macs_after / result.macs_before,
+           "gmacs": result.macs_before / 1e9,
            "peak_mib": next(int(line.split()[1]) for line in open("/proc/self/status")
                             if line.startswith("VmHWM")) / 1024}
     pruned = result.model
@@ -121,8 +128,8 @@ def parse_model(text: str) -> dict:
             "calib": str(ROOT / "models" / "fmnist_calib.npz"), "test": str(ROOT / "models" / "fmnist_test.npz")}
 
 
-def run(spec: dict) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def run(spec: dict, tree: Path = ROOT) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree)}
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                           env=env)
     if proc.returncode:
@@ -130,21 +137,52 @@ def run(spec: dict) -> dict:
     return {**spec, **json.loads(proc.stdout.strip().splitlines()[-1])}
 
 
+def rows_text(r: dict) -> str:
+    return "all (before)" if r.get("rows") is None else "all" if r["rows"] == 0 else str(r["rows"])
+
+
 def table(rows: list[dict]) -> str:
-    head = ("| model | images | mode | --calib-rows | MACs kept | accuracy / output error | wall s | "
+    head = ("| code | model | images | mode | --calib-rows | MACs kept | accuracy / output error | wall s | "
             + " | ".join(STAGES) + " | peak MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r.get('limit') or 'all'} | {r['mode']} | {r['rows']} | failed: "
+            lines.append(f"| {r.get('code', '')} | {r['name']} | {r.get('limit') or 'all'} | {r['mode']} | {rows_text(r)} | failed: "
                          f"{r['error']} |")
             continue
         quality = (f"{100 * r['accuracy']:.2f} %" if r.get("accuracy") is not None
                    else f"{r['rel_error']:.4f}")
         stages = " | ".join(f"{r['stages'][s]:.1f}" for s in STAGES)
-        lines.append(f"| {r['name']} | {r['images']} | {r['mode']} {r['keep']} | {r['rows']} | {r['macs']:.3f} | "
+        lines.append(f"| {r.get('code', '')} | {r['name']} | {r['images']} | {r['mode']} {r['keep']} | {rows_text(r)} | {r['macs']:.3f} | "
                      f"{quality} | {r['seconds']:.1f} | {stages} | {r['peak_mib']:.0f} |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Wall time of each mode against the model's MACs per image times the images (left) and
+    against the images for each model (right), log-log."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    done = [r for r in rows if "error" not in r]
+    for mode in dict.fromkeys(r["mode"] for r in done):
+        mine = [r for r in done if r["mode"] == mode]
+        a.scatter([r["gmacs"] * r["images"] for r in mine], [r["seconds"] for r in mine], label=mode)
+    for name in dict.fromkeys(r["name"] for r in done):
+        mine = sorted((r for r in done if r["name"] == name and r["mode"] == "default"), key=lambda r: r["images"])
+        if len(mine) > 1:
+            b.plot([r["images"] for r in mine], [r["seconds"] for r in mine], marker="o", label=name)
+    a.set(xscale="log", yscale="log", xlabel="GMACs per image x images", ylabel="wall time of the prune (s)")
+    b.set(xscale="log", yscale="log", xlabel="calibration images", ylabel="wall time, REAP + PRO (s)")
+    for ax in (a, b):
+        ax.grid(True, which="both", alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 def main() -> None:
@@ -155,34 +193,38 @@ def main() -> None:
     p.add_argument("--keep", nargs="+", type=float, default=[0.5])
     p.add_argument("--calib-rows", nargs="+", type=int, default=[64])
     p.add_argument("--limit", nargs="+", type=int, default=[0], help="calibration images (0: all)")
+    p.add_argument("--code", nargs="+", default=[f"this={ROOT}"], metavar="NAME=TREE",
+                   help="checkouts to run, each in turn for every cell (e.g. before=/tmp/old after=.); one "
+                        "from before --calib-rows reads every row")
     p.add_argument("--json", type=Path, help="append each row to this file (JSON lines)")
     p.add_argument("--rows", type=Path, help="print the table of rows saved with --json, run nothing")
+    p.add_argument("--plot", type=Path, help="with --rows: plot wall time against MACs and images (matplotlib)")
     args = p.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
     if args.rows:
-        print(table([json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]))
+        saved = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
+        print(table(saved))
+        if args.plot:
+            plot(saved, args.plot)
         return
     rows = []
-    for name in args.models:
-        for limit in args.limit:
-            for mode in args.modes:
-                for keep in args.keep:
-                    for per_column in args.calib_rows:
-                        spec = {**parse_model(name), "mode": mode, "keep": keep, "rows": per_column,
-                                "limit": limit or None}
-                        row = run(spec)
-                        if "error" not in row:
-                            import numpy as np
-                            with np.load(spec["calib"]) as z:
-                                total = len(z[z.files[0]])
-                            row["images"] = min(limit, total) if limit else total
-                        rows.append(row)
-                        print(json.dumps(row), file=sys.stderr, flush=True)
-                        if args.json:
-                            with args.json.open("a") as f:
-                                f.write(json.dumps(row) + "\n")
+    for name, limit, mode, keep, per_column, code in product(args.models, args.limit, args.modes, args.keep,
+                                                             args.calib_rows, args.code):
+        label, tree = code.split("=", 1)
+        spec = {**parse_model(name), "mode": mode, "keep": keep, "code": label, "rows": per_column,
+                "limit": limit or None}
+        row = run(spec, Path(tree).resolve())
+        if "error" not in row:
+            with np.load(spec["calib"]) as z:
+                total = len(z[z.files[0]])
+            row["images"] = min(limit, total) if limit else total
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.json:
+            with args.json.open("a") as f:
+                f.write(json.dumps(row) + "\n")
     print(table(rows))
 
 
