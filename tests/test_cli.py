@@ -386,7 +386,7 @@ def test_calibration_options_reach_the_calibration(model_path, tmp_path, monkeyp
     assert result.exit_code == 0
     assert seen.pop("sizes") == [40]
     assert {k: seen[k] for k in ("samples", "mode", "sequential", "cache", "rows")} == {
-        "samples": 40, "mode": StatsMode.HOST, "sequential": True, "cache": 256 << 20, "rows": 64}
+        "samples": 40, "mode": StatsMode.HOST, "sequential": True, "cache": 256 << 20, "rows": 256}
 
 
 def test_too_few_calibration_rows_are_warned_about(tmp_path):
