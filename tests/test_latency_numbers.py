@@ -4,6 +4,8 @@ whose expected numbers are worked out by hand in each test, as test_cost.py pins
 The staircase's tolerance is max(FLAT * T(widest), FLAT_MS) = max(0.03 * T(widest), 0.002 ms)."""
 
 import json
+import re
+from types import SimpleNamespace
 
 import onnx
 import pytest
@@ -87,6 +89,8 @@ def test_a_deep_dip_pools_back_across_several_widths():
 def test_a_single_width_and_a_flat_group():
     assert staircase({16: 0.7}) == {16: 0.7}
     assert staircase({24: 1.0, 8: 1.0, 16: 1.0}) == {8: 1.0, 16: 1.0, 24: 1.0}  # any order of the keys
+    # equal times are not pooled: they stay exactly as measured (pooled, (0.1 + 0.1 + 0.1) / 3 = 0.10000000000000002)
+    assert staircase({8: 0.1, 16: 0.1, 24: 0.1}) == {8: 0.1, 16: 0.1, 24: 0.1}
 
 
 # --- the prediction from the table -------------------------------------------------------------------
@@ -198,6 +202,8 @@ def test_profile_fits_the_scale_by_least_squares_to_the_checks(chain, monkeypatc
     4.0) = m = 0.25, 0.5, 1.0; s = p.m / p.p = 1.23375 / 1.16055."""
     normalized, analysis = chain
     asked = fake_timing(monkeypatch, [[0.5, 0.3], [1.0, 0.75, 0.76, 0.25]], 5.0, [4.75, 4.5, 4.0])
+    clock = iter([100.0, 112.5])  # perf_counter at the start and the end
+    monkeypatch.setattr(latency, "time", SimpleNamespace(perf_counter=lambda: next(clock), strftime=lambda f: f))
     table = latency.profile(normalized, analysis, {0: 16, 1: 32}, Target(threads=1), 8, runs=7, seed=3)
     assert table.steps[0] == {8: 0.3, 16: 0.5}
     assert table.steps[1] == pytest.approx({8: 0.25, 16: 0.755, 24: 0.755, 32: 1.0}, rel=1e-12)
@@ -213,6 +219,7 @@ def test_profile_fits_the_scale_by_least_squares_to_the_checks(chain, monkeypatc
     meta = table.meta
     assert (meta["threads"], meta["batch"], meta["round_to"], meta["runs"]) == (1, 1, 8, 7)
     assert meta["providers"] == ["CPUExecutionProvider"] and meta["model_sha256"] == latency.model_hash(normalized)
+    assert meta["made"] == "%Y-%m-%d %H:%M:%S" and meta["seconds"] == 12.5  # the date's format; 112.5 - 100.0
 
 
 @pytest.mark.parametrize("check_ms, scale", [
@@ -283,6 +290,7 @@ def test_only_the_checks_that_prune_are_timed(chain, monkeypatch):
     ((100.0, 200.0), 30, 1.5, 6),  # 1: at least runs / rounds = 6
     ((100.0, 200.0), 31, 1.5, 7),  # ... rounded up
     ((2.0, 1.0), 30, 1.5, 100),
+    ((0.2, 0.1001), 30, 1.5, 999),  # 1,500 / 0.3001 / 5 = 999.67, just below the cap
 ])
 def test_measure_sizes_its_rounds_to_the_seconds_asked(monkeypatch, first_ms, runs, seconds, per_round):
     model = FACTORIES["conv_chain"](widths=(8, 8))
@@ -306,12 +314,12 @@ def test_measure_sizes_its_rounds_to_the_seconds_asked(monkeypatch, first_ms, ru
 STEPS = {0: {8: 0.3, 16: 0.5}, 1: {8: 0.25, 16: 0.75, 24: 0.75, 32: 1.0}}
 
 
-def fit_latency(chain, monkeypatch, fraction, measured, table_path=None):
+def fit_latency(chain, monkeypatch, fraction, measured, table_path=None, steps=STEPS):
     """latency_counts without PRO on the chain and the table above, each whole-model timing taken
     from ``measured`` (the original's, then the models'). Returns the counts, the fit and the
     timings asked for (the widths of each model timed)."""
     normalized, analysis = chain
-    monkeypatch.setattr(latency, "profile", lambda *a, **k: LatencyTable({}, 5.0, STEPS))
+    monkeypatch.setattr(latency, "profile", lambda *a, **k: LatencyTable({}, 5.0, steps))
     measured, timed = iter(measured), []
 
     def measure(original, models, target):
@@ -397,6 +405,15 @@ def test_a_target_beyond_the_table_s_deepest_pruning_is_fitted_in_the_table_s_un
     assert counts == {0: 16, 1: 8}
 
 
+def test_a_target_the_deepest_pruning_meets_exactly_is_fitted_without_timing_it(chain, monkeypatch):
+    """Group 0 saving 0.25 at 8: the deepest pruning predicts 5.0 - (0.25 + 0.75) = 4.0, exactly the
+    budget 0.8 * 5.0, so it is within the target as predicted: fitted ({8, 8}) and timed once."""
+    steps = {0: {8: 0.25, 16: 0.5}, 1: STEPS[1]}
+    counts, fit, timed = fit_latency(chain, monkeypatch, 0.8, [1.0, 0.8], steps=steps)
+    assert counts == {0: 8, 1: 8} and fit.predicted_ms == 4.0 and timed == [[[8, 8]]]
+    assert [a["budget_ms"] for a in fit.attempts] == [4.0]
+
+
 @pytest.mark.parametrize("deepest_ms, fastest", [(1.6, "0.800"), (2.2, "1.000"), (1.52, "0.760")])
 def test_a_target_beyond_the_deepest_pruning_measured_is_refused_with_the_fraction_measured(
         chain, monkeypatch, deepest_ms, fastest):
@@ -418,3 +435,6 @@ def test_with_a_table_from_elsewhere_the_prediction_decides_alone(chain, monkeyp
     assert fit.measured_here is False and fit.to_json()["table"] == str(path)
     with pytest.raises(OnnxPruneError, match=r"keeps 0\.810 of the latency \(predicted, batch 1\)"):
         fit_latency(chain, monkeypatch, 0.8, [], table_path=str(path))
+    path.write_text(json.dumps(LatencyTable({"model_sha256": "another"}, 5.0, STEPS).to_json()))
+    with pytest.raises(OnnxPruneError, match="^" + re.escape(f"{path}: made for another model")):  # the table's path
+        fit_latency(chain, monkeypatch, 0.9, [], table_path=str(path))
