@@ -213,6 +213,33 @@ def test_tables_round_trip_through_json():
         LatencyTable.from_json({"format": latency.FORMAT, "meta": {}})
 
 
+def test_a_table_that_cannot_be_used_is_refused_with_its_path_and_the_reason(tmp_path):
+    def refusal(call, *args):
+        with pytest.raises(OnnxPruneError) as refused:
+            call(*args)
+        return str(refused.value)
+
+    missing, broken, other = tmp_path / "missing.json", tmp_path / "broken.json", tmp_path / "other.json"
+    broken.write_text("{")
+    other.write_text(json.dumps({"format": "onnxprune-latency-table/0"}))
+    assert refusal(latency.load_table, missing) == (
+        f"{missing}: cannot read the latency table (No such file or directory)")
+    assert refusal(latency.load_table, broken).startswith(f"{broken}: not a JSON latency table (Expecting property")
+    expected = ("not an onnxprune latency table (format 'onnxprune-latency-table/0', "
+                "expected 'onnxprune-latency-table/1')")
+    assert refusal(latency.load_table, other) == f"{other}: {expected}"
+    assert refusal(LatencyTable.from_json, {"format": "onnxprune-latency-table/0"}) == f"the latency table: {expected}"
+    model, _ = normalize(FACTORIES["conv_chain"]())
+    table = table_of({0: {8: 1.0}}, meta={"model_sha256": "abc"})
+    assert refusal(latency.check_table, table, model, {0: 8}, "t.json") == (
+        f"t.json: made for another model (its model_sha256 abc is not this model's {model_hash(model)}); "
+        "run `onnxprune profile` on this model")
+    table = table_of({0: {8: 1.0}}, meta={"model_sha256": model_hash(model)})
+    latency.check_table(table, model, {0: 8}, "t.json")
+    assert refusal(latency.check_table, table, model, {2: 8, 0: 8, 1: 16}, "t.json") == (
+        "t.json: has no measurements for groups [1, 2]; profile with the same options (--exclude, method) as the prune")
+
+
 @pytest.mark.parametrize("pro", [False, True])
 def test_a_data_method_meets_a_latency_target_with_and_without_pro(tmp_path, pro):
     path, calib = tmp_path / "wide.onnx", tmp_path / "calib.npz"

@@ -92,3 +92,90 @@ def test_a_gemm_alpha_is_folded_into_the_weight_input():
     assert all(a.f == 1.0 for n in rewritten.graph.node for a in n.attribute if a.name == "alpha")
     feeds = random_feeds(model, batch=2, seed=0)
     np.testing.assert_allclose(run(bind(rewritten, values), feeds)[0], run(normalized, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def chain_variants(monkeypatch, budget=1 << 30):
+    """Variants of a conv 8 -> conv 16 -> conv 8 -> Gemm chain whose consumers conv1, conv2 and gemm0
+    (nodes 2, 4 and 8 of 9) read their weights from inputs; each segment cut out is recorded as
+    (its activation inputs, its outputs), and each session's providers."""
+    from onnxprune.widths import variants as module
+
+    normalized, _ = normalize(FACTORIES["conv_chain"](widths=(8, 16, 8)))
+    plans, _ = reconstructable(analyze(normalized))
+    segments, providers = [], []
+    probe, session = module.probe_model, module.session
+
+    def probed(model, tensors, sources=None):
+        segments.append((sorted(n for n in sources if "/" not in n), list(tensors)))
+        return probe(model, tensors, sources)
+
+    def made(model, providers_=None, **kwargs):
+        providers.append(providers_)
+        return session(model, providers_, **kwargs)
+
+    monkeypatch.setattr(module, "probe_model", probed)
+    monkeypatch.setattr(module, "session", made)
+    feeds = random_feeds(normalized, batch=2, seed=0)
+    variants = Variants(normalized, [c for g in sorted(plans) for c in plans[g]], feeds, ["gemm0"],
+                        ["CPUExecutionProvider"], budget)
+    return variants, feeds, segments, providers
+
+
+def test_a_variant_runs_from_the_first_node_that_reads_its_changed_parameters(monkeypatch):
+    """Nothing changed: the whole model, from the input. conv2's weights changed: its input relu1 is
+    computed from the input once and kept, then the rest runs from relu1; conv1's likewise from
+    relu0. After conv1's weights are committed, relu1 (made after conv1) is forgotten and recomputed
+    from relu0, the nearest cut still kept, not from the input. Every output equals the whole model's
+    with the same weights, and every session runs on the providers asked for."""
+    variants, feeds, segments, providers = chain_variants(monkeypatch)
+    rng = np.random.default_rng(1)
+    whole = lambda params: run(bind(variants.model, params), feeds)[0]  # noqa: E731
+    conv1, conv2 = ({name: rng.standard_normal(variants.current[name].shape).astype(np.float32)
+                     for name in variants.slots[node][:2]} for node in ("conv1", "conv2"))
+    np.testing.assert_allclose(variants.run({})[0], whole(variants.current), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(variants.run(conv2)[0], whole({**variants.current, **conv2}), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(variants.run(conv1)[0], whole({**variants.current, **conv1}), rtol=1e-5, atol=1e-5)
+    variants.commit(conv1)
+    np.testing.assert_allclose(variants.run(conv2)[0], whole({**variants.current, **conv2}), rtol=1e-5, atol=1e-5)
+    assert segments == [
+        (["input"], ["gemm0"]),  # nothing changed: from node 0
+        (["input"], ["relu1"]), (["relu1"], ["gemm0"]),  # conv2 (node 4): relu1 kept, then from it
+        (["input"], ["relu0"]), (["relu0"], ["gemm0"]),  # conv1 (node 2)
+        (["relu0"], ["relu1"]),  # after the commit: relu1 again, from relu0; the segment from relu1 is reused
+    ]
+    assert providers and all(p == ["CPUExecutionProvider"] for p in providers)
+
+
+def test_the_weights_as_inputs_are_declared_with_their_type_and_shape():
+    """Each consumer's weight and bias become inputs named after the node and their role, declared
+    float32 with the shape of the value; the model runs fed them as inputs, without ``bind``."""
+    normalized, _ = normalize(FACTORIES["conv_chain"](widths=(8, 16, 8)))
+    plans, _ = reconstructable(analyze(normalized))
+    rewritten, slots, values = weights_as_inputs(normalized, [c for g in sorted(plans) for c in plans[g]])
+    assert slots == {"conv1": ("conv1/weight", "conv1/bias", False), "conv2": ("conv2/weight", "conv2/bias", False),
+                     "gemm0": ("gemm0/weight", "gemm0/bias", True)}
+    declared = {i.name: (i.type.tensor_type.elem_type, tuple(d.dim_value for d in i.type.tensor_type.shape.dim))
+                for i in rewritten.graph.input}
+    assert {n: declared[n] for n in values} == {n: (onnx.TensorProto.FLOAT, v.shape) for n, v in values.items()}
+    assert values["conv1/weight"].shape == (16, 8, 3, 3) and values["gemm0/bias"].shape == (10,)
+    onnx.checker.check_model(rewritten, full_check=True)
+    feeds = random_feeds(normalized, batch=2, seed=0)
+    np.testing.assert_allclose(run(rewritten, {**feeds, **values})[0], run(normalized, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("ir_version, still_inputs", [(3, True), (4, False), (8, False)])
+def test_bind_makes_the_bound_inputs_initializers(ir_version, still_inputs):
+    """From IR 4 on, the bound inputs leave the graph's inputs (onnxruntime then pre-packs them as
+    constants); IR 3 lists every initializer among the inputs, so there they stay."""
+    normalized, _ = normalize(FACTORIES["conv_chain"](widths=(8, 16, 8)))
+    plans, _ = reconstructable(analyze(normalized))
+    rewritten, _, values = weights_as_inputs(normalized, [c for g in sorted(plans) for c in plans[g]])
+    rewritten.ir_version = ir_version
+    params = {n: v for n, v in values.items() if n.startswith("conv2/")}
+    bound = bind(rewritten, {**params, "not an input": np.zeros(1, np.float32)})
+    inputs = [i.name for i in bound.graph.input]
+    assert ("conv2/weight" in inputs and "conv2/bias" in inputs) == still_inputs
+    assert {"input", "conv1/weight", "conv1/bias", "gemm0/weight", "gemm0/bias"} <= set(inputs)
+    added = {t.name for t in bound.graph.initializer} - {t.name for t in rewritten.graph.initializer}
+    assert added == {"conv2/weight", "conv2/bias"}  # not "not an input"
+    assert len(rewritten.graph.input) == 7 and "conv2/weight" not in {t.name for t in rewritten.graph.initializer}

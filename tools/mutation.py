@@ -7,6 +7,7 @@
     python tools/mutation.py --survivors cost     # the table, then each survivor's diff
     python tools/mutation.py --rerun-survivors cost   # the survivors (and untested) again, after new tests
     python tools/mutation.py --sample 60 groups   # a seeded random 60 of the module's mutants not run yet
+    python tools/mutation.py --functions staircase,predict latency   # all the mutants of some functions
     python tools/mutation.py --try MUTANT tests/test_cost.py -k macs   # tests against one mutant
 
 mutmut's configuration is `[tool.mutmut]` in pyproject.toml: the modules it mutates and the
@@ -55,6 +56,8 @@ MODULES = {
     "data": ("onnxprune/data.py", ["tests/test_data.py"]),
     "scores": ("onnxprune/methods/scores.py", ["tests/test_selection.py", "tests/test_copies.py", "tests/test_sequential.py"]),
     "reap": ("onnxprune/methods/reap.py", ["tests/test_selection.py", "tests/test_copies.py", "tests/test_sequential.py"]),
+    "latency": ("onnxprune/widths/latency.py", ["tests/test_latency_numbers.py", "tests/test_latency.py"]),
+    "variants": ("onnxprune/widths/variants.py", ["tests/test_variants.py"]),
 }
 RESULTS = ROOT / "mutants" / "mutation-results.json"  # module -> mutant -> mutmut exit code, merged over runs
 
@@ -72,6 +75,12 @@ def module_name(name: str) -> str:
 
 def mutant_glob(path: str) -> str:
     return path[: -len(".py")].replace("/", ".") + ".*"
+
+
+def function_globs(path: str, functions: list[str]) -> list[str]:
+    """mutmut's names for the mutants of these functions or methods of the module: x_f__mutmut_3
+    for a function, xǁClassǁf__mutmut_3 for a method."""
+    return [f"{mutant_glob(path)[:-1]}*[_ǁ]{f}__mutmut_*" for f in functions]
 
 
 def load() -> dict[str, dict[str, int | None]]:
@@ -179,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-children", type=int, default=2, help="mutants run in parallel (default 2)")
     parser.add_argument("--sample", type=int, default=0, metavar="N",
                         help="run a seeded random N of the module's mutants not run yet (not all of them)")
+    parser.add_argument("--functions", metavar="F,G",
+                        help="run all the mutants of these functions or methods of the module (run before or not)")
     parser.add_argument("--table", action="store_true", help="run nothing, print the table of the last runs")
     parser.add_argument("--rerun-survivors", action="store_true",
                         help="run only the module's survivors of earlier runs again, and the mutants no test "
@@ -201,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                      if args.rerun_survivors else [])
             if args.rerun_survivors and not names:
                 continue
+            if args.functions:
+                names = function_globs(MODULES[short][0], args.functions.split(","))
             # record again which tests reach which function: the tests may have changed, and mutmut
             # records only the functions of the module it mutates, but reuses its record for the
             # next module when their test files are the same (least_squares after reap found no
