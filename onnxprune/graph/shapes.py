@@ -34,7 +34,7 @@ NUMPY_OF = {
 
 
 def random_feeds(model: onnx.ModelProto, input_shapes=None, seed: int = 0) -> dict[str, np.ndarray] | None:
-    """Random inputs of the model's input shapes; None if some dim is unknown."""
+    """Random inputs of the model's input shapes (integers 0 or 1); None if some dim is unknown."""
     rng = np.random.default_rng(seed)
     feeds = {}
     fixed = fixed_input_shapes(model, input_shapes)
@@ -45,8 +45,8 @@ def random_feeds(model: onnx.ModelProto, input_shapes=None, seed: int = 0) -> di
             return None
         if np.issubdtype(dtype, np.floating):
             feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
-        else:
-            feeds[vi.name] = rng.integers(0, 2 if dtype == np.bool_ else 255, size=shape).astype(dtype)
+        else:  # 0 or 1: valid token ids (an embedding table may be small), masks and token types
+            feeds[vi.name] = rng.integers(0, 2, size=shape).astype(dtype)
     return feeds
 
 
