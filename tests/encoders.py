@@ -41,6 +41,7 @@ class EncoderSpec:
     mask: bool = False  # an int64 attention_mask input [B, S]: 1 for real tokens, 0 for padding
     dynamic_seq: bool = False  # the sequence dim symbolic (float input only: the position table is static)
     quantized: tuple[str, ...] = ()
+    echo_inputs: bool = False  # graph outputs copying the int64 inputs come first, as in torch's export of MiniLM
     redundancy: float = 0.0  # in [0, 1): how much each FFN's first projection repeats itself (low rank)
     seed: int = 0
 
@@ -211,10 +212,14 @@ class EncoderBuilder:
         if s.norm == "pre":
             x = self.layer_norm(x, "/encoder/LayerNorm")
         self.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"], name="/Identity"))
-        graph = helper.make_graph(
-            self.nodes, "encoder", inputs,
-            [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", seq, s.hidden])],
-            self.inits)
+        outputs = [helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", seq, s.hidden])]
+        if s.echo_inputs:
+            echoed = [i for i in inputs if i.type.tensor_type.elem_type == TensorProto.INT64]
+            for i in echoed:
+                self.nodes.append(helper.make_node("Identity", [i.name], [f"{i.name}_copy"], name=f"/{i.name}/Identity"))
+            outputs[:0] = [helper.make_tensor_value_info(f"{i.name}_copy", TensorProto.INT64, ["batch", seq])
+                           for i in echoed]
+        graph = helper.make_graph(self.nodes, "encoder", inputs, outputs, self.inits)
         opsets = [helper.make_opsetid("", s.opset)] + ([helper.make_opsetid("com.microsoft", 1)] if self.ms else [])
         model = helper.make_model(graph, opset_imports=opsets, ir_version=9 if s.opset >= 20 else 8,
                                   producer_name="onnxprune-tests")

@@ -251,6 +251,16 @@ def test_prune_by_ratio_and_by_flops_writes_a_valid_model_with_the_predicted_mac
         assert run(pruned, feeds)[0].shape == run(model, feeds)[0].shape
 
 
+def test_pro_measures_the_first_floating_point_output():
+    """A torch export of a sentence encoder lists copies of its int64 inputs as its first outputs:
+    PRO measures the hidden states instead (it failed, the copy's producer lying before its cuts)."""
+    spec, model = build(layers=2, ffn=32, vocab=20, mask=True, echo_inputs=True)
+    assert [o.name for o in model.graph.output][:2] == ["input_ids_copy", "attention_mask_copy"]
+    result = prune(model, PruneConfig(method=Method("reap"), keep_flops=0.8, pro=True, pro_samples=16),
+                   calibration(spec, samples=32))
+    assert result.pro and result.pro[-1].error > 0 and result.macs_after <= 0.8 * result.macs_before
+
+
 def output_error(model, pruned, feeds):
     """||f(x) - f_pruned(x)|| / ||f(x)|| over the real tokens."""
     a, b = run(model, feeds)[0], run(pruned, feeds)[0]
