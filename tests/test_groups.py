@@ -277,7 +277,7 @@ def layouts_differ():
                        inputs=[graph_input("w", [8, 4])]),
      "Gemm node 'gemm_w' (needs a constant weight and bias vector, and no transA)"),
     (lambda: conv_then(lambda b, x: node(b, "MatMul", [x, b._const("m", np.eye(8))], "matmul", 8, 8)),
-     "MatMul node 'matmul' (only a 2-D input times a constant matrix is supported)"),
+     "MatMul node 'matmul' (reads axis 3; its channels lie on axis 1)"),
     (lambda: conv_then(bn_of_scale, inputs=[graph_input("scale", [8])]),
      "BatchNormalization node 'bn_w' (non-constant parameters or training outputs)"),
     (lambda: conv_then(lambda b, x: node(b, "Flatten", [x], "flatten2", axis=2)),

@@ -56,7 +56,9 @@ def consumer_of(node: gs.Node, analysis: Analysis) -> Consumer | str:
     if node.op == "ConvTranspose":
         return _conv_transpose(node, in_shape, analysis.shapes.get(y.name))
     if node.op in ("Gemm", "MatMul"):
-        if len(in_shape) != 2:
+        # A MatMul reads its input's last axis: a transformer's [batch, sequence, features] are
+        # rows of tokens (calibration.statistics.token_rows).
+        if len(in_shape) != 2 and (node.op == "Gemm" or layout.block != 1):
             return f"{node.op} node '{node.name}': input is not 2-D"
         return Consumer(node.name, node.op, x.name, y.name, len(layout.atoms), layout.block)
     return f"{node.op} node '{node.name}': weights of this op are not reconstructed"
@@ -184,8 +186,9 @@ def touched_nodes(analysis: Analysis, gid: int) -> set[str]:
 
 
 def kept_outputs(analysis: Analysis, c: Consumer, removed: np.ndarray) -> np.ndarray:
+    """The consumer's outputs (channels of its output's axis 1, a Gemm's or MatMul's last) that ``removed`` keeps."""
     positions = analysis.kept_positions(c.output, removed)
     if positions is not None:
         return positions
     shape = analysis.shapes[c.output]
-    return np.arange(shape[1])
+    return np.arange(shape[1] if c.op in ("Conv", "ConvTranspose") else shape[-1])

@@ -1,11 +1,19 @@
 """Channel groups: which channels of an ONNX graph must be removed together.
 
-Every tensor's channel axis (axis 1) is described by a ``Layout``: one *atom*
-id per channel. Producers (Conv, ConvTranspose, Gemm, MatMul with a constant
-weight) create fresh atoms; channel-wise ops pass their input's atoms through;
-Concat concatenates them, Split/Slice take sub-ranges, Flatten keeps them with a
-block of H*W features per channel. Couplers (Add/Mul/... of two non-constant
-tensors, SE gates included) unite their inputs' atoms position by position.
+Every tensor's channel axis is described by a ``Layout``: one *atom* id per
+channel. The channel axis is axis 1 of a CNN's maps, and the last axis of a
+MatMul's output: a transformer's [batch, sequence, features] activations carry
+their channels (FFN neurons, the hidden width) on axis 2. Producers (Conv,
+ConvTranspose, Gemm, MatMul with a constant weight, an embedding Gather) create
+fresh atoms; channel-wise ops pass their input's atoms through; Concat
+concatenates them, Split/Slice take sub-ranges, Flatten keeps them with a block
+of H*W features per channel. Couplers (Add/Mul/... of two non-constant tensors,
+SE gates and residual streams included) unite their inputs' atoms position by
+position; their channels must lie on the same axis.
+
+Channels of unknown origin (graph inputs, outputs of unsupported ops) are frozen
+and tracked on axis 1; where an op needs them on another axis (a residual Add of
+a [batch, sequence, hidden] input), they are tracked there too, with the same reason.
 
 A *channel* is a class of united atoms; a *group* is a connected set of
 producers and channels (through shared atoms), pruned as one. Anything the
@@ -20,7 +28,7 @@ channels of that tensor, update this Split's sizes, ...).
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -37,10 +45,13 @@ from .grouped import cells as grouped_cells
 
 @dataclass
 class Layout:
-    """Channel axis of a tensor: atom id per channel, ``block`` features per channel."""
+    """Channel axis of a tensor: atom id per channel, ``block`` features per channel, which
+    ``axis`` they lie on, and ``origin``: why they are frozen where their origin is unknown."""
 
     atoms: np.ndarray
     block: int = 1
+    axis: int = 1
+    origin: str | None = None
 
 
 class EditKind(enum.Enum):
@@ -152,12 +163,16 @@ def analyze(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]] | N
 
 
 # Ops that act on each channel on its own: output channel c depends on input channel c only.
-UNARY_CHANNELWISE = frozenset(
+# Pointwise ones do so whatever axis the channels lie on; pooling only for channels on axis 1.
+POINTWISE = frozenset(
     """Relu LeakyRelu Clip Sigmoid HardSigmoid HardSwish Tanh Elu Selu Celu Softplus Softsign
     ThresholdedRelu Mish Gelu Erf Abs Neg Exp Log Sqrt Reciprocal Floor Ceil Round Sign Cast
-    Identity Dropout MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool
-    Sin Cos IsNaN IsInf""".split()
+    Identity Dropout Sin Cos IsNaN IsInf""".split()
 )
+POOLING = frozenset("MaxPool AveragePool LpPool GlobalAveragePool GlobalMaxPool GlobalLpPool".split())
+UNARY_CHANNELWISE = POINTWISE | POOLING
+# Ops that only move or cast a weight on its way from a DequantizeLinear to the layer reading it.
+WEIGHT_PLUMBING = frozenset("Transpose Reshape Cast Identity Unsqueeze Squeeze".split())
 ELEMENTWISE = frozenset("Add Sub Mul Div Max Min Sum Mean Pow PRelu".split())
 REDUCE = frozenset(
     "ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceSumSquare".split()
@@ -179,6 +194,7 @@ class _Analyzer:
         self.edits: list[Edit] = []
         self.consumers: list[tuple[str, str]] = []  # (node, tensor) reading channels into weights
         self.groupings: list[tuple[str, str, int]] = []  # (grouped conv, tensor it reads or writes, group)
+        self.elsewhere: dict[tuple[str, int], Layout | None] = {}  # (tensor, axis) -> its unknown channels there
 
     # -- building blocks -------------------------------------------------------------
 
@@ -193,7 +209,9 @@ class _Analyzer:
         return self._finish()
 
     def _visit(self, node: gs.Node) -> None:
-        if node.domain not in ("", "ai.onnx", None):
+        if node.domain == "com.microsoft":
+            self._opaque(node, "a fused onnxruntime op (com.microsoft), not pruned")
+        elif node.domain not in ("", "ai.onnx", None):
             self._opaque(node, f"custom domain {node.domain}")
         elif any(isinstance(v, gs.Graph) for v in node.attrs.values()):
             self._subgraph(node)
@@ -225,22 +243,47 @@ class _Analyzer:
         self.n_atoms += n
         return atoms
 
-    def _produce(self, node: gs.Node, n: int, weight_index: int = 1, weight_axis: int = 0) -> Layout:
+    def _produce(self, node: gs.Node, n: int, weight_index: int = 1, weight_axis: int = 0, axis: int = 1) -> Layout:
         out = node.outputs[0]
-        layout = Layout(self._new_atoms(n))
+        layout = Layout(self._new_atoms(n), axis=axis)
         self.sources.append(Source(node.name, out.name, int(layout.atoms[0]), n, weight_index, weight_axis))
         self.layouts[out.name] = layout
         return layout
 
-    def _fresh_frozen(self, tensor, reason: str) -> None:
-        """Channels of unknown origin: fresh atoms, frozen (they cannot be removed)."""
+    def _unknown(self, tensor, reason: str, axis: int = 1) -> Layout | None:
+        """Channels of unknown origin on ``axis``: fresh atoms, frozen (they cannot be removed)."""
         shape = self._shape(tensor)
-        if shape is None or len(shape) < 2 or shape[1] is None:
-            return
-        layout = Layout(self._new_atoms(shape[1]))
-        self.sources.append(Source(None, tensor.name, int(layout.atoms[0]), shape[1]))
-        self.layouts[tensor.name] = layout
+        if shape is None or len(shape) < 2 or len(shape) <= axis or shape[axis] is None:
+            return None
+        layout = Layout(self._new_atoms(shape[axis]), axis=axis, origin=reason)
+        self.sources.append(Source(None, tensor.name, int(layout.atoms[0]), shape[axis]))
         self.frozen_atoms.append((layout.atoms, reason))
+        return layout
+
+    def _fresh_frozen(self, tensor, reason: str, axis: int = 1) -> None:
+        """The tensor's channels are of unknown origin: tracked on ``axis``, frozen."""
+        layout = self._unknown(tensor, reason, axis)
+        if layout is not None:
+            self.layouts[tensor.name] = layout
+
+    def _at(self, node: gs.Node, tensor, axis: int, freeze: bool = True) -> Layout | None:
+        """The channels of ``tensor`` that ``node`` reads on ``axis``: its layout there; for
+        channels of unknown origin tracked on another axis, frozen atoms on this one (the same
+        for every reader, so what they meet is frozen with their reason); None where it tracks
+        none. Channels of known origin on another axis would be moved or mixed untracked: None,
+        and (``freeze``) they are frozen."""
+        layout = self._lay(tensor)
+        if layout is None or layout.axis == axis:
+            return layout
+        if layout.origin is not None:
+            key = (tensor.name, axis)
+            if key not in self.elsewhere:
+                self.elsewhere[key] = self._unknown(tensor, layout.origin, axis)
+            return self.elsewhere[key]
+        if freeze:
+            self._freeze(tensor, f"read by {node.op} node '{node.name}' "
+                                 f"(reads axis {axis}; its channels lie on axis {layout.axis})")
+        return None
 
     def _freeze(self, tensor, reason: str) -> None:
         layout = self._lay(tensor)
@@ -248,7 +291,7 @@ class _Analyzer:
             self.frozen_atoms.append((layout.atoms, reason))
 
     def _unite(self, a: Layout, b: Layout) -> bool:
-        if len(a.atoms) != len(b.atoms) or a.block != b.block:
+        if len(a.atoms) != len(b.atoms) or a.block != b.block or a.axis != b.axis:
             return False
         self.unions.append((a.atoms, b.atoms))
         return True
@@ -275,10 +318,42 @@ class _Analyzer:
                 for t in inner.inputs:
                     self._freeze(t, f"read inside a subgraph of {node.op} node '{node.name}'")
 
-    def _consume(self, node: gs.Node, tensor, weight_index: int, axis: int) -> None:
-        if self._lay(tensor) is not None:
+    def _consume(self, node: gs.Node, tensor, weight_index: int, weight_axis: int, axis: int = 1) -> None:
+        """``node`` reads the channels of ``tensor`` on ``axis`` into its weight (sliced along
+        ``weight_axis`` when they go)."""
+        layout = self._at(node, tensor, axis)
+        if layout is not None and layout is self._lay(tensor):
             self.consumers.append((node.name, tensor.name))
-            self.edits.append(Edit(EditKind.SLICE_CONST, node.name, tensor.name, weight_index, axis))
+            self.edits.append(Edit(EditKind.SLICE_CONST, node.name, tensor.name, weight_index, weight_axis))
+
+    @staticmethod
+    def _dequantized(weight) -> str | None:
+        """Why a layer whose weight a DequantizeLinear computes (int8 weights, possibly transposed
+        or reshaped on the way) is not pruned; None for any other weight."""
+        t = weight
+        while isinstance(t, gs.Variable) and t.inputs and t.inputs[0].op in WEIGHT_PLUMBING:
+            t = t.inputs[0].inputs[0]
+        if isinstance(t, gs.Variable) and t.inputs and t.inputs[0].op == "DequantizeLinear":
+            return (f"its weight is dequantized by DequantizeLinear node '{t.inputs[0].name}' "
+                    "(quantized weights are not pruned)")
+        return None
+
+    def _quantized(self, node: gs.Node, weight, axis: int | None) -> bool:
+        """A layer whose weight a DequantizeLinear computes stays as it is: what it reads is frozen,
+        and its outputs (on ``axis``) are a group of their own, frozen with the reason, so that
+        ``inspect`` lists the layer. False (nothing done) for any other non-constant weight."""
+        why = self._dequantized(weight)
+        if why is None:
+            return False
+        for t in node.inputs:
+            self._freeze(t, f"read by {node.op} node '{node.name}' ({why})")
+        shape = self._shape(node.outputs[0])
+        if axis is None or shape is None or len(shape) <= axis or shape[axis] is None:
+            self._fresh_frozen(node.outputs[0], f"produced by {node.op} node '{node.name}' ({why})")
+            return True
+        layout = self._produce(node, shape[axis], axis=axis)
+        self.frozen_atoms.append((layout.atoms, f"produced by {node.op} node '{node.name}' ({why})"))
+        return True
 
     def _slice_out(self, node: gs.Node, index: int, axis: int, out_index: int = 0) -> None:
         if len(node.inputs) > index and isinstance(node.inputs[index], gs.Constant):
@@ -301,7 +376,7 @@ class _Analyzer:
     def _conv(self, node: gs.Node) -> None:
         x, w = node.inputs[0], node.inputs[1]
         if not _constant_weight_and_bias(node):
-            return self._opaque(node, "non-constant weight or bias")
+            return self._quantized(node, w, 1) or self._opaque(node, "non-constant weight or bias")
         g = int(node.attrs.get("group", 1))
         cout, cin_per_group = w.shape[0], w.shape[1]
         if g == 1:
@@ -311,14 +386,15 @@ class _Analyzer:
             self._slice_out(node, 2, 0)
         elif g == cout and cin_per_group == 1 and self._channels(x) == g:
             # Depthwise: output channel c reads input channel c only.
-            self._pass(node, self._lay(x))
+            self._pass(node, self._at(node, x, 1))
             self._slice_out(node, 1, 0)
             self._slice_out(node, 2, 0)
             self.edits.append(Edit(EditKind.SET_GROUP, node.name, node.outputs[0].name))
         else:
             # Grouped: output block j reads input block j only, so each block of the input, and
             # of the output, keeps as many channels as the others (grouped.py); group stays g.
-            if self._lay(x) is not None:
+            layout = self._at(node, x, 1)
+            if layout is not None and layout is self._lay(x):
                 self.consumers.append((node.name, x.name))
                 self.edits.append(Edit(EditKind.SLICE_GROUPED, node.name, x.name, 1, 1))
                 self.groupings.append((node.name, x.name, g))
@@ -344,7 +420,10 @@ class _Analyzer:
         has_c = len(node.inputs) > 2 and bool(node.inputs[2].name)
         c = node.inputs[2] if has_c else None
         c_ok = c is None or (isinstance(c, gs.Constant) and (c.values.ndim < 2 or c.shape[0] == 1))
-        if not isinstance(w, gs.Constant) or w.values.ndim != 2 or not c_ok or node.attrs.get("transA", 0):
+        if not isinstance(w, gs.Constant):
+            return self._quantized(node, w, 1) or self._opaque(
+                node, "needs a constant weight and bias vector, and no transA")
+        if w.values.ndim != 2 or not c_ok or node.attrs.get("transA", 0):
             return self._opaque(node, "needs a constant weight and bias vector, and no transA")
         trans_b = int(node.attrs.get("transB", 0))
         k_axis, m_axis = (1, 0) if trans_b else (0, 1)
@@ -355,12 +434,30 @@ class _Analyzer:
             self._slice_out(node, 2, c.values.ndim - 1)
 
     def _matmul(self, node: gs.Node) -> None:
+        """x [..., n] times a constant W [n, m]: reads x's channels on its last axis (a CNN head's
+        [N, C], a transformer's [batch, sequence, features]) and makes m on the output's."""
         x, w = node.inputs[0], node.inputs[1]
-        if not isinstance(w, gs.Constant) or w.values.ndim != 2 or self._rank(x) != 2:
-            return self._opaque(node, "only a 2-D input times a constant matrix is supported")
-        self._consume(node, x, 1, 0)
-        self._produce(node, w.shape[1], weight_axis=1)
+        rank = self._rank(x)
+        if not isinstance(w, gs.Constant):
+            return self._quantized(node, w, None if rank is None else rank - 1) or self._opaque(
+                node, "multiplies two activations (as attention does); only a constant weight matrix is pruned")
+        if w.values.ndim != 2 or rank is None or rank < 2:
+            return self._opaque(node, "only an input of known rank times a constant matrix is supported")
+        self._consume(node, x, 1, 0, axis=rank - 1)
+        self._produce(node, w.shape[1], weight_axis=1, axis=rank - 1)
         self._slice_out(node, 1, 1)
+
+    def _gather(self, node: gs.Node) -> None:
+        """An embedding: rows of a constant table [V, C] picked by indices make C fresh channels on
+        the output's last axis (a transformer's hidden width); any other Gather is not supported."""
+        data, indices = node.inputs[0], node.inputs[1]
+        rank = self._rank(node.outputs[0])
+        if (not isinstance(data, gs.Constant) or data.values.ndim != 2 or int(node.attrs.get("axis", 0)) != 0
+                or not isinstance(indices, gs.Variable) or rank is None or rank < 2):
+            return self._opaque(node)
+        self._freeze(indices, f"used as indices by Gather node '{node.name}'")
+        self._produce(node, data.shape[1], weight_index=0, weight_axis=1, axis=rank - 1)
+        self._slice_out(node, 0, 1)
 
     # -- channel-wise ops ----------------------------------------------------------
 
@@ -374,7 +471,8 @@ class _Analyzer:
     def _unary(self, node: gs.Node) -> None:
         if self._extra_outputs_used(node):
             return self._opaque(node, "its second output is used")
-        self._pass(node, self._lay(node.inputs[0]))
+        x = node.inputs[0]
+        self._pass(node, self._lay(x) if node.op in POINTWISE else self._at(node, x, 1))
 
     def _normalization(self, node: gs.Node) -> None:
         """BatchNormalization / InstanceNormalization: per-channel parameters are sliced."""
@@ -383,9 +481,37 @@ class _Analyzer:
             len(node.inputs) > i and isinstance(node.inputs[i], gs.Constant) for i in params
         ):
             return self._opaque(node, "non-constant parameters or training outputs")
-        self._pass(node, self._lay(node.inputs[0]))
+        self._pass(node, self._at(node, node.inputs[0], 1))
         for i in params:
             self._slice_out(node, i, 0)
+
+    def _layer_norm(self, node: gs.Node) -> None:
+        """LayerNormalization over axes axis..rank-1: every output channel there reads all of them,
+        so channels on the last axis (a transformer's hidden width) are frozen and pass through
+        (its per-channel scale and bias are sliced); channels on an earlier axis pass untouched."""
+        x, out = node.inputs[0], node.outputs[0]
+        rank, own = self._rank(x), self._lay(x)
+        params = [i for i in (1, 2) if len(node.inputs) > i and node.inputs[i].name]
+        constant = all(isinstance(node.inputs[i], gs.Constant) for i in params)
+        if self._extra_outputs_used(node) or rank is None or not constant:
+            return self._opaque(node, "non-constant scale or bias, statistics outputs used, or unknown rank")
+        axis = int(node.attrs.get("axis", -1))
+        axis = axis + rank if axis < 0 else axis
+        if own is None:
+            return self._pass(node, None)
+        if own.origin is None and own.axis < axis:
+            return self._pass(node, own)
+        if axis != rank - 1 or own.block != 1:
+            return self._opaque(node, "normalises across channels")
+        layout = self._at(node, x, axis)
+        if layout is None:
+            return self._pass(node, None)
+        self.frozen_atoms.append((layout.atoms, f"normalised across these channels by LayerNormalization node "
+                                                f"'{node.name}' (a transformer's hidden width stays)"))
+        self._pass(node, layout)
+        for i in params:
+            if node.inputs[i].values.shape == (len(layout.atoms),):
+                self.edits.append(Edit(EditKind.SLICE_CONST, node.name, out.name, i, 0))
 
     def _elementwise(self, node: gs.Node) -> None:
         """Add/Mul/... : constants are sliced where they vary per channel; variables are united."""
@@ -398,17 +524,17 @@ class _Analyzer:
             if any(self._lay(t) is not None for t in node.inputs):
                 return self._opaque(node, "inputs of unknown rank")
             return
+        channel_axis = self._channel_axis(node.inputs, rank)
         out_shape = self.shapes.get(out.name)
-        channels = out_shape[1] if out_shape is not None else None
+        channels = out_shape[channel_axis] if out_shape is not None else None
         spanning: list[Layout] = []
         for i, t in enumerate(node.inputs):
             shape = self._shape(t)
-            layout = self._lay(t)
             if shape is None:
                 return self._opaque(node, "an input of unknown shape")
-            axis = 1 - (rank - len(shape))
+            axis = channel_axis - (rank - len(shape))
             size = shape[axis] if axis >= 0 else 1
-            if layout is not None and len(shape) != rank:
+            if self._lay(t) is not None and len(shape) != rank:
                 return self._opaque(node, "broadcasts channels across ranks")
             if channels is None:
                 channels = size if size != 1 else channels
@@ -418,16 +544,26 @@ class _Analyzer:
                 if size != channels:
                     return self._opaque(node)
                 self.edits.append(Edit(EditKind.SLICE_CONST, node.name, out.name, i, axis))
-            elif layout is None:
-                return self._opaque(node, "combines channels with a tensor of unknown origin")
-            else:
-                spanning.append(layout)
+                continue
+            layout = self._at(node, t, channel_axis, freeze=False)
+            if layout is None:
+                return self._opaque(node, "combines channels with a tensor of unknown origin" if self._lay(t) is None
+                                    else "combines tensors whose channels lie on different axes")
+            spanning.append(layout)
         if not spanning:
             return self._pass(node, None)
+        spanning.sort(key=lambda lay: lay.origin is not None)  # the output's channels: known ones where any
         for other in spanning[1:]:
             if not self._unite(spanning[0], other):
                 return self._opaque(node, "combines tensors of different channel layouts")
         self._pass(node, spanning[0])
+
+    def _channel_axis(self, tensors, rank: int | None) -> int:
+        """The axis an op's channels lie on: that of its inputs' channels of known origin, else
+        of any tracked ones (inputs of the op's full rank), else axis 1."""
+        tracked = [lay for lay in (self._lay(t) for t in tensors if self._rank(t) == rank) if lay is not None]
+        known = [lay for lay in tracked if lay.origin is None]
+        return known[0].axis if known else tracked[0].axis if tracked else 1
 
     # -- structure: Concat, Split, Slice, Flatten, Reshape, ... ---------------------
 
@@ -444,22 +580,24 @@ class _Analyzer:
         axis = self._axis(node, node.outputs[0])
         if axis is None:
             return self._opaque(node, "axis of unknown rank")
-        layouts = [self._lay(t) for t in node.inputs]
-        if axis != 1:
-            present = [lay for lay in layouts if lay is not None]
-            if len(present) != len(layouts) and present:
+        channel_axis = self._channel_axis(node.inputs, self._rank(node.outputs[0]))
+        if axis != channel_axis:
+            tracked = [t for t in node.inputs if self._lay(t) is not None]
+            present = [lay for lay in (self._at(node, t, channel_axis) for t in tracked) if lay is not None]
+            if len(present) != len(node.inputs) and present:
                 return self._opaque(node)
+            present.sort(key=lambda lay: lay.origin is not None)
             for other in present[1:]:
                 if not self._unite(present[0], other):
                     return self._opaque(node)
             return self._pass(node, present[0] if present else None)
-        for t, lay in zip(node.inputs, layouts):
-            if lay is None and isinstance(t, gs.Variable):
-                self._fresh_frozen(t, f"concatenated by '{node.name}' from channels of unknown origin")
-        layouts = [self._lay(t) for t in node.inputs]
+        for t in node.inputs:
+            if self._lay(t) is None and isinstance(t, gs.Variable):
+                self._fresh_frozen(t, f"concatenated by '{node.name}' from channels of unknown origin", axis)
+        layouts = [self._at(node, t, axis) for t in node.inputs]
         if any(lay is None for lay in layouts) or len({lay.block for lay in layouts}) != 1:
             return self._opaque(node, "joins channels that cannot be tracked")
-        self._pass(node, Layout(np.concatenate([lay.atoms for lay in layouts]), layouts[0].block))
+        self._pass(node, Layout(np.concatenate([lay.atoms for lay in layouts]), layouts[0].block, axis))
 
     def _split(self, node: gs.Node) -> None:
         x = node.inputs[0]
@@ -467,7 +605,7 @@ class _Analyzer:
         layout = self._lay(x)
         if axis is None:
             return self._opaque(node, "axis of unknown rank")
-        if axis != 1 or layout is None:
+        if layout is None or axis != layout.axis:
             for i in range(len(node.outputs)):
                 self._pass(node, layout, i)
             return
@@ -476,7 +614,7 @@ class _Analyzer:
             return self._opaque(node, "split sizes not constant")
         offsets = np.cumsum([0, *sizes])
         for i, out in enumerate(node.outputs):
-            self.layouts[out.name] = Layout(layout.atoms[offsets[i]:offsets[i + 1]])
+            self.layouts[out.name] = replace(layout, atoms=layout.atoms[offsets[i]:offsets[i + 1]])
         self.edits.append(Edit(EditKind.SPLIT_SIZES, node.name, x.name))
 
     def _split_sizes(self, node: gs.Node, n: int) -> list[int] | None:
@@ -513,21 +651,21 @@ class _Analyzer:
         if rank is None:
             return self._opaque(node)
         axes = [int(a) + rank if a < 0 else int(a) for a in axes]
-        if 1 not in axes or layout is None:
+        if layout is None or layout.axis not in axes:
             return self._pass(node, layout)
-        k = axes.index(1)
+        k = axes.index(layout.axis)
         n = len(layout.atoms)
         if steps[k] != 1 or layout.block != 1:
             return self._opaque(node, "steps through channels")
         start, stop, _ = slice(int(starts[k]), int(ends[k])).indices(n)
         if stop <= start:
             return self._opaque(node)
-        self._pass(node, Layout(layout.atoms[start:stop]))
+        self._pass(node, replace(layout, atoms=layout.atoms[start:stop]))
         self.edits.append(Edit(EditKind.SLICE_RANGE, node.name, x.name, k, start=start, stop=stop))
 
     def _flatten(self, node: gs.Node) -> None:
         x = node.inputs[0]
-        layout, shape = self._lay(x), self._shape(x)
+        layout, shape = self._at(node, x, 1), self._shape(x)
         axis = int(node.attrs.get("axis", 1))
         if layout is None:
             return self._pass(node, None)
@@ -541,10 +679,12 @@ class _Analyzer:
         if layout is None:
             return self._pass(node, None)
         flattening = (
-            shape is not None and out_shape is not None and len(out_shape) == 2 and len(shape) >= 2
-            and shape[0] is not None and out_shape[0] == shape[0]
+            layout.axis == 1 and shape is not None and out_shape is not None and len(out_shape) == 2
+            and len(shape) >= 2 and shape[0] is not None and out_shape[0] == shape[0]
             and all(d is not None for d in shape[2:]) and isinstance(node.inputs[1], gs.Constant)
         )
+        if _splits_heads(shape, out_shape, layout.axis):
+            return self._opaque(node, "splits the channels into attention heads; attention heads are not pruned yet")
         if not flattening:
             return self._opaque(node, "moves channels; only flattening [N, C, ...] -> [N, C*...] is supported")
         self._pass(node, Layout(layout.atoms, layout.block * int(np.prod(shape[2:], dtype=np.int64))))
@@ -563,14 +703,14 @@ class _Analyzer:
         if axes is None or rank is None:
             return self._opaque(node, "axes not constant")
         axes = [int(a) + rank if a < 0 else int(a) for a in np.atleast_1d(axes)]
-        if min(axes) < 2 or layout.block != 1:
+        if min(axes) <= layout.axis or layout.block != 1:
             return self._opaque(node, "moves the channel axis")
         self._pass(node, layout)
 
     def _transpose(self, node: gs.Node) -> None:
-        perm = node.attrs.get("perm")
-        if perm is not None and list(perm[:2]) == [0, 1] and self._lay(node.inputs[0]) is not None:
-            return self._pass(node, self._lay(node.inputs[0]))
+        perm, layout = node.attrs.get("perm"), self._lay(node.inputs[0])
+        if perm is not None and layout is not None and perm[0] == 0 and perm[layout.axis] == layout.axis:
+            return self._pass(node, layout)
         self._opaque(node, "moves the channel axis")
 
     def _pad(self, node: gs.Node) -> None:
@@ -586,14 +726,16 @@ class _Analyzer:
         pads = [int(p) for p in pads]
         axes = list(range(rank)) if axes is None else [int(a) + rank if a < 0 else int(a) for a in axes]
         half = len(pads) // 2
+        layout = self._lay(x)
+        channel_axis = 1 if layout is None else layout.axis
         for k, a in enumerate(axes):
-            if a in (0, 1) and (pads[k] or pads[k + half]):
+            if a in (0, channel_axis) and (pads[k] or pads[k + half]):
                 return self._opaque(node, "pads the batch or channel axis")
-        self._pass(node, self._lay(x))
+        self._pass(node, layout)
 
     def _resize(self, node: gs.Node) -> None:
         x, out = node.inputs[0], node.outputs[0]
-        layout = self._lay(x)
+        layout = self._at(node, x, 1)
         if layout is None:
             return self._pass(node, None)
         if "axes" in node.attrs or ("scales" in node.attrs and node.attrs["scales"][1] != 1):
@@ -624,30 +766,37 @@ class _Analyzer:
         if axes is None or rank is None or not len(axes):
             return self._opaque(node, "reduces over channels")
         axes = [int(a) + rank if a < 0 else int(a) for a in axes]
-        if min(axes) < 2:
+        if 0 in axes or layout.axis in axes:
             return self._opaque(node, "reduces over channels")
-        self._pass(node, layout)
+        kept_dims = int(node.attrs.get("keepdims", 1))  # without, the axes before the channels go
+        self._pass(node, replace(layout, axis=layout.axis - (0 if kept_dims else sum(a < layout.axis for a in axes))))
 
     def _softmax(self, node: gs.Node) -> None:
+        """Softmax over one axis (opset 13 on), or over the axes from ``axis`` on, flattened (before)."""
+        layout = self._lay(node.inputs[0])
+        channel_axis = 1 if layout is None else layout.axis
         axis = self._axis(node, node.inputs[0], default=-1 if self.opset >= 13 else 1)
-        if axis is None or axis < 2:
+        if axis is None or axis == 0 or (axis == channel_axis if self.opset >= 13 else axis <= channel_axis):
             return self._opaque(node, "normalises across channels")
-        self._pass(node, self._lay(node.inputs[0]))
+        self._pass(node, layout)
 
     def _shape_op(self, node: gs.Node) -> None:
         """Shape reads the channel count; harmless only when that entry is never used."""
         x = node.inputs[0]
-        if self._lay(x) is None:
+        layout = self._lay(x)
+        if layout is None:
             return
-        rank = self._rank(x)
+        rank, axis = self._rank(x), layout.axis
         start = int(node.attrs.get("start", 0))
         end = node.attrs.get("end")
         if rank is not None:
             start = start + rank if start < 0 else start
             end = rank if end is None else (end + rank if end < 0 else end)
-            if not start <= 1 < end:
+            if not start <= axis < end:
                 return
-        if all(_reads_shape_entries_other_than(n, 1 - start) for n in node.outputs[0].outputs) and node.outputs[0] not in self.graph.outputs:
+        entry = axis - start
+        if all(_reads_shape_entries_other_than(n, entry) for n in node.outputs[0].outputs) \
+                and node.outputs[0] not in self.graph.outputs:
             return
         self._freeze(x, f"its channel count is read by Shape node '{node.name}'")
 
@@ -787,6 +936,14 @@ def _constant_weight_and_bias(node: gs.Node) -> bool:
     return isinstance(node.inputs[1], gs.Constant) and (bias is None or isinstance(bias, gs.Constant) or not bias.name)
 
 
+def _splits_heads(shape: tuple | None, out_shape: tuple | None, axis: int) -> bool:
+    """[..., C] -> [..., heads, C / heads] with the channels on the last axis: attention's heads."""
+    return (shape is not None and out_shape is not None and axis == len(shape) - 1
+            and len(out_shape) == len(shape) + 1 and tuple(out_shape[:axis]) == tuple(shape[:axis])
+            and None not in out_shape[-2:] and shape[-1] is not None and out_shape[-2] * out_shape[-1] == shape[-1]
+            and out_shape[-2] > 1)
+
+
 def _adjacency(n: int, a: np.ndarray, b: np.ndarray):
     return coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
 
@@ -822,6 +979,8 @@ _HANDLERS = {
     "Upsample": _Analyzer._resize,
     "Softmax": _Analyzer._softmax,
     "LogSoftmax": _Analyzer._softmax,
+    "LayerNormalization": _Analyzer._layer_norm,
+    "Gather": _Analyzer._gather,
     "Shape": _Analyzer._shape_op,
     **{op: _Analyzer._unary for op in UNARY_CHANNELWISE},
     **{op: _Analyzer._elementwise for op in ELEMENTWISE},

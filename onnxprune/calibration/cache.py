@@ -69,7 +69,10 @@ class SegmentRunner:
         if any(name not in cached and producer.get(name, -1) < start for name in wanted):
             start, cached = 0, set()  # a wanted tensor lies before the cut
         save = position.get(keep_before, 0) if keep_before is not None and cuttable(model) else 0
+        inputs = {i.name for i in model.graph.input}
         keep = live_tensors(model, save) if save >= max(start, 1) else []
+        if keep:  # wanted graph inputs (the attention mask) stay with the cut: later runs need not start over
+            keep += [n for n in wanted if n in inputs and n not in keep]
         if start:
             sources = _drain(self.cache)  # each kept batch is freed once used: old and new cut never both whole
             self.cut, self.before = 0, frozenset()
@@ -77,7 +80,6 @@ class SegmentRunner:
             segment = probe_model(model, computed, self.cache[0]) if computed else None
         else:
             sources = self.batches()
-            inputs = {i.name for i in model.graph.input}
             computed = [n for n in dict.fromkeys(wanted + keep) if n not in inputs]
             segment = probe_model(model, computed) if computed else None
         run = session(segment, self.providers) if segment is not None else None

@@ -9,6 +9,10 @@ channels with K taps each (kh*kw for a Conv or ConvTranspose, H*W for a flattene
          those of the direct convolution it equals: transposed.py), plus a ones column;
     Y  = the ORIGINAL model's consumer output (BatchNorm folded, before activation).
 
+A MatMul reading a transformer's [batch, sequence, n] activations has one row per token
+(``token_rows``); where the feeds carry an ``attention_mask`` ([batch, sequence], 0 for
+padding), the padded tokens' rows are left out of G and C, so padding never steers the fit.
+
 Only second-order statistics leave a batch: G = X^T X, C = X^T Y, sum(Y^2) and the
 row count, accumulated in float64 (``layer_stats.LayerStats``), so memory does not grow
 with the number of samples and any split into batches sums to the same result.
@@ -40,6 +44,7 @@ from .transposed import direct_input, direct_pads
 
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 HOLDOUT_EVERY = 4  # every 4th calibration batch is held out to choose the ridge
+MASK = "attention_mask"  # the model input that marks real tokens (nonzero) and padding (0)
 
 
 class StatsMode(str, enum.Enum):
@@ -67,6 +72,19 @@ class Calibration:
     @property
     def sampling(self) -> RowSampling:
         return RowSampling(self.rows_per_column, self.samples)
+
+
+def token_rows(x: np.ndarray, y: np.ndarray, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A Gemm or MatMul consumer's input x [..., n] and output y [..., m] as rows, X [T, n] and
+    Y [T, m], one per position of the leading dims (T = batch x sequence for a transformer's
+    tokens). With ``mask`` of x's leading dims ([batch, sequence]: attention_mask), only the
+    rows where it is nonzero: the statistics of a padded batch are those of its real tokens.
+    A mask of other dims (a consumer after pooling) does not apply."""
+    xs, ys = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    if mask is None or mask.shape != x.shape[:-1]:
+        return xs, ys
+    real = mask.reshape(-1) != 0
+    return xs[real], ys[real]
 
 
 def windows(x: np.ndarray, c: Consumer) -> np.ndarray:
@@ -261,13 +279,17 @@ def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consu
     """
     device_providers = device_providers or ["CPUExecutionProvider"]
     ins, outs = {c.input for c in consumers}, {c.output for c in consumers}
+
+    def mask(feeds):  # carried beside the inputs, for token_rows
+        return {MASK: feeds[MASK]} if MASK in feeds else {}
+
     if inputs_model is targets_model:  # one run gives both
         both = session(probe_model(inputs_model, sorted(ins | outs)), device_providers)
-        runs = ((v, v) for v in (run_all(both, feeds) for feeds in batches()))
+        runs = ((v, v) for v in ({**run_all(both, feeds), **mask(feeds)} for feeds in batches()))
     else:
         x_session = session(probe_model(inputs_model, sorted(ins)), device_providers)
         y_session = session(probe_model(targets_model, sorted(outs)), device_providers)
-        runs = ((run_all(x_session, feeds), run_all(y_session, feeds)) for feeds in batches())
+        runs = (({**run_all(x_session, feeds), **mask(feeds)}, run_all(y_session, feeds)) for feeds in batches())
     return accumulate(runs, consumers, mode, device_providers, holdout_every, on_batch, rows)
 
 
@@ -276,7 +298,8 @@ def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]
                holdout_every: int = 0, on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
                ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
     """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``. A
-    grouped conv's are per block (grouped.BlockStats)."""
+    grouped conv's are per block (grouped.BlockStats); a Gemm's or MatMul's over the rows of
+    ``token_rows``, without padding where the inputs carry the attention mask (``MASK``)."""
     reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
     fit: dict[str, LayerStats] = {}
     holdout: dict[str, LayerStats] = {}
@@ -286,8 +309,10 @@ def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]
             return reduce(x, y, c, rows, i)
 
         for c in consumers:
-            s = (reduce_i(xs[c.input], ys[c.output], c) if c.groups == 1
-                 else block_stats(reduce_i, xs[c.input], ys[c.output], c))
+            x, y = xs[c.input], ys[c.output]
+            if c.op in ("Gemm", "MatMul"):
+                x, y = token_rows(x, y, xs.get(MASK))
+            s = reduce_i(x, y, c) if c.groups == 1 else block_stats(reduce_i, x, y, c)
             bucket[c.node] = s if c.node not in bucket else bucket[c.node] + s
         if on_batch is not None:
             on_batch(len(xs[consumers[0].input]))

@@ -7,6 +7,7 @@ sequential.part_quotas gives each part of a group read in parts the count it pre
 from __future__ import annotations
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from ..analysis.grouped import in_rounds, round_up
 from ..analysis.groups import Analysis
@@ -19,9 +20,10 @@ def l1_scores(analysis: Analysis) -> list[np.ndarray]:
     nodes = {n.name: n for n in analysis.graph.nodes}
     class_score = np.zeros(len(analysis.class_group))
     for source in analysis.sources:
-        if source.node is None:
+        weight = nodes[source.node].inputs[source.weight_index] if source.node is not None else None
+        if not isinstance(weight, gs.Constant):  # channels of unknown origin, or a dequantized layer's: frozen
             continue
-        w = np.moveaxis(np.asarray(nodes[source.node].inputs[source.weight_index].values), source.weight_axis, 0)
+        w = np.moveaxis(np.asarray(weight.values), source.weight_axis, 0)
         per_channel = np.abs(w.reshape(w.shape[0], -1)).mean(axis=1, dtype=np.float64)
         atoms = np.arange(source.start, source.start + source.count)
         np.add.at(class_score, analysis.atom_class[atoms], per_channel)

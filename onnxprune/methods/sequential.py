@@ -25,7 +25,7 @@ import onnx
 from ..analysis.consumers import Consumer, kept_outputs, reconstructable, touched_nodes
 from ..analysis.groups import Analysis
 from ..calibration.cache import SegmentRunner, pairs
-from ..calibration.statistics import HOLDOUT_EVERY, Calibration, accumulate
+from ..calibration.statistics import HOLDOUT_EVERY, MASK, Calibration, accumulate
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
 from .grouped import Piece, join, pieces, relative_error, rounds
@@ -68,6 +68,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
     x_runner = SegmentRunner(calib.batches, providers, budget)
     y_runner = SegmentRunner(calib.batches, providers, budget) if calib.sequential else x_runner
     current = normalized
+    masks = [i.name for i in normalized.graph.input if i.name == MASK]  # padding leaves the statistics
     for step, gid in enumerate(order, 1):
         n = analysis.groups[gid].channels
         removed = analysis.removed_mask(keep)
@@ -75,7 +76,7 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         parts = part_quotas(analysis, gid, proxy[gid]) or rounds(analysis, gid, len(proxy[gid]))
         target = counts[gid] if parts is None else len(proxy[gid])
         reads = [r for _, r, _, _, _, _ in plan]
-        ins, outs = [c.input for c in reads], [c.output for c in reads]
+        ins, outs = [c.input for c in reads] + masks, [c.output for c in reads]
         following = first_consumer[step]
         if calib.sequential:
             changed = min(touched_nodes(analysis, gid), key=position.__getitem__)

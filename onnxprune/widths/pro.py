@@ -131,7 +131,7 @@ class ProSearch:
         self.channels, self.cost, self.progress = channels, cost, progress
         self.rank = cost if rank is None else rank
         feeds = _first_samples(calib, samples)
-        output = normalized.graph.output[0].name
+        output = measured_output(normalized)
         if method.reconstructs:
             if rebuilt is None:
                 rebuilt = Reconstructions(normalized, analysis, method, channels, calib, progress)
@@ -367,6 +367,16 @@ class PrunedCandidates:
 
     def at(self, counts: Counts) -> np.ndarray:
         return self.cuts.run(prune_channels(self.normalized, self.analysis, self.keep_of(counts)), 0, [self.output])[0]
+
+
+FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def measured_output(model: onnx.ModelProto) -> str:
+    """The graph output whose error PRO measures: the first of a floating-point type (torch's export
+    of a sentence encoder lists copies of its int64 input_ids and attention_mask first)."""
+    floats = [o.name for o in model.graph.output if o.type.tensor_type.elem_type in FLOATS]
+    return floats[0] if floats else model.graph.output[0].name
 
 
 def _first_samples(calib: Calibration, samples: int) -> dict[str, np.ndarray]:
