@@ -185,7 +185,7 @@ def test_channels_that_are_linear_combinations_are_removed_without_error(attrs):
     stats = stats_of(normalized, c, feeds, [8], StatsMode.HOST)
     theta0 = theta_of(next(n for n in analysis.graph.nodes if n.name == c.node), c)
     theta = ridge_solve(stats, np.arange(4), c.taps, theta0, 0.0)
-    assert error(stats, theta) < 1e-9 * stats.energy
+    assert error(stats, theta) < 1e-6 * stats.energy  # exact to the float32 rounding of the statistics
     pruned, keep, _ = prune_sequential(normalized, analysis, {0: 4}, methods.get("reap"), calibration(model))
     assert len(keep[0]) == 4
     assert rel_error(model, pruned, random_feeds(model, batch=8, seed=9)) < 1e-5

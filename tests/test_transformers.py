@@ -165,7 +165,8 @@ def test_statistics_with_padding_equal_those_of_the_real_tokens():
     expected = stats_from_data(np.concatenate(real_x), np.concatenate(real_y))
     assert padded.rows == expected.rows == sum(lengths)
     for got, want in [(padded.gram, expected.gram), (padded.cross, expected.cross), (padded.yy, expected.yy)]:
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-9)
+        # the host's products run in float32 (layer_stats.weighted_stats): equal to its rounding
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_calibration_with_attention_mask_sees_only_real_tokens():

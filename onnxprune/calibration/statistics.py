@@ -163,6 +163,9 @@ def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, rows: RowSampling = AL
         ys = np.asarray(targets(y[start:stop], c, local), dtype=np.float32)
         s = weighted_stats(xs, ys, weight)
         total = s if total is None else total + s
+    if total is None:  # no rows (a batch of padding only)
+        m = y.shape[1]
+        return LayerStats(np.zeros((p, p)), np.zeros((p, m)), np.zeros(m), 0)
     return total
 
 
