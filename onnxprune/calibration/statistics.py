@@ -15,11 +15,15 @@ padding), the padded tokens' rows are left out of G and C, so padding never stee
 
 Only second-order statistics leave a batch: G = X^T X, C = X^T Y, sum(Y^2) and the
 row count, accumulated in float64 (``layer_stats.LayerStats``), so memory does not grow
-with the number of samples and any split into batches sums to the same result.
+with the number of samples and any split into batches sums to the same result (to the
+rounding of the host's float32 products). They read a seeded sample of each sample's
+output positions, weighted to unbiased estimates of the full ones (sampling.py,
+``Calibration.rows_per_column``; 0 reads every row).
 
-Statistics are reduced on the host (numpy) or inside an onnxruntime graph: the
-patches come from a Conv with one-hot (Dirac) kernels, which copies values exactly,
-and G and C from float64 MatMuls, so only small matrices leave the runtime.
+Statistics are reduced on the host (numpy: float32 products around the rows' means,
+``layer_stats.weighted_stats``) or inside an onnxruntime graph: the patches come from a
+Conv with one-hot (Dirac) kernels, which copies values exactly, the drawn rows from a
+Gather, and G and C from float64 MatMuls, so only small matrices leave the runtime.
 """
 
 from __future__ import annotations
