@@ -7,6 +7,7 @@ import json
 import re
 from types import SimpleNamespace
 
+import numpy as np
 import onnx
 import pytest
 from builders import FACTORIES
@@ -15,6 +16,7 @@ from onnxprune import OnnxPruneError, analyze, normalize
 from onnxprune.progress import no_progress
 from onnxprune.widths import latency
 from onnxprune.widths.latency import LatencyGoal, LatencyTable, Target, ladder, staircase, steps_of, timed_keep
+from onnxprune.widths.pro import ProChoice
 
 
 def test_the_constants_the_hand_computations_below_assume():
@@ -179,9 +181,13 @@ def weight_widths(model: onnx.ModelProto) -> list[int]:
 
 def fake_timing(monkeypatch, segment_ms: list[list[float]], full_ms: float, check_ms: list[float]):
     """profile's timings replaced: each group's segment medians (ladder order: widest first), then the
-    whole models (the original, then the checks). Returns what profile asked to be timed."""
-    asked = {"segments": [], "models": None}
+    whole models (the original, then the checks). Returns what profile asked to be timed, and the
+    providers and options of each session it made."""
+    asked = {"segments": [], "models": None, "sessions": []}
     segment_ms = iter(segment_ms)
+    session = latency.session
+    monkeypatch.setattr(latency, "session", lambda model, providers=None, **options: (
+        asked["sessions"].append((providers, options)), session(model, providers, **options))[1])
     monkeypatch.setattr(latency, "interleaved", lambda sessions, feeds, runs: (asked["segments"].append(
         (len(sessions), len(feeds), runs)), sessions)[1])
     monkeypatch.setattr(latency, "medians_ms", lambda sessions: next(segment_ms))
@@ -208,6 +214,9 @@ def test_profile_fits_the_scale_by_least_squares_to_the_checks(chain, monkeypatc
     assert table.steps[0] == {8: 0.3, 16: 0.5}
     assert table.steps[1] == pytest.approx({8: 0.25, 16: 0.755, 24: 0.755, 32: 1.0}, rel=1e-12)
     assert asked["segments"] == [(2, 2, 7), (4, 4, 7)]  # each group's widths timed together, `runs` times
+    # the activations computed once, unoptimised (every tensor exact), then each segment on the target
+    cpu = ("CPUExecutionProvider",)
+    assert asked["sessions"] == [(cpu, {"optimize": False})] + [(cpu, {"threads": 1})] * 6
     assert asked["models"] == [[16, 24], [8, 16], [8, 8]] and (asked["runs"], asked["seed"]) == (7, 3)
     scale = 1.23375 / 1.16055
     assert table.scale == pytest.approx(scale, rel=1e-12) and table.scale == pytest.approx(1.0630735, abs=1e-7)
@@ -314,10 +323,11 @@ def test_measure_sizes_its_rounds_to_the_seconds_asked(monkeypatch, first_ms, ru
 STEPS = {0: {8: 0.3, 16: 0.5}, 1: {8: 0.25, 16: 0.75, 24: 0.75, 32: 1.0}}
 
 
-def fit_latency(chain, monkeypatch, fraction, measured, table_path=None, steps=STEPS):
-    """latency_counts without PRO on the chain and the table above, each whole-model timing taken
-    from ``measured`` (the original's, then the models'). Returns the counts, the fit and the
-    timings asked for (the widths of each model timed)."""
+def fit_latency(chain, monkeypatch, fraction, measured, table_path=None, steps=STEPS, pro=False, method=None,
+                macs=None):
+    """latency_counts on the chain and the table above (without PRO, unless ``pro``), each whole-model
+    timing taken from ``measured`` (the original's, then the models'). Returns the counts, the fit
+    and the timings asked for (the widths of each model timed)."""
     normalized, analysis = chain
     monkeypatch.setattr(latency, "profile", lambda *a, **k: LatencyTable({}, 5.0, steps))
     measured, timed = iter(measured), []
@@ -327,11 +337,12 @@ def fit_latency(chain, monkeypatch, fraction, measured, table_path=None, steps=S
         return [next(measured) for _ in range(1 + len(models))]
 
     monkeypatch.setattr(latency, "measure", measure)
-    goal = LatencyGoal(fraction, Target(), 8, table_path)
-    counts, steps, fit = latency.latency_counts(normalized, analysis, None, {0: 16, 1: 32}, goal, None, no_progress,
-                                                lambda c: timed_keep(analysis, c), None)
-    assert steps == []
-    return counts, fit, timed
+    goal = LatencyGoal(fraction, Target(), 8, table_path, pro, pro_samples=7)
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    counts, trace, fit = latency.latency_counts(normalized, analysis, method, channels, goal, "calibration",
+                                                no_progress, lambda c: timed_keep(analysis, c), macs)
+    assert pro or trace == []
+    return (counts, fit, timed, trace) if pro else (counts, fit, timed)
 
 
 def test_the_uniform_fit_then_a_measurement_on_the_target(chain, monkeypatch):
@@ -345,6 +356,11 @@ def test_the_uniform_fit_then_a_measurement_on_the_target(chain, monkeypatch):
     assert report["groups"] == [{"group": 0, "channels": 16, "ms": 0.5, "full_ms": 0.5},
                                 {"group": 1, "channels": 8, "ms": 0.25, "full_ms": 1.0}]
     assert report["pro_rankings"] == {} and report["pro_ranking"] is None
+    assert report == {
+        "target": 0.9, "batch": 1, "threads": 0, "providers": ["CPUExecutionProvider"], "table": "measured here",
+        "table_meta": {}, "table_scale": 1.0, "table_checks": [], "original_ms": 5.0, "predicted_ms": 4.25,
+        "predicted_fraction": 0.85, "measured_original_ms": None, "measured_ms": None, "measured_fraction": None,
+        "attempts": fit.attempts, "pro_rankings": {}, "pro_ranking": None, "groups": report["groups"]}
 
 
 def test_the_refits_scale_the_budget_by_the_miss_and_keep_the_largest_budget_within_the_target(chain, monkeypatch):
@@ -377,6 +393,60 @@ def test_a_smaller_budget_within_the_target_does_not_replace_a_larger_one(chain,
     assert [a["budget_ms"] for a in fit.attempts] == pytest.approx([4.5, 5.0, 5.0 / 1.2, 5.0 / 1.2 / 0.9], rel=1e-12)
     assert timed == [[[16, 8]], [[16, 32]], [[8, 8]], [[8, 24]]]
     assert counts == {0: 16, 1: 8} and fit.predicted_ms == 4.25
+
+
+def test_a_miss_of_exactly_two_percent_is_within_the_target(chain, monkeypatch):
+    """0.72 (miss 0.8, within: budget 4.5 kept) -> 5.0, nothing pruned; 0.918 / 1.0 / 0.9 is exactly
+    1.02, the tolerance: within, and the larger budget, so its widths are kept."""
+    assert 0.918 / 1.0 / 0.9 == 1.02
+    counts, fit, _ = fit_latency(chain, monkeypatch, 0.9, [1.0, 0.72, 1.0, 0.918])
+    assert [a["budget_ms"] for a in fit.attempts] == [4.5, 5.0] and counts == {0: 16, 1: 32}
+
+
+@pytest.fixture(scope="module")
+def chain_16_40():
+    normalized, _ = normalize(FACTORIES["conv_chain"](widths=(16, 40)))
+    return normalized, analyze(normalized)
+
+
+def test_the_uniform_fit_moves_every_group_by_its_step(chain_16_40, monkeypatch):
+    """Groups of 16 and 40 channels, steps of 8: group 0 saves 0.25 at 8, group 1 0.25 at 24 or
+    fewer. Budget 0.95 * 5.0 = 4.75. Uniform ratios r in steps of 8 keep {16, 40} up to r = 0.1,
+    {16, 32} to 0.25 (5.0 both), then {8, 32} (4.75): the bisection's end; the give-back cannot
+    widen group 0 (5.0), widens group 1 to 40 (still 4.75): {8, 40}. (By single channels instead,
+    the bisection would end at {10, 24}, charged 16's and 24's times, and give back {16, 24}.)"""
+    steps = {0: {8: 0.25, 16: 0.5}, 1: {8: 0.25, 16: 0.25, 24: 0.25, 32: 0.5, 40: 0.5}}
+    counts, fit, timed = fit_latency(chain_16_40, monkeypatch, 0.95, [1.0, 0.95], steps=steps)
+    assert counts == {0: 8, 1: 40} and fit.predicted_ms == 4.75 and timed == [[[8, 40]]]
+
+
+def test_with_pro_both_rankings_are_fitted_to_the_budget_in_microseconds(chain, monkeypatch):
+    """PRO gets the table's prediction in whole microseconds as its cost (widths {16, 8}: round(1000
+    * 4.25) = 4250), the budget 1000 * 0.9 * 5.0 = 4500, each group's step and the samples asked
+    for, ranked per microsecond or per MAC. Both rankings' widths measure 0.936 of the original,
+    4 % over the target: within PRO's 5 % (not the uniform fit's 2 %), so no refit, and the smaller
+    error (per MAC, 0.1) is kept, with its steps."""
+    calls = []
+
+    def optimize(normalized, analysis, method, channels, cost, budget, calibration, steps, samples, progress,
+                 rank, rebuilt):
+        calls.append(dict(cost=cost, budget=budget, calibration=calibration, steps=steps, samples=samples,
+                          rank=rank, rebuilt=rebuilt, method=method))
+        return ProChoice({0: 16, 1: 8}, ["per microsecond"], 0.2) if rank is cost else \
+            ProChoice({0: 8, 1: 16}, ["per MAC"], 0.1)
+
+    monkeypatch.setattr(latency, "optimize_counts", optimize)
+    macs, method = (lambda keep: 0), SimpleNamespace(reconstructs=False)
+    counts, fit, timed, trace = fit_latency(chain, monkeypatch, 0.9, [1.0, 0.936, 0.936], pro=True, method=method,
+                                            macs=macs)
+    assert len(calls) == 2 and calls[1]["rank"] is macs and calls[0]["cost"] is calls[1]["cost"]
+    cost = calls[0]["cost"]
+    assert cost({0: np.arange(16), 1: np.arange(8)}) == 4250 and cost({0: np.arange(8), 1: np.arange(8)}) == 4050
+    assert all(c["budget"] == 4500.0 and c["steps"] == {0: 8, 1: 8} and c["samples"] == 7 and c["rebuilt"] is None
+               and c["calibration"] == "calibration" and c["method"] is method for c in calls)
+    assert timed == [[[16, 8], [8, 16]]]
+    assert counts == {0: 8, 1: 16} and trace == ["per MAC"] and fit.ranking == "per MAC"
+    assert fit.rankings == {"per microsecond": 0.2, "per MAC": 0.1} and fit.predicted_ms == 4.55
 
 
 def test_a_miss_beyond_the_deepest_pruning_stops_the_refits(chain, monkeypatch):
