@@ -15,7 +15,7 @@ from onnxprune import OnnxPruneError, analyze, normalize
 from onnxprune.cli import main
 from onnxprune.widths import latency
 from onnxprune.widths.budget import fit_budget
-from onnxprune.widths.latency import LatencyTable, model_hash, staircase
+from onnxprune.widths.latency import LatencyTable, Target, model_hash, staircase
 
 
 def table_of(steps, full=10.0, scale=1.0, meta=None):
@@ -230,12 +230,12 @@ def test_a_table_that_cannot_be_used_is_refused_with_its_path_and_the_reason(tmp
     assert refusal(LatencyTable.from_json, {"format": "onnxprune-latency-table/0"}) == f"the latency table: {expected}"
     model, _ = normalize(FACTORIES["conv_chain"]())
     table = table_of({0: {8: 1.0}}, meta={"model_sha256": "abc"})
-    assert refusal(latency.check_table, table, model, {0: 8}, "t.json") == (
+    assert refusal(latency.check_table, table, model, {0: 8}, "t.json", Target()) == (
         f"t.json: made for another model (its model_sha256 abc is not this model's {model_hash(model)}); "
         "run `onnxprune profile` on this model")
     table = table_of({0: {8: 1.0}}, meta={"model_sha256": model_hash(model)})
-    latency.check_table(table, model, {0: 8}, "t.json")
-    assert refusal(latency.check_table, table, model, {2: 8, 0: 8, 1: 16}, "t.json") == (
+    latency.check_table(table, model, {0: 8}, "t.json", Target())
+    assert refusal(latency.check_table, table, model, {2: 8, 0: 8, 1: 16}, "t.json", Target()) == (
         "t.json: has no measurements for groups [1, 2]; profile with the same options (--exclude, method) as the prune")
 
 

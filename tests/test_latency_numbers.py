@@ -358,7 +358,7 @@ def test_the_uniform_fit_then_a_measurement_on_the_target(chain, monkeypatch):
     assert report["pro_rankings"] == {} and report["pro_ranking"] is None
     assert report == {
         "target": 0.9, "batch": 1, "threads": 0, "providers": ["CPUExecutionProvider"], "table": "measured here",
-        "table_meta": {}, "table_scale": 1.0, "table_checks": [], "original_ms": 5.0, "predicted_ms": 4.25,
+        "table_meta": {}, "table_scale": 1.0, "table_checks": [], "table_unchecked": [], "original_ms": 5.0, "predicted_ms": 4.25,
         "predicted_fraction": 0.85, "measured_original_ms": None, "measured_ms": None, "measured_fraction": None,
         "attempts": fit.attempts, "pro_rankings": {}, "pro_ranking": None, "groups": report["groups"]}
 
@@ -428,14 +428,18 @@ def test_with_pro_both_rankings_are_fitted_to_the_budget_in_microseconds(chain, 
     error (per MAC, 0.1) is kept, with its steps."""
     calls = []
 
-    def optimize(normalized, analysis, method, channels, cost, budget, calibration, steps, samples, progress,
-                 rank, rebuilt):
-        calls.append(dict(cost=cost, budget=budget, calibration=calibration, steps=steps, samples=samples,
-                          rank=rank, rebuilt=rebuilt, method=method))
-        return ProChoice({0: 16, 1: 8}, ["per microsecond"], 0.2) if rank is cost else \
-            ProChoice({0: 8, 1: 16}, ["per MAC"], 0.1)
+    class Search:  # latency.ProSearch: one per ranking, asked for the budget
+        def __init__(self, normalized, analysis, method, channels, cost, calibration, steps, samples, progress,
+                     rank, rebuilt):
+            self.call = dict(cost=cost, calibration=calibration, steps=steps, samples=samples, rank=rank,
+                             rebuilt=rebuilt, method=method)
 
-    monkeypatch.setattr(latency, "optimize_counts", optimize)
+        def choose(self, budget):
+            calls.append(dict(self.call, budget=budget))
+            return ProChoice({0: 16, 1: 8}, ["per microsecond"], 0.2) if self.call["rank"] is self.call["cost"] else \
+                ProChoice({0: 8, 1: 16}, ["per MAC"], 0.1)
+
+    monkeypatch.setattr(latency, "ProSearch", Search)
     macs, method = (lambda keep: 0), SimpleNamespace(reconstructs=False)
     counts, fit, timed, trace = fit_latency(chain, monkeypatch, 0.9, [1.0, 0.936, 0.936], pro=True, method=method,
                                             macs=macs)
