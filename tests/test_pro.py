@@ -194,6 +194,15 @@ def test_pro_ranks_by_another_cost_and_stops_on_its_own(monkeypatch):
     assert result.error == pytest.approx(4 * 1.0 + 4 * 0.1)
 
 
+def mac_problem(model):
+    """The normalised model, its analysis, its prunable groups' widths and their MAC cost of kept channels."""
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
+    macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes, analysis.unknown_after)).macs
+    return normalized, analysis, channels, lambda keep: macs(analysis.removed_mask(keep))
+
+
 def recording_progress():
     """A Progress that records each step's label, its total and the work it is told is done."""
     steps = {}
@@ -272,11 +281,7 @@ def test_candidates_rebase_when_the_cost_falls_below_rebase_of_the_base(monkeypa
     REBASE times the base's own cost (replayed from the trace), and at the chosen counts when
     channels were given back; never otherwise."""
     model = FACTORIES["conv_chain"](widths=(8, 16, 8))
-    normalized, _ = normalize(model)
-    analysis = analyze(normalized)
-    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
-    macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes, analysis.unknown_after)).macs
-    cost = lambda keep: macs(analysis.removed_mask(keep))  # noqa: E731
+    normalized, analysis, channels, cost = mac_problem(model)
     rebases = []
     rebase = pro.VariantCandidates.rebase
 
@@ -303,11 +308,7 @@ def test_the_final_error_is_that_of_the_chosen_widths():
     """l1 + PRO: ProChoice.error recounts as the final-output error of the model pruned to its counts."""
     model = FACTORIES["conv_chain"](widths=(16, 32, 16))
     cal = calibration(model)
-    normalized, _ = normalize(model)
-    analysis = analyze(normalized)
-    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
-    macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes, analysis.unknown_after)).macs
-    cost = lambda keep: macs(analysis.removed_mask(keep))  # noqa: E731
+    normalized, analysis, channels, cost = mac_problem(model)
     result = optimize_counts(normalized, analysis, methods.get("l1"), channels, cost,
                              0.55 * cost({g: np.arange(n) for g, n in channels.items()}), cal, 4, 24)
     feeds = {"input": np.concatenate([b["input"] for b in cal.batches()])[:24]}
@@ -434,11 +435,7 @@ def test_one_search_answers_several_budgets_as_fresh_searches_do(method):
     reads the path's start), then 0.6 again: each answer (counts, steps, error) is what a fresh
     search for that budget alone gives."""
     model = FACTORIES["conv_chain"](widths=(16, 32, 16))
-    normalized, _ = normalize(model)
-    analysis = analyze(normalized)
-    channels = {g.id: g.channels for g in analysis.groups if g.prunable}
-    macs = MacPredictor(analysis, model_cost(analysis.graph, analysis.shapes, analysis.unknown_after)).macs
-    cost = lambda keep: macs(analysis.removed_mask(keep))  # noqa: E731
+    normalized, analysis, channels, cost = mac_problem(model)
     full = cost({g: np.arange(n) for g, n in channels.items()})
     search = pro.ProSearch(normalized, analysis, methods.get(method), channels, cost, calibration(model), 2, 16)
     answers = [(f, search.choose(f * full)) for f in (0.6, 0.4, 0.75, 0.6)]
