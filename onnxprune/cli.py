@@ -184,8 +184,9 @@ def inspect(model, input_shapes, as_json):
 @click.option("--pro/--no-pro", default=None,
               help="Choose each layer's width by its effect on the final output (PRO); needs --calib and "
                    "--keep-flops, --keep-params or --keep-latency [default: on when both are given].")
-@click.option("--pro-samples", type=int, default=256, show_default=True,
-              help="Calibration samples PRO measures the final-output error on.")
+@click.option("--pro-samples", type=int, default=0, show_default=True,
+              help="Calibration samples PRO measures the final-output error on; 0: as many as keep one forward "
+                   "pass within 32 GMACs, between 16 and 256 (256 for small models).")
 @click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
               help="Leave the channels of layers whose node name matches this glob as they are (repeatable); "
                    "`inspect` lists the names.")

@@ -49,7 +49,7 @@ class PruneConfig:
     srn: bool = False  # serialise residual blocks first (targets stay relative to the original)
     keep_params: float | None = None
     pro: bool = False  # per-group widths from the final-output error (needs calibration data)
-    pro_samples: int = 256
+    pro_samples: int = 0  # 0: as many as one pass of PASS_MACS allows (widths/pro.py sample_count)
     exclude: tuple[str, ...] = ()  # glob patterns: groups produced by matching nodes are left alone
     keep_latency: float | None = None
     latency_batch: int = 1
@@ -78,8 +78,8 @@ class PruneConfig:
         if self.latency_batch < 1:
             raise OnnxPruneError(f"--latency-batch {self.latency_batch}: must be a positive integer")
         check_threads(self.threads)
-        if self.pro_samples < 1:
-            raise OnnxPruneError(f"--pro-samples {self.pro_samples}: must be a positive integer")
+        if self.pro_samples < 0:
+            raise OnnxPruneError(f"--pro-samples {self.pro_samples}: must be a positive integer, or 0 for automatic")
         if self.round_to < 1:
             raise OnnxPruneError(f"--round-to {self.round_to}: must be a positive integer")
         object.__setattr__(self, "method", Method(self.method))

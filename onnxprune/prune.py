@@ -23,7 +23,7 @@ from .progress import Progress, no_progress
 from .widths.budget import Counts, fit_budget, uniform
 from .graph.runtime import providers
 from .widths.latency import LatencyGoal, Target, latency_counts, steps_of
-from .widths.pro import ProStep, optimize_counts
+from .widths.pro import ProStep, optimize_counts, sample_count
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class PruneResult:
     srn: dict | None = None  # what serialising residual blocks did, with --srn
     pro: tuple[ProStep, ...] = ()  # PRO's commits: group, its new width, cost and final-output error
     latency: dict | None = None  # with --keep-latency: the table, predicted and measured latency (LatencyFit)
+    pro_samples: int = 0  # how many calibration samples PRO measured the final output on
 
     def to_json(self) -> dict:
         return {
@@ -67,6 +68,7 @@ class PruneResult:
             "srn": self.srn,
             "latency": self.latency,
             "pro": [{"group": p.group, "channels": p.channels, "cost": p.cost, "error": p.error} for p in self.pro],
+            "pro_samples": self.pro_samples,
             "reconstruction": [
                 {"group": n.group, "node": n.node, "rows": n.rows, "columns": n.columns, "alpha": n.alpha,
                  "rel_error": n.rel_error}
@@ -114,6 +116,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
                              + (f"; {len(excluded)} excluded by --exclude" if excluded else ""))
     keep_for = proxy_choice(analysis)
     steps = steps_of(analysis, channels, config.round_to)
+    pro_samples = sample_count(before.macs, config.pro_samples)
 
     trace: list[ProStep] = []
     latency = None
@@ -123,7 +126,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         goal = LatencyGoal(config.keep_latency, Target(tuple(providers(config.device)), config.threads,
                                                        config.latency_batch, tuple(config.input_shapes.items()),
                                                        sample),
-                           config.round_to, config.latency_table, config.pro, config.pro_samples)
+                           config.round_to, config.latency_table, config.pro, pro_samples)
         macs = MacPredictor(analysis, before).macs
         counts, trace, latency = latency_counts(normalized, analysis, method, channels, goal, calibration, progress,
                                                 keep_for, lambda keep: macs(analysis.removed_mask(keep)))
@@ -145,7 +148,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         if config.pro:
             choice = optimize_counts(
                 normalized, analysis, method, channels, lambda keep: predict(analysis.removed_mask(keep)),
-                budget, calibration, steps, config.pro_samples, progress)
+                budget, calibration, steps, pro_samples, progress)
             counts, trace = choice.counts, choice.steps
         else:
             counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget, steps)
@@ -160,7 +163,8 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
                     for g in analysis.groups)
     srn = srn_report.to_json(original.macs, before.macs) if srn_report else None
     return PruneResult(pruned, config, original.macs, after.macs, original.params, after.params, changes,
-                       tuple(notes), srn, tuple(trace), latency.to_json() if latency else None)
+                       tuple(notes), srn, tuple(trace), latency.to_json() if latency else None,
+                       min(pro_samples, calibration.samples) if trace and calibration is not None else 0)
 
 
 def proxy_choice(analysis: Analysis) -> Callable[[Counts], dict[int, np.ndarray]]:

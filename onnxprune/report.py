@@ -123,8 +123,8 @@ def prune_summary(result: PruneResult, source: str, output: str) -> str:
             lines.append(f"  group {c.group.id} ({c.group.channels} ch): {c.not_reconstructable}")
     if result.pro:
         last = result.pro[-1]
-        lines.append(f"PRO: {len(result.pro)} steps; final-output mean squared error on calibration data "
-                     f"{last.error:.4g} (estimate with independent reconstruction)")
+        lines.append(f"PRO: {len(result.pro)} steps; final-output mean squared error on {result.pro_samples} "
+                     f"calibration samples {last.error:.4g} (estimate with independent reconstruction)")
     if result.latency is not None:
         lines += latency_lines(result.latency)
     if result.srn is not None:

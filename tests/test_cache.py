@@ -7,7 +7,8 @@ from builders import FACTORIES, random_feeds, run
 from test_sequential import calibration
 
 from onnxprune import PruneConfig, normalize, prune
-from onnxprune.calibration.cache import SegmentRunner, live_tensors, pairs
+from onnxprune.calibration.cache import SegmentRunner, pairs
+from onnxprune.graph.probe import live_tensors
 from onnxprune.calibration.statistics import Calibration
 from onnxprune.config import Method
 from onnxprune.graph.probe import probe_model
@@ -132,7 +133,7 @@ def test_pruning_with_the_activation_cache_equals_pruning_without(name, method):
 def test_cuts_run_variants_from_their_cut_and_forget_what_a_change_invalidates(budget):
     from onnxprune import analyze
     from onnxprune.analysis.consumers import touched_nodes
-    from onnxprune.calibration.cache import Cuts
+    from onnxprune.widths.variants import Cuts
     from onnxprune.passes.surgery import prune_channels
 
     model, _ = normalize(FACTORIES["basic_block_net"](blocks=2))

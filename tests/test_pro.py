@@ -395,7 +395,7 @@ def test_pro_beats_uniform_widths_on_the_final_output():
     ({"ratio": 0.5, "pro": True}, "--pro chooses the ratios"),
     ({"keep_flops": 0.5, "keep_params": 0.5}, "exactly one"),
     ({"keep_params": 1.5}, "--keep-params"),
-    ({"keep_flops": 0.5, "pro": True, "pro_samples": 0}, "--pro-samples"),
+    ({"keep_flops": 0.5, "pro": True, "pro_samples": -1}, "--pro-samples"),
 ])
 def test_impossible_pro_options(kwargs, message):
     with pytest.raises(OnnxPruneError, match=message):
@@ -464,3 +464,44 @@ def test_every_stage_of_a_data_prune_reports_its_progress_to_the_end():
             assert sum(done) >= total > 0
         else:
             assert sum(done) == total > 0, label
+
+
+def test_sample_count_keeps_one_pass_within_its_mac_budget():
+    assert pro.sample_count(96e6) == 256  # the largest reference CNN: every sample it is given, up to 256
+    assert pro.sample_count(1.093e9) == 29  # YOLOv8n at 320 px: 32 GMAC / 1.093 GMAC
+    assert pro.sample_count(4.1e9) == pro.MIN_SAMPLES  # ResNet-50: never fewer than 16
+    assert pro.sample_count(4.1e9, requested=64) == 64  # --pro-samples wins
+    assert pro.sample_count(0) == 256
+
+
+def test_refresh_costs_at_most_an_evaluation_per_commit():
+    assert [pro.refresh_interval(g) for g in (1, 8, 12, 58)] == [8, 8, 12, 58]
+
+
+def test_candidate_fits_keep_the_ridge_chosen_at_a_pieces_first_fit(monkeypatch):
+    """The ridge of a consumer's fits in the search is chosen once (on the holdout, at its first
+    fit) and kept for the group's later candidates: one factorisation a candidate, not one per
+    ridge of the grid. The fits equal plain ridge solves at that ridge."""
+    from onnxprune.methods import least_squares
+    model = FACTORIES["basic_block_net"]()
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    plans, _ = reconstructable(analysis)
+    channels = {g: analysis.groups[g].channels for g in plans}
+    rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress)
+    chosen = []
+    choose = least_squares.choose_alpha
+    monkeypatch.setattr(least_squares, "choose_alpha", lambda *a, **k: chosen.append(choose(*a, **k)) or chosen[-1])
+    g = next(iter(channels))
+    rebuilt.weights(g, channels[g] - 1)
+    first = len(chosen)
+    assert first == len(plans[g])  # one choice per consumer (no grouped pieces here)
+    deeper = rebuilt.weights(g, channels[g] // 2)
+    assert len(chosen) == first
+    n = channels[g]
+    kept = np.sort(np.setdiff1d(np.arange(n), rebuilt.orders[g][: n - n // 2]))
+    for (c, theta, _), alpha in zip(deeper.values(), chosen):
+        fit = rebuilt._pieces(c, g, rebuilt.nothing)[0].consumer_fit()
+        keep = np.concatenate([kept, np.arange(n, fit.channels)])
+        expected = least_squares.ridge_solve(fit.fit + fit.holdout, keep, fit.taps, fit.theta0, alpha, fit.copies)
+        np.testing.assert_allclose(theta, expected, rtol=1e-12, atol=1e-12)

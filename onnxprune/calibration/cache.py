@@ -14,36 +14,15 @@ way (and runs start from the input) when it would exceed its byte budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from itertools import zip_longest
 
 import numpy as np
 import onnx
 
-from ..graph.probe import probe_model
+from ..graph.probe import cuttable, live_tensors, probe_model
 from ..graph.runtime import run_all, session
 from .statistics import Batches
-
-
-def cuttable(model: onnx.ModelProto) -> bool:
-    """Whether cuts are safe: no If/Loop/Scan, whose subgraphs read outer tensors unseen here."""
-    return not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-                   for n in model.graph.node for a in n.attribute)
-
-
-def live_tensors(model: onnx.ModelProto, position: int) -> list[str]:
-    """Activations that cross the cut before node ``position``: produced before it (or graph
-    inputs), read by a node at or after it. Initializers are not activations."""
-    constants = {t.name for t in model.graph.initializer}
-    before = {i.name for i in model.graph.input} - constants
-    for node in model.graph.node[:position]:
-        before.update(o for o in node.output if o)
-    live: dict[str, None] = {}
-    for node in model.graph.node[position:]:
-        for name in node.input:
-            if name in before:
-                live[name] = None
-    return list(live)
 
 
 class SegmentRunner:
@@ -114,69 +93,3 @@ def pairs(first: Iterable, second: Iterable) -> Iterator[tuple]:
         if a is end or b is end:
             raise AssertionError("the two runs gave different numbers of batches")
         yield a, b
-
-
-class KeptActivations:
-    """Activations of a model on fixed samples, kept at the cuts asked for.
-
-    ``at(p)`` gives the live tensors before node ``p`` (``live(p)``), computing the missing
-    ones from the latest cut whose tensors are all known (the inputs at worst) with
-    ``compute(start, names, inputs)``. Above the byte budget only the latest cut asked for
-    is kept. The owner forgets what a change of the model invalidates (``forget``).
-    """
-
-    def __init__(self, feeds: dict[str, np.ndarray], budget_bytes: int, live: Callable[[int], list[str]],
-                 compute: Callable[[int, tuple[str, ...], dict[str, np.ndarray]], dict[str, np.ndarray]]):
-        self.feeds, self.budget, self.live, self.compute = feeds, budget_bytes, live, compute
-        self.values: dict[str, np.ndarray] = {}
-
-    def at(self, position: int) -> dict[str, np.ndarray]:
-        known = {**self.feeds, **self.values}
-        wanted = self.live(position)
-        missing = tuple(n for n in wanted if n not in known)
-        if missing:
-            start = max((p for p in range(position, 0, -1) if all(n in known for n in self.live(p))), default=0)
-            self.values.update(self.compute(start, missing, {n: known[n] for n in self.live(start)}))
-            if sum(v.nbytes for v in self.values.values()) > self.budget:
-                self.values = {n: self.values[n] for n in wanted if n in self.values}
-            known = {**self.feeds, **self.values}
-        return {n: known[n] for n in wanted}
-
-    def forget(self, produced_from: Callable[[str], bool]) -> None:
-        """Drop the kept tensors for which ``produced_from(name)`` is true."""
-        self.values = {k: v for k, v in self.values.items() if not produced_from(k)}
-
-
-class Cuts:
-    """Activations of a changing model on a fixed set of samples, kept at cuts, so that a
-    variant of the model that differs only from some node on can be run from there.
-
-    ``update(model, changed)`` replaces the model by one whose nodes before position
-    ``changed`` are the same; tensors produced from there on are forgotten.
-    """
-
-    def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str],
-                 budget_bytes: int):
-        self.feeds, self.providers = feeds, providers
-        self.kept = KeptActivations(feeds, budget_bytes, lambda p: live_tensors(self.model, p), self._compute)
-        self.update(model, 0)
-
-    def update(self, model: onnx.ModelProto, changed: int) -> None:
-        self.model = model
-        self.producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-        self.kept.forget(lambda name: self.producer.get(name, -1) >= changed)
-
-    def _compute(self, start: int, names: tuple[str, ...], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if start:
-            model = probe_model(self.model, list(names), inputs)
-        else:
-            inputs, model = self.feeds, probe_model(self.model, list(names))
-        return run_all(session(model, self.providers), inputs)
-
-    def run(self, variant: onnx.ModelProto, position: int, outputs: list[str]) -> list[np.ndarray]:
-        """``outputs`` of ``variant``, a model equal to the current one before node ``position``."""
-        position = position if cuttable(variant) else 0
-        inputs = self.kept.at(position) if position else None
-        model = probe_model(variant, outputs, inputs)
-        values = run_all(session(model, self.providers), self.feeds if inputs is None else inputs)
-        return [values[n] for n in outputs]

@@ -1,4 +1,7 @@
-"""Sub-models that compute chosen tensors of a model, from its inputs or from given intermediate tensors."""
+"""Sub-models that compute chosen tensors of a model, from its inputs or from the live tensors at a cut.
+
+A cut before node p: the activations produced before it and read at or after it (``live_tensors``).
+"""
 
 from __future__ import annotations
 
@@ -36,6 +39,27 @@ def probe_model(model: onnx.ModelProto, tensors: list[str],
     if sources is not None:
         graph.cleanup(remove_unused_graph_inputs=True)
     return to_model(graph, model)
+
+
+def cuttable(model: onnx.ModelProto) -> bool:
+    """Whether cuts are safe: no If/Loop/Scan, whose subgraphs read outer tensors unseen here."""
+    return not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                   for n in model.graph.node for a in n.attribute)
+
+
+def live_tensors(model: onnx.ModelProto, position: int) -> list[str]:
+    """Activations that cross the cut before node ``position``: produced before it (or graph
+    inputs), read by a node at or after it. Initializers are not activations."""
+    constants = {t.name for t in model.graph.initializer}
+    before = {i.name for i in model.graph.input} - constants
+    for node in model.graph.node[:position]:
+        before.update(o for o in node.output if o)
+    live: dict[str, None] = {}
+    for node in model.graph.node[position:]:
+        for name in node.input:
+            if name in before:
+                live[name] = None
+    return list(live)
 
 
 def _inferred(model: onnx.ModelProto) -> dict[str, tuple[np.dtype, list]]:

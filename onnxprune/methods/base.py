@@ -84,12 +84,14 @@ class DataMethod(SelectionMethod):
         """The removal order of the n channels shared by ``problems`` (one per consumer), down to
         ``target`` kept; with ``parts``, only as many from each part as it gives up."""
 
-    def rebuild(self, plan: Plan, consumer: ConsumerFit, kept: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    def rebuild(self, plan: Plan, consumer: ConsumerFit, kept: np.ndarray, n: int,
+                alpha: float | None = None) -> tuple[np.ndarray, float]:
         """The consumer's new weights (zero rows for the removed channels) and the ridge alpha used
-        when the group keeps ``kept`` of its n channels: by default ridge least squares on the
-        kept channels and every other channel the consumer reads."""
+        (``alpha`` if given, else chosen on the holdout) when the group keeps ``kept`` of its n
+        channels: by default ridge least squares on the kept channels and every other channel the
+        consumer reads."""
         keep = np.concatenate([kept, np.arange(n, consumer.channels)])
-        return refit(consumer.fit, consumer.holdout, keep, consumer.taps, consumer.theta0, consumer.copies)
+        return refit(consumer.fit, consumer.holdout, keep, consumer.taps, consumer.theta0, consumer.copies, alpha)
 
     def prune(self, normalized: onnx.ModelProto, analysis: Analysis, counts: dict[int, int],
               calibration: Calibration | None, progress: Progress) -> Pruned:

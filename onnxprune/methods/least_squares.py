@@ -162,11 +162,14 @@ def choose_alpha(fit: LayerStats, holdout: LayerStats, keep: Channels, K: int, t
 
 
 def refit(fit: LayerStats, holdout: LayerStats | None, keep: np.ndarray, taps: int,
-          theta0: np.ndarray, copies: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+          theta0: np.ndarray, copies: np.ndarray | None = None, alpha: float | None = None,
+          ) -> tuple[np.ndarray, float]:
     """A consumer's weights on the channels ``keep``: ridge least squares on fit + holdout, the
-    ridge chosen on the holdout (SELECTION_ALPHA without one). Returns them and the alpha."""
-    alpha = (choose_alpha(fit, holdout, keep, taps, theta0, ALPHA_GRID, copies) if holdout is not None
-             else SELECTION_ALPHA)
+    ridge ``alpha`` if given, else chosen on the holdout (SELECTION_ALPHA without one). Returns
+    them and the alpha."""
+    if alpha is None:
+        alpha = (choose_alpha(fit, holdout, keep, taps, theta0, ALPHA_GRID, copies) if holdout is not None
+                 else SELECTION_ALPHA)
     total = fit if holdout is None else fit + holdout
     return ridge_solve(total, keep, taps, theta0, alpha, copies), alpha
 

@@ -25,7 +25,8 @@ class NeuroUnification(DataMethod):
     def plan(self, problems: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> NUPlan:
         return nu_plan(problems, n, target=target, parts=parts)
 
-    def rebuild(self, plan: NUPlan, consumer: ConsumerFit, kept: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    def rebuild(self, plan: NUPlan, consumer: ConsumerFit, kept: np.ndarray, n: int,
+                alpha: float | None = None) -> tuple[np.ndarray, float]:
         return nu_apply(consumer.theta0, plan, consumer.taps, n - len(kept), consumer.copies), 0.0
 
 

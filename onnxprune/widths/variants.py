@@ -1,4 +1,9 @@
-"""Weight variants of one model (PRO's candidates), each run from the first node it changes.
+"""PRO's candidates on its samples: the one path of the calibration data through PRO's search.
+
+``first_samples`` takes the samples from the calibration data once; ``KeptActivations``
+keeps their activations at cuts of the graph, so that a candidate runs only from where it
+differs; ``Variants`` runs a data method's candidates, weight variants of one model, and
+``Cuts`` runs l1's, pruned models.
 
 PRO measures the final output of hundreds of candidates that differ from the current
 model only in the weights of one group's consumers. Removed channels need not be cut
@@ -14,15 +19,17 @@ cut are kept for the current weights.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import numpy_helper
 
 from ..analysis.consumers import Consumer
-from ..calibration.cache import KeptActivations, live_tensors
+from ..calibration.statistics import Calibration
 from ..graph.convert import to_graph, to_model, unique_name
-from ..graph.probe import probe_model
+from ..graph.probe import cuttable, live_tensors, probe_model
 from ..graph.runtime import run_all, session
 from ..methods.weights import fold_alpha, param_slots, theta_params
 
@@ -129,3 +136,83 @@ def bind(model: onnx.ModelProto, params: Params) -> onnx.ModelProto:
         graph.input.extend(kept)
     graph.initializer.extend(numpy_helper.from_array(v, n) for n, v in params.items() if n in names)
     return bound
+
+
+class KeptActivations:
+    """Activations of a model on fixed samples, kept at the cuts asked for.
+
+    ``at(p)`` gives the live tensors before node ``p`` (``live(p)``), computing the missing
+    ones from the latest cut whose tensors are all known (the inputs at worst) with
+    ``compute(start, names, inputs)``. Above the byte budget only the latest cut asked for
+    is kept. The owner forgets what a change of the model invalidates (``forget``).
+    """
+
+    def __init__(self, feeds: dict[str, np.ndarray], budget_bytes: int, live: Callable[[int], list[str]],
+                 compute: Callable[[int, tuple[str, ...], dict[str, np.ndarray]], dict[str, np.ndarray]]):
+        self.feeds, self.budget, self.live, self.compute = feeds, budget_bytes, live, compute
+        self.values: dict[str, np.ndarray] = {}
+
+    def at(self, position: int) -> dict[str, np.ndarray]:
+        known = {**self.feeds, **self.values}
+        wanted = self.live(position)
+        missing = tuple(n for n in wanted if n not in known)
+        if missing:
+            start = max((p for p in range(position, 0, -1) if all(n in known for n in self.live(p))), default=0)
+            self.values.update(self.compute(start, missing, {n: known[n] for n in self.live(start)}))
+            if sum(v.nbytes for v in self.values.values()) > self.budget:
+                self.values = {n: self.values[n] for n in wanted if n in self.values}
+            known = {**self.feeds, **self.values}
+        return {n: known[n] for n in wanted}
+
+    def forget(self, produced_from: Callable[[str], bool]) -> None:
+        """Drop the kept tensors for which ``produced_from(name)`` is true."""
+        self.values = {k: v for k, v in self.values.items() if not produced_from(k)}
+
+
+class Cuts:
+    """Activations of a changing model on a fixed set of samples, kept at cuts, so that a
+    variant of the model that differs only from some node on can be run from there.
+
+    ``update(model, changed)`` replaces the model by one whose nodes before position
+    ``changed`` are the same; tensors produced from there on are forgotten.
+    """
+
+    def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str],
+                 budget_bytes: int):
+        self.feeds, self.providers = feeds, providers
+        self.kept = KeptActivations(feeds, budget_bytes, lambda p: live_tensors(self.model, p), self._compute)
+        self.update(model, 0)
+
+    def update(self, model: onnx.ModelProto, changed: int) -> None:
+        self.model = model
+        self.producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+        self.kept.forget(lambda name: self.producer.get(name, -1) >= changed)
+
+    def _compute(self, start: int, names: tuple[str, ...], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if start:
+            model = probe_model(self.model, list(names), inputs)
+        else:
+            inputs, model = self.feeds, probe_model(self.model, list(names))
+        return run_all(session(model, self.providers), inputs)
+
+    def run(self, variant: onnx.ModelProto, position: int, outputs: list[str]) -> list[np.ndarray]:
+        """``outputs`` of ``variant``, a model equal to the current one before node ``position``."""
+        position = position if cuttable(variant) else 0
+        inputs = self.kept.at(position) if position else None
+        model = probe_model(variant, outputs, inputs)
+        values = run_all(session(model, self.providers), self.feeds if inputs is None else inputs)
+        return [values[n] for n in outputs]
+
+
+def first_samples(calib: Calibration, samples: int) -> dict[str, np.ndarray]:
+    """The first ``samples`` calibration samples (all there are, if fewer), one array per input;
+    only the batches they need are drawn."""
+    parts: dict[str, list[np.ndarray]] = {}
+    have = 0
+    for feeds in calib.batches():
+        for k, v in feeds.items():
+            parts.setdefault(k, []).append(v)
+        have += len(next(iter(feeds.values())))
+        if have >= samples:
+            break
+    return {k: np.concatenate(v)[:samples] for k, v in parts.items()}
