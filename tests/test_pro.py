@@ -505,3 +505,19 @@ def test_candidate_fits_keep_the_ridge_chosen_at_a_pieces_first_fit(monkeypatch)
         keep = np.concatenate([kept, np.arange(n, fit.channels)])
         expected = least_squares.ridge_solve(fit.fit + fit.holdout, keep, fit.taps, fit.theta0, alpha, fit.copies)
         np.testing.assert_allclose(theta, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_ladders_have_fewer_rungs_when_there_are_many_groups():
+    assert [pro.rungs_per_group(g) for g in (1, 12, 16, 30, 58, 200)] == [16, 16, 16, 8, 4, 4]
+
+
+def test_a_committed_groups_next_step_is_measured_only_before_it_is_committed(monkeypatch):
+    """Five commits of group 0 (as in test_pro_ranks_steps_by_error_per_mac_saved): both groups are
+    measured once at the start, then group 0's next step once before each of its four later
+    commits; nothing is measured after the last commit, whose next step is never taken."""
+    measured = []
+    original = pro.ProSearch.measure
+    monkeypatch.setattr(pro.ProSearch, "measure", lambda self, g: measured.append(g) or original(self, g))
+    counts, _ = choose({0: 16, 1: 16}, {0: 100, 1: 1}, {0: 1.0, 1: 0.1}, 0.75, 1, monkeypatch)
+    assert counts == {0: 11, 1: 16}
+    assert sorted(measured[:2]) == [0, 1] and measured[2:] == [0] * 4

@@ -12,8 +12,9 @@ until the cost (MACs, parameters or predicted latency) is within the target; ``r
 the cost itself unless another is given (--keep-latency also tries ranking by MACs and
 keeps whichever ends with the smaller error: per microsecond, a noisy table can favour
 steps that cost more accuracy). Lazy evaluation keeps it
-fast: after a commit only the committed group's next step is re-measured, and every
-group is re-measured every few commits (the others' increases change little). For a
+fast: a step is measured again right before it is committed, the committed group's next step
+is first guessed to cost what its last did, and every group is re-measured every few commits
+(the others' increases change little). For a
 method that reconstructs, a candidate is a weight variant (variants.py: zero rows for
 removed channels) of a model pruned to an earlier commit's widths, run from its group's
 first consumer on (``VariantCandidates``); for one that does not (l1), it is the pruned
@@ -48,6 +49,7 @@ from .variants import Cuts, Variants, first_samples
 
 REFRESH_EVERY = 8  # commits between full re-measurements of every group, at least (refresh_interval)
 REBASE = 0.85  # candidates run on a model pruned to the current widths once they cost 15 % less
+RUNGS = 256  # ladder rungs of all groups together, about (rungs_per_group)
 PASS_MACS = 32e9  # MACs of one forward pass over PRO's samples, at most, when their number is automatic
 MIN_SAMPLES, MAX_SAMPLES = 16, 256
 
@@ -78,6 +80,15 @@ def refresh_interval(groups: int) -> int:
     detector has dozens; between refreshes the lazy greedy re-measures any stale candidate
     before committing it), and a model of up to 8 groups refreshes every 8 commits."""
     return max(REFRESH_EVERY, groups)
+
+
+def rungs_per_group(groups: int) -> int:
+    """How many steps a group's ladder has at most: clip(RUNGS / groups, 4, 16). The search's
+    commits, about two forward passes each, grow with the rungs of all groups together: 16 a
+    group (a sixteenth of its channels a step) for up to 16 groups, 8 for 32, and a quarter of
+    its channels a step from 64 groups on (a detector); the channels given back after the
+    search refine the last steps by --round-to."""
+    return int(np.clip(RUNGS // max(groups, 1), 4, 16))
 
 
 def sample_count(macs_per_sample: float, requested: int = 0) -> int:
@@ -152,7 +163,9 @@ class ProSearch:
         else:
             self.orders = method.orders(analysis, channels)
         self.steps = {g: step_of(round_to, g) for g in channels}
-        self.ladders = {g: allowed_counts(n, self.steps[g], max(self.steps[g], n // 16)) for g, n in channels.items()}
+        rungs = rungs_per_group(len(channels))
+        self.ladders = {g: allowed_counts(n, self.steps[g], max(self.steps[g], n // rungs))
+                        for g, n in channels.items()}
         self.position = {g: 0 for g in channels}  # index into the group's ladder
         self.candidates: Candidates = (
             VariantCandidates(normalized, analysis, channels, rebuilt, self.keep_of, cost, feeds, output, calib)
@@ -206,7 +219,7 @@ class ProSearch:
                     if self.measured[g][4] == self.commits:
                         break
                     self.measure(g)
-                _, new_cost, self.current_rank, self.current_error, _ = self.measured.pop(g)
+                increase, new_cost, self.current_rank, self.current_error, _ = self.measured.pop(g)
                 advance(int(self.current_cost - new_cost))
                 self.current_cost = new_cost
                 self.position[g] += 1
@@ -214,7 +227,10 @@ class ProSearch:
                 self.candidates.commit(self.counts_at(self.position), g)
                 self.trace.append(ProStep(g, self.ladders[g][self.position[g]], self.current_cost,
                                           self.current_error))
-                self.measure(g)
+                if self.position[g] + 1 < len(self.ladders[g]):
+                    # its next step, guessed to cost what this one did and measured before it is
+                    # committed (stale): a group's steps cost more as it narrows, so the guess is low
+                    self.measured[g] = (increase, 0, 0, 0.0, -1)
 
     def choose(self, budget: float) -> ProChoice:
         """The counts PRO chooses for ``budget``: along the path to the first commit within it,
