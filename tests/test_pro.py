@@ -139,6 +139,12 @@ class ByIndex:
         return {g: np.arange(n) for g, n in channels.items()}
 
 
+def no_parts(channels):
+    """An analysis of independent groups, none read in parts (all that the search asks of it here)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(groups=list(channels), layouts={}, removed_mask=lambda keep: None)
+
+
 def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkeypatch, budget=None, rank=None,
            choice=False, progress=no_progress):
     """PRO's widths on two independent groups whose MACs and error per channel are known."""
@@ -149,7 +155,7 @@ def choose(channels, macs_per_channel, error_per_channel, keep, round_to, monkey
     cost = lambda kept: sum(macs_per_channel[g] * len(k) for g, k in kept.items())  # noqa: E731
     total = sum(macs_per_channel[g] * n for g, n in channels.items())
     budget = keep * total if budget is None else budget
-    result = optimize_counts(model, None, ByIndex(), channels, cost, budget, calibration(model, samples),
+    result = optimize_counts(model, no_parts(channels), ByIndex(), channels, cost, budget, calibration(model, samples),
                              round_to, samples, progress, rank=rank)
     return result if choice else (result.counts, result.steps)
 
@@ -248,7 +254,8 @@ def test_pro_draws_only_the_calibration_batches_its_samples_need(monkeypatch):
 
     monkeypatch.setattr(pro, "PrunedCandidates", candidates)
     cost = lambda kept: sum(len(k) for k in kept.values())  # noqa: E731
-    optimize_counts(model, None, ByIndex(), {0: 16, 1: 16}, cost, 24, Calibration(batches, 64), 1, 20)
+    optimize_counts(model, no_parts({0: 16, 1: 16}), ByIndex(), {0: 16, 1: 16}, cost, 24, Calibration(batches, 64), 1,
+                    20)
     assert drawn == [0, 16]
     assert used.keys() == data.keys()
     np.testing.assert_array_equal(used["input"], data["input"][:20])
@@ -521,3 +528,23 @@ def test_a_committed_groups_next_step_is_measured_only_before_it_is_committed(mo
     counts, _ = choose({0: 16, 1: 16}, {0: 100, 1: 1}, {0: 1.0, 1: 0.1}, 0.75, 1, monkeypatch)
     assert counts == {0: 11, 1: 16}
     assert sorted(measured[:2]) == [0, 1] and measured[2:] == [0] * 4
+
+
+def test_pro_never_empties_a_part_of_a_group_read_in_parts():
+    """A C2f block's Split reads its group in two parts. REAP's removal order may take every
+    channel of one part first; PRO's candidates keep that part's last channel (as the sequential
+    pass does) instead of failing with 'pruning would leave tensor ... with no channels'."""
+    model = FACTORIES["c2f_like"]()
+    result = prune(model, PruneConfig(method=Method.REAP, keep_flops=0.1, round_to=1, pro=True, pro_samples=16),
+                   calibration(model))
+    assert result.macs_after <= 0.1 * result.macs_before
+    check_runs_like(model, result.model)
+
+
+def check_runs_like(model, pruned):
+    feeds = random_feeds(model, batch=2, seed=3)
+    assert np.isfinite(run(pruned, feeds)[0]).all()
+
+
+def test_lateness_is_a_channels_place_in_the_removal_order():
+    np.testing.assert_array_equal(pro.lateness(np.array([2, 0]), 3), [1, 2, 0])

@@ -50,6 +50,13 @@ def select(analysis: Analysis, scores: list[np.ndarray], counts: dict[int, int])
             continue
         order = np.argsort(-scores[gid], kind="stable")
         keep[gid] = np.sort(order[:k])
+    return keep_every_tensor(analysis, scores, keep)
+
+
+def keep_every_tensor(analysis: Analysis, scores: list[np.ndarray], keep: Keep) -> Keep:
+    """``keep`` with the best-scoring channel of each Split/Slice part that it would leave with no
+    channels kept too (a tensor may not lose all of its channels)."""
+    keep = dict(keep)
     removed = analysis.removed_mask(keep)
     for name in analysis.layouts:
         if analysis.channel_count(name, removed) == 0:

@@ -40,6 +40,7 @@ from ..calibration.statistics import HOLDOUT_EVERY, Calibration, collect
 from ..errors import OnnxPruneError
 from ..methods.base import DataMethod, SelectionMethod
 from ..methods.grouped import Piece, join, pieces, restrict, rounds
+from ..methods.scores import keep_every_tensor
 from ..methods.sequential import group_first
 from ..methods.weights import overlay_weights, theta_of
 from ..passes.surgery import prune_channels
@@ -71,6 +72,14 @@ class ProChoice:
     counts: Counts
     steps: list[ProStep]  # the commits, before channels were given back
     error: float  # mean squared final-output error at ``counts`` (independent reconstruction)
+
+
+def lateness(order: np.ndarray, n: int) -> np.ndarray:
+    """Each of n channels' place in a removal ``order`` (the never removed last): the later it
+    goes, the more it is worth keeping."""
+    late = np.full(n, float(len(order)))
+    late[order] = np.arange(len(order))
+    return late
 
 
 def refresh_interval(groups: int) -> int:
@@ -162,6 +171,9 @@ class ProSearch:
             self.orders = rebuilt.orders
         else:
             self.orders = method.orders(analysis, channels)
+        self.analysis = analysis
+        self.lateness = [lateness(self.orders[g], channels[g]) if g in channels else None
+                         for g in range(len(analysis.groups))]
         self.steps = {g: step_of(round_to, g) for g in channels}
         rungs = rungs_per_group(len(channels))
         self.ladders = {g: allowed_counts(n, self.steps[g], max(self.steps[g], n // rungs))
@@ -182,8 +194,12 @@ class ProSearch:
         self.refresh = refresh_interval(len(channels))
 
     def keep_of(self, counts: Counts) -> Keep:
-        return {g: np.sort(np.setdiff1d(np.arange(self.channels[g]), self.orders[g][: self.channels[g] - k]))
+        """The channels each group keeps at ``counts``: all but the first of its removal order; where
+        that would empty a part of a group read in parts (a C2f's Split), the part's last channel
+        in the order stays too, as the sequential pass keeps every part."""
+        keep = {g: np.sort(np.setdiff1d(np.arange(self.channels[g]), self.orders[g][: self.channels[g] - k]))
                 for g, k in counts.items()}
+        return keep_every_tensor(self.analysis, self.lateness, keep)
 
     def counts_at(self, pos: dict[int, int]) -> Counts:
         return {g: self.ladders[g][i] for g, i in pos.items()}
