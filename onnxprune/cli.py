@@ -322,7 +322,9 @@ def srn_cmd(model, output, input_shapes, as_json):
                    "PNG/JPEG images (class sub-folders, sorted, give labels 0..k-1), or a .txt of sentences "
                    "with --tokenizer.")
 @click.option("--reference", type=click.Path(dir_okay=True, path_type=Path),
-              help="Compare with this model (e.g. the unpruned one): top-1 agreement and output errors.")
+              help="Compare with this model (e.g. the unpruned one): top-1 agreement and output errors; on data "
+                   "without labels also the cosine similarity of the outputs (mean-pooled over real tokens) and "
+                   "nearest-neighbour agreement.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per run.")
 @click.option("--limit", type=int, help="Use only the first N samples.")
 @image_options
