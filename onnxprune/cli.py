@@ -35,6 +35,7 @@ from .progress import no_progress
 from .prune import excluded_groups, prune
 from .report import (inspect_json, inspect_table, json_text, latency_miss, profile_summary, prune_summary,
                      srn_summary, table_unchecked)
+from .text import DEFAULT_MAX_LENGTH, parse_text_options
 from .widths.latency import Target, profile
 
 
@@ -79,9 +80,25 @@ def image_options(command):
     return command
 
 
-def _open(path, model, batch_size, limit, resize, mean, std, layout, channels) -> DataSource:
+def text_options(command):
+    """Options for a .txt of sentences (calibration or evaluation data)."""
+    for option in reversed([
+        click.option("--tokenizer", type=click.Path(path_type=Path),
+                     help="Text (.txt, one sentence a line): tokenizer.json, or a WordPiece vocab.txt (BERT, "
+                          "lower case); makes the input_ids, attention_mask and token_type_ids the model takes. "
+                          "Needs the 'tokenizers' package (pip install 'onnxprune[text]')."),
+        click.option("--max-length", type=int,
+                     help=f"Text: cut sentences at N tokens and pad every one to N [default: cut at "
+                          f"{DEFAULT_MAX_LENGTH} (or the model's fixed length), pad to the longest]."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _open(path, model, batch_size, limit, resize, mean, std, layout, channels, tokenizer, max_length) -> DataSource:
     options = parse_image_options(resize, mean, std, layout, int(channels) if channels else None)
-    return open_data(path, model, batch_size=batch_size, limit=limit, image_options=options)
+    return open_data(path, model, batch_size=batch_size, limit=limit, image_options=options,
+                     text_options=parse_text_options(tokenizer, max_length))
 
 
 class _Group(click.Group):
@@ -193,7 +210,8 @@ def inspect(model, input_shapes, as_json):
 @click.option("--round-to", type=int, default=DEFAULT_ROUND_TO, show_default=True,
               help="Kept channel counts are multiples of N (fast onnxruntime CPU kernels want 8 or 16).")
 @click.option("--calib", "calib_path", type=click.Path(path_type=Path),
-              help="Calibration data for the data methods and --pro: .npz, .npy or a folder of images.")
+              help="Calibration data for the data methods and --pro: .npz, .npy, a folder of images, or a .txt "
+                   "of sentences with --tokenizer.")
 @click.option("--calib-limit", type=int, help="Use only the first N calibration samples.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Calibration samples per run.")
 @click.option("--calib-rows", type=int, default=DEFAULT_ROWS_PER_COLUMN, show_default=True,
@@ -210,6 +228,7 @@ def inspect(model, input_shapes, as_json):
               show_default=True, help="Reduce calibration statistics on the host (numpy) or inside onnxruntime.")
 @DEVICE
 @image_options
+@text_options
 @INPUT_SHAPE
 @click.option("--report", type=OUTPUT_FILE, help="Also write the JSON report to this file.")
 @JSON
@@ -217,7 +236,7 @@ def inspect(model, input_shapes, as_json):
 def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latency, latency_batch, threads, latency_table,
               pro, pro_samples, exclude, round_to, calib_path,
               calib_limit, batch_size, calib_rows, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
-              channels, input_shapes, report, as_json, quiet):
+              channels, tokenizer, max_length, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     has_data = calib_path is not None
     method = method or default_method(has_data)
@@ -244,11 +263,13 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         if calib_rows < 0:
             raise OnnxPruneError(f"--calib-rows {calib_rows}: must be 0 (every row) or more")
     loaded, inputs = read(model)
-    protected = _check_outputs(inputs, [("the calibration data", calib_path), ("the latency table", latency_table)],
+    protected = _check_outputs(inputs, [("the calibration data", calib_path), ("the latency table", latency_table),
+                                        ("the tokenizer", tokenizer)],
                                output=output, report=report)
     calibration = None
     if uses_data:
-        data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels)
+        data = _open(calib_path, loaded, batch_size, calib_limit, resize, mean, std, layout, channels, tokenizer,
+                     max_length)
         config = replace(config, input_shapes=data.input_shapes(config.input_shapes, "--calib"))
         calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
                                   tuple(providers(Device(device))), sequential=not independent,
@@ -298,19 +319,24 @@ def srn_cmd(model, output, input_shapes, as_json):
 @main.command(name="eval")
 @MODEL
 @click.option("--data", "data_path", required=True, type=click.Path(path_type=Path),
-              help=".npz (arrays named after the inputs, optional 'labels'), .npy, or a folder of "
-                   "PNG/JPEG images (class sub-folders, sorted, give labels 0..k-1).")
+              help=".npz (arrays named after the inputs, optional 'labels'), .npy, a folder of "
+                   "PNG/JPEG images (class sub-folders, sorted, give labels 0..k-1), or a .txt of sentences "
+                   "with --tokenizer.")
 @click.option("--reference", type=click.Path(dir_okay=True, path_type=Path),
-              help="Compare with this model (e.g. the unpruned one): top-1 agreement and output errors.")
+              help="Compare with this model (e.g. the unpruned one): top-1 agreement and output errors; on data "
+                   "without labels also the cosine similarity of the outputs (mean-pooled over real tokens) and "
+                   "nearest-neighbour agreement.")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Samples per run.")
 @click.option("--limit", type=int, help="Use only the first N samples.")
 @image_options
+@text_options
 @JSON
-def eval_cmd(model, data_path, reference, batch_size, limit, resize, mean, std, layout, channels, as_json):
+def eval_cmd(model, data_path, reference, batch_size, limit, resize, mean, std, layout, channels, tokenizer,
+             max_length, as_json):
     """Run MODEL over data: top-1 accuracy if labelled, and its distance from a --reference model."""
     loaded = load(model)
     ref = load(reference) if reference is not None else None
-    data = _open(data_path, loaded, batch_size, limit, resize, mean, std, layout, channels)
+    data = _open(data_path, loaded, batch_size, limit, resize, mean, std, layout, channels, tokenizer, max_length)
     result = evaluate(loaded, data, ref)
     click.echo(json_text(result.to_json()) if as_json else result.summary())
 

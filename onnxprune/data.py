@@ -26,6 +26,7 @@ from .errors import OnnxPruneError
 from .graph.files import lookup
 from .graph.io import first_line
 from .graph.shapes import graph_inputs
+from .text import TextOptions, text_feeds
 
 LABELS = "labels"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -167,14 +168,15 @@ class DataSource:
 
 
 def open_data(path: str | Path, model: onnx.ModelProto, *, batch_size: int = 32, limit: int | None = None,
-              image_options: ImageOptions | None = None) -> DataSource:
-    """Open .npz, .npy or an image folder as data for ``model``, checked against its inputs.
+              image_options: ImageOptions | None = None, text_options: TextOptions | None = None) -> DataSource:
+    """Open .npz, .npy, an image folder or a text file as data for ``model``, checked against its inputs.
 
     A .npz holds one array per model input, keyed by input name, and optionally ``labels``
     (1-D integers); a single-input model also takes one array under any other key. A .npy
     holds the one input of a single-input model. An image folder holds PNG/JPEG files, or
-    class sub-folders of them whose sorted names are the labels 0..k-1 (see ImageOptions).
-    ``limit`` keeps the first N samples. A model whose batch dim is fixed to B gets batches of B.
+    class sub-folders of them whose sorted names are the labels 0..k-1 (see ImageOptions). A .txt
+    holds sentences, one a line, tokenized with ``text_options`` (text.py). ``limit`` keeps the
+    first N samples. A model whose batch dim is fixed to B gets batches of B.
     """
     path = Path(path)
     if batch_size < 1:
@@ -187,6 +189,8 @@ def open_data(path: str | Path, model: onnx.ModelProto, *, batch_size: int = 32,
     status = lookup(path)
     if status is None:
         raise OnnxPruneError(f"{path}: no such file or folder")
+    if text_options is not None and (stat.S_ISDIR(status.st_mode) or path.suffix.lower() != ".txt"):
+        raise OnnxPruneError(f"{path}: --tokenizer and --max-length apply to text (.txt) files only")
     if stat.S_ISDIR(status.st_mode):
         columns, labels = _image_folder(path, specs, image_options or ImageOptions())
     else:
@@ -201,8 +205,10 @@ def open_data(path: str | Path, model: onnx.ModelProto, *, batch_size: int = 32,
             columns, labels = _npz(path, specs)
         elif suffix == ".npy":
             columns, labels = _npy(path, specs), None
+        elif suffix == ".txt":
+            columns, labels = _text(path, specs, text_options), None
         else:
-            raise OnnxPruneError(f"{path}: expected a .npz or .npy file or a folder of images")
+            raise OnnxPruneError(f"{path}: expected a .npz or .npy file, a .txt of sentences or a folder of images")
     paired = {spec.name: (columns[spec.name], spec) for spec in specs}
     for column, spec in paired.values():
         _check_column(path, column, spec)
@@ -277,6 +283,16 @@ def _npy(path: Path, specs: list[InputSpec]) -> dict[str, _Column]:
     except (ValueError, OSError, EOFError) as exc:
         raise OnnxPruneError(f"{path}: not a readable .npy file ({first_line(exc)})") from None
     return {specs[0].name: _array_column("the array", array)}
+
+
+def _text(path: Path, specs: list[InputSpec], options: TextOptions | None) -> dict[str, _Column]:
+    if options is None:
+        raise OnnxPruneError(f"{path}: a .txt file is text: give --tokenizer tokenizer.json or vocab.txt")
+    ids = next((s for s in specs if s.name == "input_ids"), None)
+    fixed = ids.dims[1] if ids is not None and ids.dims is not None and len(ids.dims) == 2 \
+        and isinstance(ids.dims[1], int) else None
+    arrays = text_feeds(path, [s.name for s in specs], options, fixed)
+    return {name: _array_column(f"the tokenized '{name}'", array) for name, array in arrays.items()}
 
 
 def _array_column(what: str, array: np.ndarray) -> _Column:

@@ -315,7 +315,7 @@ def test_bad_files(model, tmp_path):
     (tmp_path / "junk.npy").write_bytes(b"not an array")
     assert "not a readable .npy file" in error(tmp_path / "junk.npy", model)
     (tmp_path / "d.csv").write_text("1,2")
-    assert "expected a .npz or .npy file or a folder of images" in error(tmp_path / "d.csv", model)
+    assert "expected a .npz or .npy file, a .txt of sentences or a folder of images" in error(tmp_path / "d.csv", model)
     os.mkfifo(tmp_path / "pipe.npz")
     assert "not a file" in error(tmp_path / "pipe.npz", model)
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from onnxprune.cli import main
 from onnxprune.data import open_data
 from onnxprune.errors import OnnxPruneError
-from onnxprune.evaluate import OutputDiff, accuracy, agreement, evaluate, rel_error, top1
+from onnxprune.evaluate import OutputDiff, accuracy, agreement, cosines, evaluate, nearest_neighbours, pooled, rel_error, top1
 
 N = 20
 
@@ -113,6 +113,73 @@ def test_top1_metrics_need_class_scores(x, tmp_path):
     assert (result.accuracy, result.agreement, result.rel_error, result.max_abs_diff) == (None, None, 0.0, 0.0)
 
 
+def test_reference_same_model_without_labels_has_cosine_one(model, x, tmp_path):
+    np.save(tmp_path / "d.npy", x)
+    result = evaluate(model, open_data(tmp_path / "d.npy", model, batch_size=7), reference=model)
+    assert (result.cosine_mean, result.cosine_min, result.neighbour_agreement) == pytest.approx((1.0, 1.0, 1.0))
+    np.savez(tmp_path / "d.npz", input=x, labels=top1(logits_of(model, x)))  # labelled: accuracy, no cosine
+    labelled = evaluate(model, open_data(tmp_path / "d.npz", model), reference=model)
+    assert labelled.cosine_mean is None and labelled.neighbour_agreement is None
+
+
+def test_pooling_cosines_and_neighbours_by_hand():
+    y = np.array([[[3, 4], [100, -7]], [[1, 0], [0, 1]]], np.float32)  # [2 samples, 2 tokens, 2]
+    mask = np.array([[1, 0], [1, 1]])
+    np.testing.assert_array_equal(pooled(y, mask), [[3, 4], [0.5, 0.5]])  # the padded token is left out
+    np.testing.assert_array_equal(pooled(y), [[51.5, -1.5], [0.5, 0.5]])
+    np.testing.assert_array_equal(pooled(y[:, 0]), y[:, 0])  # [N, H]: as it is
+    a, b = np.array([[3.0, 4], [1, 0], [0, 0], [0, 0]]), np.array([[3.0, 0], [-2, 0], [0, 0], [1, 1]])
+    np.testing.assert_allclose(cosines(a, b), [9 / 15, -1, 1, 0])
+    e = np.array([[1.0, 0], [0.9, 0.1], [0, 1], [-1, 0.2]])
+    np.testing.assert_array_equal(nearest_neighbours(e), [1, 0, 3, 2])  # (0, 1): 0.11 to row 1, 0.20 to row 3
+    np.testing.assert_array_equal(nearest_neighbours(e, block=3), [1, 0, 3, 2])
+
+
+def masked_pair(tmp_path):
+    """Two models of [N, S, 2] features and an attention_mask: the reference passes the features on,
+    the model zeroes the second one."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def make(scale):
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 2]),
+                  helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["N", "S"])]
+        graph = helper.make_graph([helper.make_node("Mul", ["x", "scale"], ["y"])], "g", inputs,
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S", 2])],
+                                  [numpy_helper.from_array(np.array(scale, np.float32), "scale")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+    return make([1, 0]), make([1, 1])
+
+
+def test_cosine_of_a_known_perturbation_ignores_padding(tmp_path):
+    """Sample 0's real token is (3, 4), the model outputs (3, 0): cosine 9 / (5 * 3) = 0.6, whatever the
+    padding holds; sample 1's real tokens average to (1, 1) against (1, 0): cosine 1 / sqrt 2."""
+    model, reference = masked_pair(tmp_path)
+    x = np.array([[[3, 4], [50, -80], [7, 7]], [[2, 0], [0, 2], [-9, 1]]], np.float32)
+    mask = np.array([[1, 0, 0], [1, 1, 0]])
+    np.savez(tmp_path / "d.npz", x=x, attention_mask=mask)
+    result = evaluate(model, open_data(tmp_path / "d.npz", model, batch_size=1), reference)
+    assert result.cosine_mean == pytest.approx((0.6 + 2 ** -0.5) / 2) and result.cosine_min == pytest.approx(0.6)
+    x[:, 2] = [[1e3, 0], [0, -1e3]]  # other padding: the same cosines
+    np.savez(tmp_path / "e.npz", x=x, attention_mask=mask)
+    again = evaluate(model, open_data(tmp_path / "e.npz", model), reference)
+    assert (again.cosine_mean, again.cosine_min) == pytest.approx((result.cosine_mean, result.cosine_min))
+    assert again.rel_error != result.rel_error  # the output error still sees every token
+
+
+def test_metrics_are_on_the_first_float_output(tmp_path):
+    """torch's export of a sentence encoder lists copies of its int64 inputs first: eval compares
+    the hidden states after them."""
+    from encoders import EncoderSpec, encoder, encoder_feeds
+
+    spec = EncoderSpec(vocab=20, mask=True, echo_inputs=True)
+    model, other = encoder(**vars(spec)), encoder(**{**vars(spec), "seed": 1})
+    assert model.graph.output[0].name == "input_ids_copy"
+    np.savez(tmp_path / "d.npz", **encoder_feeds(spec, batch=6))
+    result = evaluate(model, open_data(tmp_path / "d.npz", model), other)
+    assert result.rel_error > 0.1 and result.cosine_mean < 0.99 and result.agreement is None
+
+
 def test_label_out_of_range(model, x, tmp_path):
     np.savez(tmp_path / "d.npz", input=x, labels=np.full(N, 10))
     with pytest.raises(OnnxPruneError, match=r"label 10 of sample 0 is not a class of the model's first output \(0 to 9\)"):
@@ -135,14 +202,16 @@ def test_cli_json(files):
                     "--batch-size", 8, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert list(data) == ["samples", "accuracy", "agreement", "rel_error", "max_abs_diff"]
+    assert list(data) == ["samples", "accuracy", "agreement", "rel_error", "max_abs_diff", "cosine_mean", "cosine_min",
+                          "neighbour_agreement"]
     assert data["samples"] == N and data["accuracy"] == 1.0
     assert 0 <= data["agreement"] <= 1 and data["rel_error"] > 0 and data["max_abs_diff"] > 0
 
 
 def test_cli_json_nulls_and_limit(files):
     data = json.loads(invoke(files / "model.onnx", "--data", files / "d.npz", "--limit", 5, "--json").stdout)
-    assert data == {"samples": 5, "accuracy": 1.0, "agreement": None, "rel_error": None, "max_abs_diff": None}
+    assert data == {"samples": 5, "accuracy": 1.0, "agreement": None, "rel_error": None, "max_abs_diff": None,
+                    "cosine_mean": None, "cosine_min": None, "neighbour_agreement": None}
 
 
 def test_cli_summary(files):
@@ -150,6 +219,13 @@ def test_cli_summary(files):
     assert result.exit_code == 0
     assert "samples       20" in result.stdout and "accuracy      100.00%" in result.stdout
     assert "agreement     100.00%" in result.stdout and "rel_error     0" in result.stdout
+
+
+def test_cli_summary_without_labels(files, x):
+    np.save(files / "x.npy", x)
+    result = invoke(files / "model.onnx", "--data", files / "x.npy", "--reference", files / "model.onnx")
+    assert result.exit_code == 0
+    assert "cosine        1.0000 mean, 1.0000 min" in result.stdout and "neighbours    100.00%" in result.stdout
 
 
 def test_cli_image_folder(files):
