@@ -548,3 +548,18 @@ def check_runs_like(model, pruned):
 
 def test_lateness_is_a_channels_place_in_the_removal_order():
     np.testing.assert_array_equal(pro.lateness(np.array([2, 0]), 3), [1, 2, 0])
+
+
+def test_removal_orders_stop_at_the_last_rung_of_each_ladder():
+    """PRO never leaves a group below its ladder's last rung, so REAP's order stops there: the
+    elimination's dearest steps (the most channels gone) are not computed."""
+    model = FACTORIES["conv_chain"](widths=(32, 16, 32))
+    normalized, analysis, channels, _ = mac_problem(model)
+    floors = pro.floors(channels, 8)
+    assert floors == {g: 8 for g in channels}
+    rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress,
+                              floors)
+    assert {g: len(order) for g, order in rebuilt.orders.items()} == {g: n - 8 for g, n in channels.items()}
+    full = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress)
+    for g, order in rebuilt.orders.items():
+        np.testing.assert_array_equal(order, full.orders[g][:len(order)])  # the same steps, fewer of them

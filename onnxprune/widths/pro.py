@@ -100,6 +100,18 @@ def rungs_per_group(groups: int) -> int:
     return int(np.clip(RUNGS // max(groups, 1), 4, 16))
 
 
+def ladders(channels: Counts, round_to: Steps) -> dict[int, list[int]]:
+    """Each group's counts on its way down: steps of --round-to, a 1/rungs_per_group of it at least."""
+    rungs = rungs_per_group(len(channels))
+    steps = {g: step_of(round_to, g) for g in channels}
+    return {g: allowed_counts(n, steps[g], max(steps[g], n // rungs)) for g, n in channels.items()}
+
+
+def floors(channels: Counts, round_to: Steps) -> Counts:
+    """The fewest channels the search may leave each group: its ladder's last rung."""
+    return {g: ladder[-1] for g, ladder in ladders(channels, round_to).items()}
+
+
 def sample_count(macs_per_sample: float, requested: int = 0) -> int:
     """How many samples PRO measures the final output on: ``requested``, or for 0 as many as keep
     one forward pass within PASS_MACS, clip(PASS_MACS / macs_per_sample, MIN_SAMPLES, MAX_SAMPLES).
@@ -167,7 +179,8 @@ class ProSearch:
         output = measured_output(normalized)
         if method.reconstructs:
             if rebuilt is None:
-                rebuilt = Reconstructions(normalized, analysis, method, channels, calib, progress)
+                rebuilt = Reconstructions(normalized, analysis, method, channels, calib, progress,
+                                          floors(channels, round_to))
             self.orders = rebuilt.orders
         else:
             self.orders = method.orders(analysis, channels)
@@ -175,9 +188,7 @@ class ProSearch:
         self.lateness = [lateness(self.orders[g], channels[g]) if g in channels else None
                          for g in range(len(analysis.groups))]
         self.steps = {g: step_of(round_to, g) for g in channels}
-        rungs = rungs_per_group(len(channels))
-        self.ladders = {g: allowed_counts(n, self.steps[g], max(self.steps[g], n // rungs))
-                        for g, n in channels.items()}
+        self.ladders = ladders(channels, round_to)
         self.position = {g: 0 for g in channels}  # index into the group's ladder
         self.candidates: Candidates = (
             VariantCandidates(normalized, analysis, channels, rebuilt, self.keep_of, cost, feeds, output, calib)
@@ -276,8 +287,9 @@ class Reconstructions:
     count, reconstructed independently from the ORIGINAL model's statistics."""
 
     def __init__(self, normalized: onnx.ModelProto, analysis: Analysis, method: DataMethod, channels: Counts,
-                 calib: Calibration, progress: Progress):
+                 calib: Calibration, progress: Progress, floors: Counts | None = None):
         self.analysis, self.method, self.channels = analysis, method, channels
+        self.floors = floors or {}  # the fewest channels the search may leave a group (its ladder's last rung)
         plans, _ = reconstructable(analysis)
         self.consumers = {g: plans[g] for g in channels}
         everyone = list({c.node: c for g in channels for c in plans[g]}.values())
@@ -300,12 +312,13 @@ class Reconstructions:
         self._alphas: dict[tuple[str, int], float] = {}  # per consumer piece, chosen at its first fit
 
     def _plan(self, g: int, n: int):
-        """Group g's full removal order (in rounds, down to one channel per block, for a group
-        that grouped convs cut), chosen on its consumers' pieces (``_pieces``)."""
+        """Group g's removal order down to its floor (in rounds, down to one channel per block, for
+        a group that grouped convs cut), chosen on its consumers' pieces (``_pieces``). A REAP step
+        costs more the more channels are gone: the steps below the floor would be the dearest."""
         problems = [p.problem() for c in self.consumers[g] for p in self._pieces(c, g, self.nothing)]
         blocks = rounds(self.analysis, g, self.analysis.groups[g].blocks)
         if blocks is None:
-            return self.method.plan(problems, n)
+            return self.method.plan(problems, n, target=self.floors.get(g, 1))
         return self.method.plan(problems, n, target=self.analysis.groups[g].blocks, parts=blocks)
 
     def _pieces(self, c: Consumer, g: int, removed: np.ndarray) -> list[Piece]:
