@@ -41,7 +41,7 @@ from ..graph.io import default_opset
 from ..graph.shapes import infer_shapes, unknown_after
 from .grouped import block_of
 from .grouped import cells as grouped_cells
-from .heads import Attention, Heads, find_heads
+from .heads import Attention, Heads, find_heads, layer_name
 
 
 @dataclass
@@ -907,7 +907,7 @@ class _Analyzer:
                 blocks=int(cells[gid].max()) + 1 if gid in cells else 1,
                 grouped_by=tuple(grouped_by.get(gid, ())),
                 head_dim=heads[gid].head_dim if gid in heads else 0,
-                attention=heads[gid].name if gid in heads else "",
+                attention=layer_name(producers[raw] + consumers.get(raw, [])) if gid in heads else "",
             ))
         return Analysis(
             graph=self.graph, shapes=self.shapes, groups=groups, layouts=self.layouts, edits=self.edits,

@@ -59,16 +59,16 @@ class Attention:
     moves: frozenset[str]
     entries: dict[str, tuple[Entry, ...]]
 
-    @property
-    def name(self) -> str:
-        """The layer's name: the path its projections share ('/encoder/layer.2/attention')."""
-        parts = [p.split("/") for p in self.projections]
-        common = []
-        for level in zip(*parts):
-            if len(set(level)) > 1:
-                break
-            common.append(level[0])
-        return "/".join(common) or self.projections[0]
+
+def layer_name(nodes: tuple[str, ...]) -> str:
+    """The path that node names share ('/encoder/layer.2/attention' for its projections and
+    output projection), for messages; the first name where they share none."""
+    common = []
+    for level in zip(*(n.split("/") for n in nodes)):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return "/".join(common) or nodes[0]
 
 
 @dataclass(frozen=True)
