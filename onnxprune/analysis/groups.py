@@ -725,8 +725,8 @@ class _Analyzer:
         split = node.name in attention.splits
         if layout.block != (attention.head_dim if split else 1) or layout.axis != 2:
             return self._opaque(node, "its input does not carry the heads where the attention's match has them")
-        rank = self._rank(out)
-        self._pass(node, replace(layout, block=1) if split else replace(layout, block=attention.head_dim, axis=rank - 1))
+        merged = replace(layout, block=attention.head_dim, axis=(self._rank(out) or 0) - 1)
+        self._pass(node, replace(layout, block=1) if split else merged)
         for e in attention.entries[node.name]:
             self.edits.append(Edit(EditKind.SHAPE_ENTRY, e.node, out.name, e.index, e.offset))
 
@@ -751,7 +751,8 @@ class _Analyzer:
         perm, layout = node.attrs.get("perm"), self._lay(node.inputs[0])
         if self.heads.of(node.name) is not None and layout is not None and layout.block == 1:
             # inside a matched attention the heads' axis moves: heads.py checked where to
-            return self._pass(node, replace(layout, axis=list(perm).index(layout.axis)))
+            perm = list(perm) if perm is not None else [3, 2, 1, 0]
+            return self._pass(node, replace(layout, axis=perm.index(layout.axis)))
         if perm is not None and layout is not None and perm[0] == 0 and perm[layout.axis] == layout.axis:
             return self._pass(node, layout)
         self._opaque(node, "moves the channel axis")
