@@ -138,7 +138,8 @@ def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int) -> Attention:
     rank = _rank(scores, shapes)
     axis = int(softmax.attrs.get("axis", -1 if opset >= 13 else 1))
     if rank != 4 or axis not in (-1, 3):
-        raise NoMatch(f"Softmax node '{softmax.name}' is not over the keys of a [batch, heads, queries, keys] tensor")
+        raise NoMatch(f"Softmax node '{softmax.name}' is not over the keys of a [batch, heads, queries, keys] tensor "
+                      "(or its shape is unknown)")
     _check_single_reader(scores)
     qk = _back_through_scores(scores, shapes)
     av = _only_reader(softmax.outputs[0], "MatMul", "the attention weights")
@@ -175,10 +176,13 @@ def _back_through_scores(t: gs.Variable, shapes: dict[str, tuple]) -> gs.Node:
         if node.op in ("Mul", "Div") and _scalar(node):
             t = _variable(node)
         elif node.op == "Add":
-            same = [x for x in node.inputs if _same_for_every_head(x, shapes)]
-            if len(same) != 1:
-                raise NoMatch(f"Add node '{node.name}' on the attention scores adds what varies across heads")
-            t = next(x for x in node.inputs if x is not same[0])
+            if any(_shape(x, shapes) is None for x in node.inputs):
+                raise NoMatch(f"Add node '{node.name}' on the attention scores: shapes unknown")
+            varying = [x for x in node.inputs if not _same_for_every_head(x, shapes)]
+            if len(varying) != 1:
+                raise NoMatch(f"Add node '{node.name}' on the attention scores adds what varies across heads"
+                              if varying else f"Add node '{node.name}' on the attention scores: a single head")
+            t = varying[0]
         else:
             raise NoMatch(f"{node.op} node '{node.name}' on the attention scores (only a scale and a mask are "
                           "matched)")
@@ -298,7 +302,7 @@ def _check_entry(entry: Entry, value: int, reshape: gs.Node, what: str) -> None:
 
 def _same_for_every_head(t, shapes: dict[str, tuple]) -> bool:
     """A mask (or bias) of the [B, H, S, S] scores that broadcasts over the heads (axis 1)."""
-    shape = tuple(t.shape) if isinstance(t, gs.Constant) else shapes.get(t.name)
+    shape = _shape(t, shapes)
     return shape is not None and len(shape) <= 4 and (len(shape) < 3 or shape[len(shape) - 3] == 1)
 
 
@@ -332,6 +336,10 @@ def _check_single_reader(t: gs.Variable) -> None:
         raise NoMatch(f"tensor '{t.name}' inside the attention is read by {len(t.outputs)} nodes")
 
 
+def _shape(t, shapes: dict[str, tuple]) -> tuple | None:
+    return tuple(t.shape) if isinstance(t, gs.Constant) else shapes.get(t.name)
+
+
 def _rank(t, shapes: dict[str, tuple]) -> int | None:
-    shape = tuple(t.shape) if isinstance(t, gs.Constant) else shapes.get(t.name)
+    shape = _shape(t, shapes)
     return None if shape is None else len(shape)
