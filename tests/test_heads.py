@@ -184,3 +184,14 @@ def test_pro_over_heads_and_neurons_meets_the_budget_one_head_at_a_time(method):
             assert step.channels == widths[step.group] - 1
             widths[step.group] = step.channels
     assert run(result.model, encoder_feeds(spec, batch=3, seed=5))[0].shape == (3, spec.seq, spec.hidden)
+
+
+def test_keep_params_counts_the_heads_columns_rows_and_biases():
+    """--keep-params: the parameters predicted at the kept heads and neurons (Q, K, V columns and
+    biases, output-projection rows) are those of the pruned model, within the budget."""
+    spec, model = build(layers=2, heads=4, hidden=32, ffn=64)
+    result = prune(model, PruneConfig(method=Method("l1"), keep_params=0.7))
+    after = {c.group.id: c.channels_after for c in result.groups}
+    a = analyze(normalize(model)[0])
+    assert [after[g.id] for g in head_groups(a)] != [4, 4]
+    assert result.params_after == cost_of(result.model).params <= 0.7 * result.params_before
