@@ -1,6 +1,7 @@
 """Transformer encoders: FFN neurons (and attention heads: test_heads.py) are pruned; the hidden width, fused and int8 layers stay and say why."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -21,6 +22,7 @@ from onnxprune.calibration.statistics import MASK, Calibration, collect, host_st
 from onnxprune.cli import main
 from onnxprune.config import Method
 from onnxprune.widths.budget import kept_count
+from onnxprune.widths.pro import ProSearch, real_tokens
 
 
 def build(**kw):
@@ -271,6 +273,37 @@ def test_pro_measures_the_first_floating_point_output():
     result = prune(model, PruneConfig(method=Method("reap"), keep_flops=0.8, pro=True, pro_samples=16),
                    calibration(spec, samples=32))
     assert result.pro and result.pro[-1].error > 0 and result.macs_after <= 0.8 * result.macs_before
+
+
+def test_pro_error_leaves_padded_tokens_out():
+    """PRO's final-output error counts the real tokens only: outputs that differ at padded tokens
+    alone (which mean pooling never reads) are at distance 0; a pooled output counts whole."""
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    reference = np.zeros((2, 3, 4))
+    out = reference.copy()
+    out[0, 2], out[1, 1:] = 7, -3  # padding only
+    search = SimpleNamespace(reference=reference, real=real_tokens(mask, reference.shape))
+    assert ProSearch.distance(search, out) == 0
+    out[1, 0, 0] = 2
+    assert ProSearch.distance(search, out) == 4 / 2
+    assert real_tokens(mask, (2, 4)) == 1.0 and real_tokens(None, (2, 3, 4)) == 1.0
+
+
+def test_pro_widths_do_not_depend_on_what_the_padding_holds():
+    """The same calibration sentences with other values at their padded positions: the same
+    statistics, PRO errors and widths (padding steered PRO's error before it was masked)."""
+    spec, model = build(layers=2, mask=True, ffn=32, heads=4)
+    feeds = encoder_feeds(spec, batch=64, seed=1)
+    other = dict(feeds, input=np.where(feeds["attention_mask"][..., None] == 0,
+                                       np.random.default_rng(5).standard_normal(feeds["input"].shape) * 10,
+                                       feeds["input"]).astype(np.float32))
+    results = []
+    for data in (feeds, other):
+        calib = Calibration(lambda data=data: ({k: v[i:i + 16] for k, v in data.items()} for i in range(0, 64, 16)), 64)
+        results.append(prune(model, PruneConfig(method=Method("reap"), keep_flops=0.7, pro=True, pro_samples=32), calib))
+    a, b = results
+    assert [c.channels_after for c in a.groups] == [c.channels_after for c in b.groups]
+    np.testing.assert_allclose([p.error for p in a.pro], [p.error for p in b.pro], rtol=1e-4)
 
 
 def output_error(model, pruned, feeds):
