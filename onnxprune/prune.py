@@ -62,7 +62,8 @@ class PruneResult:
             "params_after": self.params_after,
             "groups": [
                 {"id": c.group.id, "channels_before": c.group.channels, "channels_after": c.channels_after,
-                 "reason": c.reason, "blocks": c.group.blocks, "grouped_by": list(c.group.grouped_by)}
+                 "reason": c.reason, "blocks": c.group.blocks, "grouped_by": list(c.group.grouped_by),
+                 "head_dim": c.group.head_dim}
                 for c in self.groups
             ],
             "srn": self.srn,

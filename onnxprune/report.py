@@ -39,6 +39,11 @@ def blocks_text(blocks: int, grouped_by, channels: int) -> str:
             f"(grouped Conv {', '.join(grouped_by)})")
 
 
+def heads_text(g) -> str:
+    """'heads of /encoder/layer.2/attention (12 heads of 32 dims)'."""
+    return f"heads of {g.attention} ({g.channels} heads of {g.head_dim} dims)"
+
+
 def inspect_json(analysis: Analysis, cost: Cost) -> dict:
     data = {
         "macs": cost.macs,
@@ -46,7 +51,7 @@ def inspect_json(analysis: Analysis, cost: Cost) -> dict:
         "groups": [
             {"id": g.id, "channels": g.channels, "prunable": g.prunable, "reason": g.reason,
              "producers": list(g.producers), "consumers": list(g.consumers), "blocks": g.blocks,
-             "grouped_by": list(g.grouped_by)}
+             "grouped_by": list(g.grouped_by), "head_dim": g.head_dim, "attention": g.attention}
             for g in analysis.groups
         ],
     }
@@ -72,6 +77,12 @@ def inspect_table(analysis: Analysis, cost: Cost) -> str:
         lines.append(f"MACs not counted for {len(cost.not_counted)} layers ({_names(cost.not_counted, 3)}): "
                      f"their shapes are unknown after {', '.join(after)}, an op onnx does not know, "
                      "and onnxruntime did not work them out")
+    heads = [g for g in analysis.groups if g.head_dim]
+    if heads:
+        lines.append("")
+        lines.append("attention heads (each removed whole: its Q, K, V columns and output-projection rows):")
+        for g in heads:
+            lines.append(f"  group {g.id}: {heads_text(g)}")
     blocked = [g for g in analysis.groups if g.prunable and g.blocks > 1]
     if blocked:
         lines.append("")
@@ -107,7 +118,9 @@ def prune_summary(result: PruneResult, source: str, output: str) -> str:
         g = c.group
         blocks = (f"; {c.channels_after // g.blocks} of {g.channels // g.blocks} in each of {g.blocks} blocks "
                   f"(grouped Conv {', '.join(g.grouped_by)})" if g.blocks > 1 else "")
-        lines.append(f"  group {g.id}: {g.channels} -> {c.channels_after} channels ({_names(g.producers)}){blocks}")
+        what = f"heads of {g.attention} ({g.head_dim} dims each)" if g.head_dim else \
+            f"channels ({_names(g.producers)})"
+        lines.append(f"  group {g.id}: {g.channels} -> {c.channels_after} {what}{blocks}")
     if frozen:
         lines.append("frozen (left as they are):")
         for c in frozen:

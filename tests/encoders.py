@@ -25,7 +25,12 @@ class EncoderSpec:
     0.5*x*(1+erf(x/sqrt 2)), ``gelu_tanh`` its tanh approximation, ``fastgelu`` onnxruntime's fused
     com.microsoft op); ``layer_norm``: ``op``, ``decomposed`` (ReduceMean/Sub/Pow/Sqrt/Div) or
     ``skip`` (onnxruntime's fused SkipLayerNormalization, post-norm only); ``attention``:
-    ``heads`` (Reshape/Transpose/MatMul/Softmax) or ``fused`` (onnxruntime's Attention op);
+    ``heads`` (Reshape/Transpose/MatMul/Softmax), ``head_bias`` (the same, with a constant added to
+    the scores that differs per head, as relative position biases do) or ``fused`` (onnxruntime's
+    Attention op); ``reshape``: the heads' Reshapes take a ``static`` shape constant ([0, 0, H, d]),
+    ``inferred`` ([0, 0, -1, d]), ``dynamic`` (a Concat of Shape/Gather results and constants, as torch
+    exports x.size()[:2] + (H, d) with dynamic axes) or ``computed`` (dynamic, H computed from the
+    width at run time); ``scale``: the scores ``mul``tiplied by 1/sqrt(d) or ``div``ided by sqrt(d);
     ``quantized``: the Linears whose int8 weights a DequantizeLinear computes (``fc1``, ``fc2``)."""
 
     layers: int = 2
@@ -37,6 +42,8 @@ class EncoderSpec:
     norm: str = "pre"
     layer_norm: str = "op"
     attention: str = "heads"
+    reshape: str = "static"
+    scale: str = "mul"
     vocab: int | None = None  # int64 input_ids through an embedding Gather; None: float input [B, S, hidden]
     mask: bool = False  # an int64 attention_mask input [B, S]: 1 for real tokens, 0 for padding
     dynamic_seq: bool = False  # the sequence dim symbolic (float input only: the position table is static)
@@ -141,24 +148,53 @@ class EncoderBuilder:
             b = self.const(f"{name}.qkv.bias", self.rng.normal(0, 0.1, 3 * h))
             ctx = self.node("Attention", [x, w, b], f"{name}/Attention", domain="com.microsoft", num_heads=s.heads)
             return self.linear(ctx, h, h, f"{name}/output/dense")
-        split = self.const(f"{name}.split_shape", [0, 0, s.heads, d], np.int64)
+        split = self.const(f"{name}.split_shape", [0, 0, -1 if s.reshape == "inferred" else s.heads, d], np.int64)
 
         def heads(t, role, perm):
-            r = self.node("Reshape", [t, split], f"{name}/{role}/Reshape")
+            shape = split if s.reshape in ("static", "inferred") else self.target_shape(t, f"{name}/{role}", [s.heads, d])
+            r = self.node("Reshape", [t, shape], f"{name}/{role}/Reshape")
             return self.node("Transpose", [r], f"{name}/{role}/Transpose", perm=perm)
 
         q = heads(self.linear(x, h, h, f"{name}/query"), "query", [0, 2, 1, 3])
         k = heads(self.linear(x, h, h, f"{name}/key"), "key", [0, 2, 3, 1])
         v = heads(self.linear(x, h, h, f"{name}/value"), "value", [0, 2, 1, 3])
         scores = self.node("MatMul", [q, k], f"{name}/MatMul")
-        scores = self.node("Mul", [scores, self.scalar(f"{name}.scale", d ** -0.5)], f"{name}/Mul")
+        if s.scale == "div":
+            scores = self.node("Div", [scores, self.scalar(f"{name}.scale", d ** 0.5)], f"{name}/Div")
+        else:
+            scores = self.node("Mul", [scores, self.scalar(f"{name}.scale", d ** -0.5)], f"{name}/Mul")
+        if s.attention == "head_bias":
+            bias = self.const(f"{name}.head_bias", self.rng.normal(0, 1, (1, s.heads, s.seq, s.seq)))
+            scores = self.node("Add", [scores, bias], f"{name}/Add_bias")
         if mask is not None:
             scores = self.node("Add", [scores, mask], f"{name}/Add")
         probs = self.node("Softmax", [scores], f"{name}/Softmax", axis=-1)
         ctx = self.node("MatMul", [probs, v], f"{name}/MatMul_1")
         ctx = self.node("Transpose", [ctx], f"{name}/Transpose", perm=[0, 2, 1, 3])
-        merged = self.node("Reshape", [ctx, self.const(f"{name}.merge_shape", [0, 0, h], np.int64)], f"{name}/Reshape")
+        merge = (self.const(f"{name}.merge_shape", [0, 0, h], np.int64) if s.reshape in ("static", "inferred")
+                 else self.target_shape(ctx, f"{name}/merge", [h]))
+        merged = self.node("Reshape", [ctx, merge], f"{name}/Reshape")
         return self.linear(merged, h, h, f"{name}/output/dense")
+
+    def target_shape(self, t, name, tail):
+        """torch's export of t.size()[:2] + tuple(tail) with dynamic axes: a Concat of
+        Unsqueeze(Gather(Shape(t), i)) for i = 0, 1 and a constant per entry of ``tail``; with
+        ``reshape="computed"`` the head count is t.size(2) // d, computed at run time."""
+        def size(i):
+            shape = self.node("Shape", [t], f"{name}/Shape_{i}")
+            return self.node("Gather", [shape, self.const(f"{name}.index{i}", i, np.int64)], f"{name}/Gather_{i}", axis=0)
+
+        def unsqueeze(x, i):
+            return self.node("Unsqueeze", [x, self.const(f"{name}.axes{i}", [0], np.int64)], f"{name}/Unsqueeze_{i}")
+
+        pieces = [unsqueeze(size(i), i) for i in (0, 1)]
+        for j, value in enumerate(tail):
+            if self.spec.reshape == "computed" and j == 0 and len(tail) == 2:
+                heads = self.node("Div", [size(2), self.const(f"{name}.dims", tail[1], np.int64)], f"{name}/Div")
+                pieces.append(unsqueeze(heads, 2))
+            else:
+                pieces.append(self.const(f"{name}.entry{j}", [value], np.int64))
+        return self.node("Concat", pieces, f"{name}/Concat", axis=0)
 
     def ffn(self, x, name):
         s = self.spec
@@ -251,13 +287,16 @@ def encoder_feeds(spec: EncoderSpec, batch: int = 4, seed: int = 0, lengths=None
 
 @st.composite
 def encoder_specs(draw) -> EncoderSpec:
-    """Small encoders: 1-2 layers, hidden 8 or 16 in 1-4 heads, FFN 8-48 neurons, every activation
-    form, pre- or post-norm, LayerNormalization or its decomposed form, float or embedded input."""
-    heads = draw(st.sampled_from([1, 2, 4]))
-    hidden = draw(st.sampled_from([8, 16]))
+    """Small encoders: 1-2 layers, 1-4 heads of 2, 4 or 8 dims, FFN 8-48 neurons, every activation
+    form, pre- or post-norm, LayerNormalization or its decomposed form, static, inferred or
+    dynamic head Reshapes, the scores multiplied or divided, float or embedded input."""
+    heads = draw(st.integers(1, 4))
+    hidden = heads * draw(st.sampled_from([2, 4, 8]))
     return EncoderSpec(layers=draw(st.integers(1, 2)), hidden=hidden, heads=heads,
                        ffn=draw(st.integers(1, 6)) * 8, seq=draw(st.integers(2, 6)),
                        act=draw(st.sampled_from(ACTIVATIONS)), norm=draw(st.sampled_from(["pre", "post"])),
                        layer_norm=draw(st.sampled_from(["op", "decomposed"])),
+                       reshape=draw(st.sampled_from(["static", "inferred", "dynamic"])),
+                       scale=draw(st.sampled_from(["mul", "div"])),
                        vocab=draw(st.sampled_from([None, 20])), seed=draw(st.integers(0, 2**16)))
 

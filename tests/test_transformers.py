@@ -1,6 +1,7 @@
-"""Transformer encoders: FFN neurons are pruned; the hidden width, heads, fused and int8 layers stay and say why."""
+"""Transformer encoders: FFN neurons (and attention heads: test_heads.py) are pruned; the hidden width, fused and int8 layers stay and say why."""
 
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -20,6 +21,8 @@ from onnxprune.calibration.cache import SegmentRunner
 from onnxprune.calibration.statistics import MASK, Calibration, collect, host_stats, token_rows
 from onnxprune.cli import main
 from onnxprune.config import Method
+from onnxprune.widths.budget import kept_count
+from onnxprune.widths.pro import ProSearch, real_tokens
 
 
 def build(**kw):
@@ -51,11 +54,18 @@ def calibration(spec, samples=64, batch=16, seed=1):
     return Calibration(batches, samples)
 
 
-def ffn_macs(spec, kept):
-    """MACs per sample of an encoder whose FFN l keeps kept[l] neurons: per layer Q, K, V and the
-    output projection (4 S H^2), the two attention MatMuls (2 S^2 H) and the FFN (2 S H F)."""
-    s, h = spec.seq, spec.hidden
-    return sum(4 * s * h * h + 2 * s * s * h + 2 * s * h * f for f in kept)
+def ffn_macs(spec, kept, heads=None):
+    """MACs per sample of an encoder whose FFN l keeps kept[l] neurons and its attention heads[l]
+    heads (all by default) of d = H / heads dims: per layer Q, K, V and the output projection
+    (4 S H a, a = heads[l] d the attention's width), the two attention MatMuls (2 S^2 a) and the
+    FFN (2 S H F)."""
+    s, h, d = spec.seq, spec.hidden, spec.hidden // spec.heads
+    heads = [spec.heads] * len(kept) if heads is None else heads
+    return sum(4 * s * h * n * d + 2 * s * s * n * d + 2 * s * h * f for f, n in zip(kept, heads))
+
+
+def head_groups(analysis):
+    return [g for g in analysis.groups if g.head_dim]
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])
@@ -63,8 +73,8 @@ def ffn_macs(spec, kept):
 @pytest.mark.parametrize("vocab", [None, 20])
 def test_each_ffn_is_one_prunable_group_and_the_rest_stays_with_its_reason(norm, layer_norm, vocab):
     """One group per FFN, its neurons: made by fc1 (columns and bias), read by fc2's rows. The
-    residual stream (every fc2 and output projection, the embedding) is frozen by the LayerNorm,
-    Q, K and V by their split into heads."""
+    residual stream (every fc2 and output projection, the embedding) is frozen by the LayerNorm;
+    Q, K and V make one group of heads (test_heads.py)."""
     spec, model = build(layers=2, norm=norm, layer_norm=layer_norm, vocab=vocab)
     _, a = analysis_of(model)
     for i, g in enumerate(ffn_groups(a)):
@@ -80,14 +90,14 @@ def test_each_ffn_is_one_prunable_group_and_the_rest_stays_with_its_reason(norm,
     assert ("LayerNormalization node" if layer_norm == "op" else "(reduces over channels)") in hidden.reason
     for role in ("query", "key", "value"):
         g = group_with(a, f"/encoder/layer.1/attention/{role}/MatMul")
-        assert not g.prunable and "attention heads are not pruned yet" in g.reason
+        assert g.prunable and g.head_dim == spec.hidden // spec.heads and g.channels == spec.heads
 
 
 def test_inspect_lists_the_ffn_groups_and_counts_3d_matmuls(tmp_path):
     spec, model = build(layers=3, hidden=16, ffn=40, heads=4, seq=6)
     onnx.save(model, tmp_path / "enc.onnx")
     data = json.loads(invoke("inspect", tmp_path / "enc.onnx", "--json").stdout)
-    prunable = [g for g in data["groups"] if g["prunable"]]
+    prunable = [g for g in data["groups"] if g["prunable"] and not g["head_dim"]]
     assert [(g["channels"], g["producers"], g["consumers"]) for g in prunable] == [
         (40, [f"/encoder/layer.{i}/ffn/fc1/MatMul"], [f"/encoder/layer.{i}/ffn/fc2/MatMul"]) for i in range(3)]
     assert data["macs"] == ffn_macs(spec, [40] * 3)
@@ -101,7 +111,7 @@ def test_cutting_neurons_that_fc2_ignores_changes_nothing(act, norm, layer_norm,
     spec, model = build(act=act, norm=norm, layer_norm=layer_norm, vocab=vocab, ffn=24)
     normalized, a = analysis_of(model)
     keep = random_keep(a, np.random.default_rng(0))
-    assert set(keep) == {g.id for g in ffn_groups(a)}
+    assert set(keep) == {g.id for g in ffn_groups(a) + head_groups(a)}
     zeroed = zero_consumer_weights(normalized, a, keep)
     pruned = prune_channels(zeroed, a, keep)
     onnx.checker.check_model(pruned, full_check=True)
@@ -172,12 +182,13 @@ def test_statistics_with_padding_equal_those_of_the_real_tokens():
 def test_calibration_with_attention_mask_sees_only_real_tokens():
     """Through a masked encoder, the statistics of padded batches (collect) equal those of the same
     sequences fed alone at their own lengths: padding changes neither the real tokens' activations
-    nor, being left out, G and C."""
+    nor, being left out, G and C (of each FFN's fc2 and each attention's output projection, which
+    reads the heads)."""
     spec, model = build(layers=2, mask=True, dynamic_seq=True, seq=6)
     normalized, _ = normalize(model)
     a = analyze(normalized, {"input": (1, 6, spec.hidden), "attention_mask": (1, 6)})
     consumers = [c for cs in reconstructable(a)[0].values() for c in cs]
-    assert len(consumers) == 2
+    assert len(consumers) == 4 and sum(c.taps == spec.hidden // spec.heads for c in consumers) == 2
     lengths = [6, 2, 4, 1]
     padded = encoder_feeds(spec, batch=4, seed=3, lengths=lengths)
     alone = [{"input": padded["input"][i:i + 1, :n], "attention_mask": np.ones((1, n), np.int64)}
@@ -204,7 +215,8 @@ def test_reconstruction_rows_are_the_real_tokens(tmp_path, stats):
                     "--calib", tmp_path / "calib.npz", "--ratio", "0.5", "--batch-size", "8", "--json", "-q")
     assert result.exit_code == 0, result.output
     layers = json.loads(result.stdout)["reconstruction"]
-    assert [n["node"] for n in layers] == [f"/encoder/layer.{i}/ffn/fc2/MatMul" for i in range(2)]
+    assert [n["node"] for n in layers] == [f"/encoder/layer.{i}/{p}/MatMul"
+                                           for i in range(2) for p in ("attention/output/dense", "ffn/fc2")]
     assert all(n["rows"] == feeds["attention_mask"].sum() < feeds["attention_mask"].size for n in layers)
 
 
@@ -226,9 +238,9 @@ def test_the_attention_mask_travels_with_the_kept_activations():
 
 @pytest.mark.parametrize("vocab", [None, 20])
 def test_prune_by_ratio_and_by_flops_writes_a_valid_model_with_the_predicted_macs(tmp_path, vocab):
-    """l1 --ratio 0.5 and reap --calib --keep-flops F: each FFN loses what was asked, the model runs,
-    and its MACs are the formula's at the kept widths."""
-    spec, model = build(layers=2, ffn=64, vocab=vocab, mask=True)
+    """l1 --ratio 0.5 and reap --calib --keep-flops F: each FFN (and each attention's 4 heads of 4
+    dims) loses what was asked, the model runs, and its MACs are the formula's at the kept widths."""
+    spec, model = build(layers=2, ffn=64, vocab=vocab, mask=True, heads=4)
     onnx.save(model, tmp_path / "enc.onnx")
     np.savez(tmp_path / "calib.npz", **encoder_feeds(spec, batch=64, seed=1))
     full = ffn_macs(spec, [64, 64])
@@ -240,10 +252,11 @@ def test_prune_by_ratio_and_by_flops_writes_a_valid_model_with_the_predicted_mac
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         kept = [g["channels_after"] for g in data["groups"] if g["channels_before"] == 64]
-        assert len(kept) == 2 and data["macs_before"] == full
-        assert data["macs_after"] == ffn_macs(spec, kept) == cost_of(onnx.load(out)).macs
+        heads = [g["channels_after"] for g in data["groups"] if g["head_dim"]]
+        assert len(kept) == len(heads) == 2 and data["macs_before"] == full
+        assert data["macs_after"] == ffn_macs(spec, kept, heads) == cost_of(onnx.load(out)).macs
         if method == "l1":
-            assert kept == [32, 32]
+            assert kept == [32, 32] and heads == [2, 2]
         else:
             assert data["macs_after"] <= 0.75 * full and all(k % 8 == 0 for k in kept)
         pruned = onnx.load(out)
@@ -262,6 +275,37 @@ def test_pro_measures_the_first_floating_point_output():
     assert result.pro and result.pro[-1].error > 0 and result.macs_after <= 0.8 * result.macs_before
 
 
+def test_pro_error_leaves_padded_tokens_out():
+    """PRO's final-output error counts the real tokens only: outputs that differ at padded tokens
+    alone (which mean pooling never reads) are at distance 0; a pooled output counts whole."""
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    reference = np.zeros((2, 3, 4))
+    out = reference.copy()
+    out[0, 2], out[1, 1:] = 7, -3  # padding only
+    search = SimpleNamespace(reference=reference, real=real_tokens(mask, reference.shape))
+    assert ProSearch.distance(search, out) == 0
+    out[1, 0, 0] = 2
+    assert ProSearch.distance(search, out) == 4 / 2
+    assert real_tokens(mask, (2, 4)) == 1.0 and real_tokens(None, (2, 3, 4)) == 1.0
+
+
+def test_pro_widths_do_not_depend_on_what_the_padding_holds():
+    """The same calibration sentences with other values at their padded positions: the same
+    statistics, PRO errors and widths (padding steered PRO's error before it was masked)."""
+    spec, model = build(layers=2, mask=True, ffn=32, heads=4)
+    feeds = encoder_feeds(spec, batch=64, seed=1)
+    other = dict(feeds, input=np.where(feeds["attention_mask"][..., None] == 0,
+                                       np.random.default_rng(5).standard_normal(feeds["input"].shape) * 10,
+                                       feeds["input"]).astype(np.float32))
+    results = []
+    for data in (feeds, other):
+        calib = Calibration(lambda data=data: ({k: v[i:i + 16] for k, v in data.items()} for i in range(0, 64, 16)), 64)
+        results.append(prune(model, PruneConfig(method=Method("reap"), keep_flops=0.7, pro=True, pro_samples=32), calib))
+    a, b = results
+    assert [c.channels_after for c in a.groups] == [c.channels_after for c in b.groups]
+    np.testing.assert_allclose([p.error for p in a.pro], [p.error for p in b.pro], rtol=1e-4)
+
+
 def output_error(model, pruned, feeds):
     """||f(x) - f_pruned(x)|| / ||f(x)|| over the real tokens."""
     a, b = run(model, feeds)[0], run(pruned, feeds)[0]
@@ -270,7 +314,7 @@ def output_error(model, pruned, feeds):
 
 
 def test_reap_on_ffn_neurons_beats_l1_without_reconstruction():
-    """Half of each FFN's neurons removed: REAP (selection by the error after refitting fc2, then the
+    """Half of each FFN's neurons removed (the heads excluded): REAP (selection by the error after refitting fc2, then the
     refit) leaves a smaller output error than l1 (largest fc1 columns, fc2 as it was), and ThiNet's
     selection with the same refit lies between."""
     spec, model = build(layers=2, ffn=64, redundancy=0.5, mask=True, seed=4)
@@ -278,7 +322,8 @@ def test_reap_on_ffn_neurons_beats_l1_without_reconstruction():
     test = encoder_feeds(spec, batch=128, seed=7)
     errors = {}
     for method in ("l1", "thinet", "reap"):
-        result = prune(model, PruneConfig(method=Method(method), ratio=0.5), calib if method != "l1" else None)
+        result = prune(model, PruneConfig(method=Method(method), ratio=0.5, exclude=("*/attention/*",)),
+                       calib if method != "l1" else None)
         errors[method] = output_error(model, result.model, test)
     assert errors["reap"] < 0.6 * errors["l1"], errors
     assert errors["reap"] <= errors["thinet"] * 1.05, errors
@@ -312,15 +357,16 @@ def test_fused_ops_and_dequantized_weights_freeze_with_their_reasons(tmp_path, k
     assert result.exit_code == 0, result.output
     after = json.loads(result.stdout)["groups"]
     ids = {g["id"] for g in prunable}
-    assert [g["channels_after"] for g in after if g["id"] in ids] == [spec.ffn // 2] * len(prunable)
+    assert [g["channels_after"] for g in after if g["id"] in ids] == [g["channels"] // 2 for g in prunable]
     feeds = encoder_feeds(spec, batch=2)
     assert run(onnx.load(tmp_path / "out.onnx"), feeds)[0].shape == (2, spec.seq, spec.hidden)
 
 
 def test_a_model_of_dequantized_ffn_weights_lists_them_frozen_and_is_refused(tmp_path):
-    """Both FFN projections int8: inspect lists the FFN's neurons as a group of the dequantized fc1,
-    frozen with the reason; prune has nothing to prune and says so, writing nothing."""
-    _, model = build(layers=1, quantized=("fc1", "fc2"))
+    """Both FFN projections int8 (and a single attention head): inspect lists the FFN's neurons as a
+    group of the dequantized fc1, frozen with the reason; prune has nothing to prune and says so,
+    writing nothing."""
+    _, model = build(layers=1, heads=1, quantized=("fc1", "fc2"))
     onnx.save(model, tmp_path / "enc.onnx")
     groups = json.loads(invoke("inspect", tmp_path / "enc.onnx", "--json").stdout)["groups"]
     [ffn] = [g for g in groups if g["producers"] == ["/encoder/layer.0/ffn/fc1/MatMul"]]
@@ -335,21 +381,25 @@ def test_a_model_of_dequantized_ffn_weights_lists_them_frozen_and_is_refused(tmp
 @settings(max_examples=25)
 @given(spec=encoder_specs())
 def test_generated_encoders_prune_into_models_that_run(spec):
-    """Any small encoder (layers, widths, heads, activation form, pre/post-norm, LayerNorm op or
-    decomposed, float or embedded input): inspect finds one prunable group per FFN; cutting the
-    neurons fc2 ignores is exact; prune --ratio 0.5 runs in onnxruntime with the formula's MACs."""
+    """Any small encoder (layers, heads and their dims, activation form, pre/post-norm, LayerNorm op
+    or decomposed, static, inferred or dynamic head Reshapes, float or embedded input): inspect finds
+    one prunable group per FFN and one of heads per attention (of more than one head); cutting the
+    neurons and heads that the next layer ignores is exact; prune --ratio 0.5 runs in onnxruntime
+    with the formula's MACs."""
     model = EncoderBuilder(spec).model()
     normalized, a = analysis_of(model)
-    groups = ffn_groups(a)
+    groups, heads = ffn_groups(a), head_groups(a)
     assert [g.prunable for g in groups] == [spec.ffn > 1] * spec.layers
     assert all(g.channels == spec.ffn for g in groups)
-    assert [g.id for g in a.groups if g.prunable] == [g.id for g in groups]
+    assert [(g.channels, g.head_dim) for g in heads] == [(spec.heads, spec.hidden // spec.heads)] * spec.layers
+    assert {g.id for g in a.groups if g.prunable} == {g.id for g in groups + heads if g.channels > 1}
     feeds = encoder_feeds(spec, batch=2, seed=spec.seed)
     keep = random_keep(a, np.random.default_rng(spec.seed))
     zeroed = zero_consumer_weights(normalized, a, keep)
     assert_same_outputs(zeroed, prune_channels(zeroed, a, keep), feeds)
     result = prune(model, PruneConfig(method=Method("l1"), ratio=0.5, round_to=1))
-    kept = [c.channels_after for c in result.groups if c.group.id in {g.id for g in groups}]
-    assert kept == [spec.ffn // 2] * spec.layers
-    assert result.macs_after == ffn_macs(spec, kept) == cost_of(result.model).macs
+    after = {c.group.id: c.channels_after for c in result.groups}
+    kept, kept_heads = [after[g.id] for g in groups], [after[g.id] for g in heads]
+    assert kept == [spec.ffn // 2] * spec.layers and kept_heads == [kept_count(spec.heads, 0.5)] * spec.layers
+    assert result.macs_after == ffn_macs(spec, kept, kept_heads) == cost_of(result.model).macs
     assert run(result.model, feeds)[0].shape == (2, spec.seq, spec.hidden)

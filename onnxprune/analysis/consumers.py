@@ -57,8 +57,8 @@ def consumer_of(node: gs.Node, analysis: Analysis) -> Consumer | str:
         return _conv_transpose(node, in_shape, analysis.shapes.get(y.name))
     if node.op in ("Gemm", "MatMul"):
         # A MatMul reads its input's last axis: a transformer's [batch, sequence, features] are
-        # rows of tokens (calibration.statistics.token_rows).
-        if len(in_shape) != 2 and (node.op == "Gemm" or layout.block != 1):
+        # rows of tokens (calibration.statistics.token_rows); an attention head is d of them (taps).
+        if len(in_shape) != 2 and node.op == "Gemm":
             return f"{node.op} node '{node.name}': input is not 2-D"
         return Consumer(node.name, node.op, x.name, y.name, len(layout.atoms), layout.block)
     return f"{node.op} node '{node.name}': weights of this op are not reconstructed"

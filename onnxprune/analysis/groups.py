@@ -41,6 +41,7 @@ from ..graph.io import default_opset
 from ..graph.shapes import infer_shapes, unknown_after
 from .grouped import block_of
 from .grouped import cells as grouped_cells
+from .heads import Attention, Heads, find_heads, layer_name
 
 
 @dataclass
@@ -62,6 +63,7 @@ class EditKind(enum.Enum):
     SLICE_RANGE = "rewrite a channel Slice's start and end"
     RESIZE_SIZES = "rewrite a Resize's output sizes"
     RESHAPE_FEATURES = "rewrite a flattening Reshape's feature count"
+    SHAPE_ENTRY = "rewrite one entry of a Reshape's target shape (or of a constant its Concat reads) to a channel count"
 
 
 @dataclass(frozen=True)
@@ -69,8 +71,8 @@ class Edit:
     kind: EditKind
     node: str
     tensor: str  # whose kept channel positions drive the edit
-    index: int = 0  # input index (SLICE_CONST) or position in starts/ends (SLICE_RANGE)
-    axis: int = 0
+    index: int = 0  # input index (SLICE_CONST, SHAPE_ENTRY) or position in starts/ends (SLICE_RANGE)
+    axis: int = 0  # SHAPE_ENTRY: the entry's position in that input
     start: int = 0  # SLICE_RANGE: the channel range [start, stop) the Slice reads
     stop: int = 0
 
@@ -96,6 +98,8 @@ class ChannelGroup:
     reason: str | None  # why it is frozen; None when prunable
     blocks: int = 1  # cells that must lose equally many channels (grouped convs: grouped.py)
     grouped_by: tuple[str, ...] = ()  # the grouped convs that read or produce it
+    head_dim: int = 0  # attention heads (heads.py): the dims of each head, its columns; 0 for other groups
+    attention: str = ""  # attention heads: the layer's name ('/encoder/layer.2/attention')
 
     @property
     def prunable(self) -> bool:
@@ -195,11 +199,14 @@ class _Analyzer:
         self.consumers: list[tuple[str, str]] = []  # (node, tensor) reading channels into weights
         self.groupings: list[tuple[str, str, int]] = []  # (grouped conv, tensor it reads or writes, group)
         self.elsewhere: dict[tuple[str, int], Layout | None] = {}  # (tensor, axis) -> its unknown channels there
+        self.heads = Heads((), {})
+        self.head_atoms: list[tuple[np.ndarray, Attention]] = []  # each projection's heads
 
     # -- building blocks -------------------------------------------------------------
 
     def run(self) -> Analysis:
         self.graph.toposort()
+        self.heads = find_heads(self.graph, self.shapes, self.opset)
         for vi in self.graph.inputs:
             self._fresh_frozen(vi, f"comes from graph input '{vi.name}'")
         for node in self.graph.nodes:
@@ -243,9 +250,10 @@ class _Analyzer:
         self.n_atoms += n
         return atoms
 
-    def _produce(self, node: gs.Node, n: int, weight_index: int = 1, weight_axis: int = 0, axis: int = 1) -> Layout:
+    def _produce(self, node: gs.Node, n: int, weight_index: int = 1, weight_axis: int = 0, axis: int = 1,
+                 block: int = 1) -> Layout:
         out = node.outputs[0]
-        layout = Layout(self._new_atoms(n), axis=axis)
+        layout = Layout(self._new_atoms(n), block, axis)
         self.sources.append(Source(node.name, out.name, int(layout.atoms[0]), n, weight_index, weight_axis))
         self.layouts[out.name] = layout
         return layout
@@ -438,14 +446,29 @@ class _Analyzer:
         [N, C], a transformer's [batch, sequence, features]) and makes m on the output's."""
         x, w = node.inputs[0], node.inputs[1]
         rank = self._rank(x)
+        attention = self.heads.of(node.name)
+        if attention is not None and node.name in attention.moves:
+            return self._attend(node)
         if not isinstance(w, gs.Constant):
             return self._quantized(node, w, None if rank is None else rank - 1) or self._opaque(
                 node, "multiplies two activations (as attention does); only a constant weight matrix is pruned")
         if w.values.ndim != 2 or rank is None or rank < 2:
             return self._opaque(node, "only an input of known rank times a constant matrix is supported")
         self._consume(node, x, 1, 0, axis=rank - 1)
-        self._produce(node, w.shape[1], weight_axis=1, axis=rank - 1)
+        if attention is None:
+            self._produce(node, w.shape[1], weight_axis=1, axis=rank - 1)
+        else:  # a projection into heads: head h owns columns h*d .. h*d + d-1
+            layout = self._produce(node, attention.heads, weight_axis=1, axis=rank - 1, block=attention.head_dim)
+            self.head_atoms.append((layout.atoms, attention))
         self._slice_out(node, 1, 1)
+
+    def _attend(self, node: gs.Node) -> None:
+        """q k or p v of a matched attention (heads.py): both inputs carry the heads on axis 1, and
+        head h of one meets head h of the other only, so they are the same channels."""
+        a, b = (self._lay(t) for t in node.inputs)
+        if a is None or b is None or a.axis != 1 or not self._unite(a, b):
+            return self._opaque(node, "its inputs do not both carry the same heads on axis 1")
+        self._pass(node, a)
 
     def _gather(self, node: gs.Node) -> None:
         """An embedding: rows of a constant table [V, C] picked by indices make C fresh channels on
@@ -683,12 +706,29 @@ class _Analyzer:
             and len(shape) >= 2 and shape[0] is not None and out_shape[0] == shape[0]
             and all(d is not None for d in shape[2:]) and isinstance(node.inputs[1], gs.Constant)
         )
+        attention = self.heads.of(node.name)
+        if attention is not None:
+            return self._head_reshape(node, attention, layout)
         if _splits_heads(shape, out_shape, layout.axis):
-            return self._opaque(node, "splits the channels into attention heads; attention heads are not pruned yet")
+            return self._opaque(node, f"splits the channels into attention heads, which stay: "
+                                      f"{self.heads.why_not(node)}")
         if not flattening:
             return self._opaque(node, "moves channels; only flattening [N, C, ...] -> [N, C*...] is supported")
         self._pass(node, Layout(layout.atoms, layout.block * int(np.prod(shape[2:], dtype=np.int64))))
         self.edits.append(Edit(EditKind.RESHAPE_FEATURES, node.name, out.name))
+
+    def _head_reshape(self, node: gs.Node, attention: Attention, layout: Layout) -> None:
+        """A matched attention's Reshape (heads.py): splitting, [B, S, H*d] (H channels of d
+        columns) -> [B, S, H, d] (H on axis 2); merging, back to H channels of d columns on the last
+        axis. The shape entries holding H (or H*d) become the kept count."""
+        out = node.outputs[0]
+        split = node.name in attention.splits
+        if layout.block != (attention.head_dim if split else 1) or layout.axis != 2:
+            return self._opaque(node, "its input does not carry the heads where the attention's match has them")
+        merged = replace(layout, block=attention.head_dim, axis=(self._rank(out) or 0) - 1)
+        self._pass(node, replace(layout, block=1) if split else merged)
+        for e in attention.entries[node.name]:
+            self.edits.append(Edit(EditKind.SHAPE_ENTRY, e.node, out.name, e.index, e.offset))
 
     def _squeeze(self, node: gs.Node) -> None:
         x = node.inputs[0]
@@ -709,6 +749,10 @@ class _Analyzer:
 
     def _transpose(self, node: gs.Node) -> None:
         perm, layout = node.attrs.get("perm"), self._lay(node.inputs[0])
+        if self.heads.of(node.name) is not None and layout is not None and layout.block == 1:
+            # inside a matched attention the heads' axis moves: heads.py checked where to
+            perm = list(perm) if perm is not None else [3, 2, 1, 0]
+            return self._pass(node, replace(layout, axis=perm.index(layout.axis)))
         if perm is not None and layout is not None and perm[0] == 0 and perm[layout.axis] == layout.axis:
             return self._pass(node, layout)
         self._opaque(node, "moves the channel axis")
@@ -850,6 +894,7 @@ class _Analyzer:
             class_index[classes] = np.arange(len(classes))
             group_classes.append(classes)
         why_of = {group_id[raw]: why for raw, why in reasons.items() if raw in group_id}
+        heads = {group_id[int(atom_group[atoms[0]])]: att for atoms, att in self.head_atoms}
         cells, grouped_by = self._blocks(atom_class, class_group, class_index, group_classes, why_of)
         groups = []
         for raw, gid in group_id.items():
@@ -862,6 +907,8 @@ class _Analyzer:
                 reason="; ".join(why[:3]) + (f" (+{len(why) - 3} more)" if len(why) > 3 else "") if why else None,
                 blocks=int(cells[gid].max()) + 1 if gid in cells else 1,
                 grouped_by=tuple(grouped_by.get(gid, ())),
+                head_dim=heads[gid].head_dim if gid in heads else 0,
+                attention=layer_name(producers[raw] + consumers.get(raw, [])) if gid in heads else "",
             ))
         return Analysis(
             graph=self.graph, shapes=self.shapes, groups=groups, layouts=self.layouts, edits=self.edits,

@@ -24,7 +24,8 @@ def l1_scores(analysis: Analysis) -> list[np.ndarray]:
         if not isinstance(weight, gs.Constant):  # channels of unknown origin, or a dequantized layer's: frozen
             continue
         w = np.moveaxis(np.asarray(weight.values), source.weight_axis, 0)
-        per_channel = np.abs(w.reshape(w.shape[0], -1)).mean(axis=1, dtype=np.float64)
+        # a channel owns w.shape[0] / count of the rows (an attention head: its d columns of Wq, Wk, Wv)
+        per_channel = np.abs(w.reshape(source.count, -1)).mean(axis=1, dtype=np.float64)
         atoms = np.arange(source.start, source.start + source.count)
         np.add.at(class_score, analysis.atom_class[atoms], per_channel)
     return [class_score[classes] for classes in analysis.group_classes]

@@ -3,8 +3,9 @@
 The analysis (``groups.analyze``) recorded each rewrite as an ``Edit``; surgery
 replays them for the channels kept: producer weights and biases, channel-wise
 parameters, depthwise ``group`` attributes, Split sizes, Slice bounds, Resize
-sizes, flattening Reshapes and the consumers' input slices (H*W rows per
-channel after a Flatten; block by block for a grouped conv).
+sizes, flattening Reshapes, the head counts of attention's Reshapes and the
+consumers' input slices (H*W rows per channel after a Flatten, d per attention
+head; block by block for a grouped conv).
 """
 
 from __future__ import annotations
@@ -73,6 +74,10 @@ def _apply(graph: gs.Graph, node: gs.Node, edit: Edit, positions: np.ndarray,
         sizes = np.array(node.inputs[edit.index].values, dtype=np.int64)
         sizes[1] = len(positions)
         set_constant_input(graph, node, edit.index, sizes)
+    elif edit.kind is EditKind.SHAPE_ENTRY:  # an attention's head count H (or width H*d): heads.py
+        shape = np.array(node.inputs[edit.index].values, dtype=np.int64)
+        shape.reshape(-1)[edit.axis] = len(positions)
+        set_constant_input(graph, node, edit.index, shape)
     elif edit.kind is EditKind.RESHAPE_FEATURES:
         shape = np.array(node.inputs[1].values, dtype=np.int64)
         if shape[1] != -1:

@@ -19,6 +19,12 @@ def block_steps(round_to: int, blocks: Counts) -> Counts:
     return {g: math.lcm(round_to, b) for g, b in blocks.items()}
 
 
+def head_step(round_to: int, head_dim: int) -> int:
+    """An attention head group's step: the fewest heads whose columns, ``head_dim`` each, are a
+    multiple of ``round_to`` (round_to / gcd(round_to, head_dim): one head of 32 dims for 8)."""
+    return round_to // math.gcd(round_to, head_dim)
+
+
 def step_of(steps: Steps, g: int) -> int:
     return steps if isinstance(steps, int) else steps[g]
 

@@ -47,7 +47,7 @@ from ..graph.timing import in_rounds, interleaved, medians_ms, round_speedups
 from ..passes.surgery import prune_channels
 from ..progress import Progress
 from ..methods.scores import select
-from .budget import Counts, block_steps, fit_budget, uniform
+from .budget import Counts, block_steps, fit_budget, head_step, uniform
 from .pro import Keep, ProChoice, ProSearch, Reconstructions, allowed_counts, floors
 
 FORMAT = "onnxprune-latency-table/1"
@@ -252,8 +252,11 @@ def staircase(times: dict[int, float]) -> dict[int, float]:
 
 
 def steps_of(analysis: Analysis, channels: Counts, round_to: int) -> Counts:
-    """Each group's step: ``round_to``, or its least multiple that is one of the group's blocks."""
-    return block_steps(round_to, {g: analysis.groups[g].blocks for g in channels})
+    """Each group's step: ``round_to``, or its least multiple that is one of the group's blocks;
+    for attention heads, the fewest heads whose columns are a multiple of ``round_to``."""
+    steps = block_steps(round_to, {g: analysis.groups[g].blocks for g in channels})
+    return {g: head_step(round_to, analysis.groups[g].head_dim) if analysis.groups[g].head_dim else s
+            for g, s in steps.items()}
 
 
 def timed_keep(analysis: Analysis, counts: Counts) -> dict[int, np.ndarray]:

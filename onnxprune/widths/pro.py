@@ -36,7 +36,7 @@ import onnx
 
 from ..analysis.consumers import Consumer, kept_outputs, reconstructable, touched_nodes
 from ..analysis.groups import Analysis
-from ..calibration.statistics import HOLDOUT_EVERY, Calibration, collect
+from ..calibration.statistics import HOLDOUT_EVERY, MASK, Calibration, collect
 from ..errors import OnnxPruneError
 from ..methods.base import DataMethod, SelectionMethod
 from ..methods.grouped import Piece, join, pieces, restrict, rounds
@@ -195,6 +195,7 @@ class ProSearch:
             if method.reconstructs else PrunedCandidates(normalized, analysis, channels, self.keep_of, feeds, output,
                                                          calib))
         self.reference = self.candidates.evaluate({}, None).astype(np.float64)
+        self.real = real_tokens(feeds.get(MASK), self.reference.shape)
         start = self.keep_of(self.counts_at(self.position))
         self.current_cost, self.current_rank, self.current_error = cost(start), self.rank(start), 0.0
         self.start_cost = self.current_cost
@@ -216,9 +217,10 @@ class ProSearch:
         return {g: self.ladders[g][i] for g, i in pos.items()}
 
     def distance(self, out: np.ndarray) -> float:
-        """Mean squared distance of final outputs from the original's."""
-        out = out.astype(np.float64)
-        return float(np.mean(np.sum((out - self.reference) ** 2, axis=tuple(range(1, out.ndim)))))
+        """Mean squared distance of final outputs from the original's, over real tokens only
+        where the output is per token (``real_tokens``)."""
+        diff = (out.astype(np.float64) - self.reference) * self.real
+        return float(np.mean(np.sum(diff ** 2, axis=tuple(range(1, out.ndim)))))
 
     def measure(self, g: int) -> None:
         if self.position[g] + 1 >= len(self.ladders[g]):
@@ -439,6 +441,16 @@ class PrunedCandidates:
 
 
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+def real_tokens(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | float:
+    """Weights of the output's entries in PRO's error: 0 for the outputs of padded tokens where the
+    output is per token ([batch, sequence, ...] under an ``attention_mask`` of [batch, sequence]):
+    nothing downstream reads them (mean pooling over real tokens), so they must not steer the
+    widths; 1 (everything counts) for any other output."""
+    if mask is None or tuple(shape[:2]) != mask.shape or len(shape) < 3:
+        return 1.0
+    return (mask != 0).reshape(mask.shape + (1,) * (len(shape) - 2)).astype(np.float64)
 
 
 def measured_output(model: onnx.ModelProto) -> str:

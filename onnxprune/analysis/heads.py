@@ -1,0 +1,345 @@
+"""Attention heads: multi-head self-attention as torch exports it, matched on the graph's structure (never on names).
+
+One attention layer, with B the batch, S the sequence, H heads of d dims and C = H * d:
+
+    q = Transpose(Reshape(x Wq + bq, [B, S, H, d]), 0 2 1 3)       [B, H, S, d]
+    k = Transpose(Reshape(x Wk + bk, [B, S, H, d]), 0 2 3 1)       [B, H, d, S]
+    v = Transpose(Reshape(x Wv + bv, [B, S, H, d]), 0 2 1 3)       [B, H, S, d]
+    p = Softmax(q k / sqrt(d) + mask) over the keys                 [B, H, S, S]
+    y = Reshape(Transpose(p v, 0 2 1 3), [B, S, C]) Wo + bo
+
+Head h is columns h*d .. h*d + d-1 of Wq, Wk and Wv (and of their biases) and the same rows
+of Wo, and nothing else reads them: removing heads removes those columns and rows, and H
+(C in the merging Reshape) becomes the kept count in the Reshapes' target shapes, wherever
+they hold it: a constant shape, or a constant that a Concat of Shape/Gather results and
+constants (torch's export with dynamic axes) makes the shape from. Nothing else changes:
+d, and with it the scale 1/sqrt(d), stays.
+
+The match starts at each Softmax and follows the tensors: back through scalings (Mul or Div
+by a one-element constant) and masks (an Add of a tensor that is the same for every head)
+to a MatMul of two activations (q k), forward to the MatMul with v; each of q, k, v goes
+back through Transposes (composed into one permutation, checked) and scalings to the
+Reshape that splits a projection's C outputs into heads. Every tensor on the way has that
+one reader (the projections' outputs and the merged context may also be read by Shape
+nodes, whose reads the analysis checks). Anything else is no match, with its reason: the
+heads of that layer stay frozen (groups.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One entry of a Reshape's target shape: its constant value (None where it is computed)
+    and where it lives (input ``index`` of ``node``, element ``offset``)."""
+
+    value: int | None
+    node: str
+    index: int
+    offset: int
+
+
+@dataclass(frozen=True)
+class Attention:
+    """A matched attention layer: H heads of d dims, made by the projection MatMuls q, k and v,
+    split by their Reshapes, merged back by ``merge``; ``moves``: the Transposes and the two
+    MatMuls of activations in between; ``entries``: per Reshape, the shape entry that holds H
+    (or C), to be rewritten (none where it is -1, inferred)."""
+
+    heads: int
+    head_dim: int
+    projections: tuple[str, str, str]
+    splits: tuple[str, str, str]
+    merge: str
+    moves: frozenset[str]
+    entries: dict[str, tuple[Entry, ...]]
+
+
+def layer_name(nodes: tuple[str, ...]) -> str:
+    """The path that node names share ('/encoder/layer.2/attention' for its projections and
+    output projection), for messages; the first name where they share none."""
+    common = []
+    for level in zip(*(n.split("/") for n in nodes)):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return "/".join(common) or nodes[0]
+
+
+@dataclass(frozen=True)
+class Heads:
+    """Every matched attention layer, and why each Softmax that is not one is not."""
+
+    layers: tuple[Attention, ...]
+    failed: dict[str, str]  # Softmax node -> why
+
+    def of(self, node: str) -> Attention | None:
+        """The layer that ``node`` is a projection, Reshape, Transpose or attention MatMul of."""
+        return next((a for a in self.layers if node in a.projections or node in a.splits or node == a.merge
+                     or node in a.moves), None)
+
+    def why_not(self, reshape: gs.Node) -> str:
+        """Why the heads that ``reshape`` splits are not matched: the reason of the Softmax after it."""
+        softmax = _softmax_after(reshape)
+        return self.failed.get(softmax, "no Softmax over keys follows it") if softmax else \
+            "no Softmax over keys follows it"
+
+
+@dataclass(frozen=True)
+class _Split:
+    """q, k or v: the Transposes from its head split to the attention MatMul, the split Reshape,
+    H and d, the projection MatMul that makes it, and the split's shape entry holding H."""
+
+    transposes: list
+    reshape: gs.Node
+    heads: int
+    dims: int
+    projection: str
+    entry: Entry
+
+
+class NoMatch(Exception):
+    """Why a Softmax is not the attention pattern."""
+
+
+SPLIT_Q, SPLIT_K = (0, 2, 1, 3), (0, 2, 3, 1)  # [B, S, H, d] axes at q k's inputs: [B, H, S, d], [B, H, d, S]
+
+
+def find_heads(graph: gs.Graph, shapes: dict[str, tuple], opset: int) -> Heads:
+    """Match every Softmax of the graph; reasons for the head-splitting Reshapes not matched."""
+    layers, failed = [], {}
+    for node in graph.nodes:
+        if node.op == "Softmax":
+            try:
+                layers.append(_match(node, shapes, opset))
+            except NoMatch as e:
+                failed[node.name] = str(e)
+    return Heads(tuple(layers), failed)
+
+
+def _softmax_after(node: gs.Node, depth: int = 6) -> str | None:
+    """The first Softmax within ``depth`` nodes downstream of ``node``."""
+    frontier = [node]
+    for _ in range(depth):
+        frontier = [r for n in frontier for t in n.outputs for r in t.outputs]
+        hit = next((n for n in frontier if n.op == "Softmax"), None)
+        if hit is not None:
+            return hit.name
+    return None
+
+
+def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int) -> Attention:
+    scores = softmax.inputs[0]
+    rank = _rank(scores, shapes)
+    axis = int(softmax.attrs.get("axis", -1 if opset >= 13 else 1))
+    if rank != 4 or axis not in (-1, 3):
+        raise NoMatch(f"Softmax node '{softmax.name}' is not over the keys of a [batch, heads, queries, keys] tensor "
+                      "(or its shape is unknown)")
+    _check_single_reader(scores)
+    qk = _back_through_scores(scores, shapes)
+    av = _only_reader(softmax.outputs[0], "MatMul", "the attention weights")
+    if av.inputs[0] is not softmax.outputs[0]:
+        raise NoMatch(f"MatMul node '{av.name}' does not multiply the attention weights by the values")
+    q, k, v = (_back_to_split(t, want, shapes) for t, want in
+               ((qk.inputs[0], SPLIT_Q), (qk.inputs[1], SPLIT_K), (av.inputs[1], SPLIT_Q)))
+    sizes = {(s.heads, s.dims) for s in (q, k, v)}
+    if len(sizes) != 1:
+        raise NoMatch(f"queries, keys and values are split into different heads: {sorted(sizes)}")
+    [(heads, head_dim)] = sizes
+    moves, context = _forward_to_merge(av, shapes)
+    merge = _only_reader(context, "Reshape", "the attention's context", shape_readers=True)
+    if _rank(merge.outputs[0], shapes) is None or _rank(merge.inputs[0], shapes) != 4:
+        raise NoMatch(f"Reshape node '{merge.name}' does not merge [batch, sequence, heads, dims]")
+    out = _entries(merge, shapes)[-1]
+    _check_entry(out, heads * head_dim, merge, "the merged width")
+    entries = {merge.name: (out,) if out.value != -1 else ()}
+    for s in (q, k, v):
+        entries[s.reshape.name] = (s.entry,) if s.entry.value != -1 else ()
+    moves |= {qk.name, av.name} | {t.name for s in (q, k, v) for t in s.transposes}
+    return Attention(heads, head_dim, tuple(s.projection for s in (q, k, v)), tuple(s.reshape.name for s in (q, k, v)),
+                     merge.name, frozenset(moves), entries)
+
+
+def _back_through_scores(t: gs.Variable, shapes: dict[str, tuple]) -> gs.Node:
+    """From the Softmax's input back through scalings and masks to the MatMul of q and k."""
+    while True:
+        node = _producer(t, "the attention scores")
+        if node.op == "MatMul":
+            if any(isinstance(x, gs.Constant) for x in node.inputs):
+                raise NoMatch(f"MatMul node '{node.name}' before the Softmax has a constant input, not q and k")
+            return node
+        if node.op in ("Mul", "Div") and _scalar(node):
+            t = _variable(node)
+        elif node.op == "Add":
+            if any(_shape(x, shapes) is None for x in node.inputs):
+                raise NoMatch(f"Add node '{node.name}' on the attention scores: shapes unknown")
+            varying = [x for x in node.inputs if not _same_for_every_head(x, shapes)]
+            if len(varying) != 1:
+                raise NoMatch(f"Add node '{node.name}' on the attention scores adds what varies across heads"
+                              if varying else f"Add node '{node.name}' on the attention scores: a single head")
+            t = varying[0]
+        else:
+            raise NoMatch(f"{node.op} node '{node.name}' on the attention scores (only a scale and a mask are "
+                          "matched)")
+        _check_single_reader(t)
+
+
+def _back_to_split(t: gs.Variable, want: tuple[int, ...], shapes: dict[str, tuple]) -> _Split:
+    """From q, k or v at the attention MatMuls back to the Reshape that splits a projection into
+    heads; the Transposes on the way must bring its [B, S, H, d] to ``want``."""
+    transposes = []
+    _check_single_reader(t)
+    while True:
+        node = _producer(t, "queries, keys or values")
+        if node.op == "Reshape":
+            break
+        if node.op == "Transpose":
+            transposes.append(node)
+        elif not (node.op in ("Mul", "Div") and _scalar(node)):
+            raise NoMatch(f"{node.op} node '{node.name}' between a head split and the attention MatMuls")
+        t = node.inputs[0] if node.op == "Transpose" else _variable(node)
+        _check_single_reader(t)
+    perm = tuple(range(4))
+    for tr in reversed(transposes):
+        perm = tuple(perm[p] for p in tr.attrs.get("perm", (3, 2, 1, 0)))
+    if perm != want:
+        raise NoMatch(f"Transposes after Reshape node '{node.name}' give axes {perm} of [batch, sequence, heads, "
+                      f"dims], not {want}")
+    split = node
+    x = split.inputs[0]
+    if _rank(x, shapes) != 3 or _rank(split.outputs[0], shapes) != 4:
+        raise NoMatch(f"Reshape node '{split.name}' does not split [batch, sequence, width] into heads")
+    for reader in x.outputs:
+        if reader is not split and reader.op != "Shape":
+            raise NoMatch(f"the projection that Reshape node '{split.name}' splits is also read by {reader.op} "
+                          f"node '{reader.name}'")
+    projection, width = _projection(x)
+    entries = _entries(split, shapes)
+    if len(entries) != 4:
+        raise NoMatch(f"Reshape node '{split.name}' has a target shape of {len(entries)} entries, not 4")
+    heads, dims = entries[2].value, entries[3].value
+    if heads == -1 and dims not in (None, -1, 0):
+        heads = width // dims
+    elif dims == -1 and heads not in (None, -1, 0):
+        dims = width // heads
+    if heads is None or heads <= 0 or dims is None or dims <= 0 or heads * dims != width:
+        raise NoMatch(f"Reshape node '{split.name}': the head count is not a constant of its target shape "
+                      f"(heads {heads}, dims {dims}, width {width})")
+    known = shapes.get(split.outputs[0].name)
+    if known is not None and tuple(known[2:]) not in ((heads, dims), (None, None)):
+        raise NoMatch(f"Reshape node '{split.name}' gives {known}, not [.., .., {heads}, {dims}]")
+    _check_entry(entries[2], heads, split, "the head count")
+    return _Split(transposes, split, heads, dims, projection, entries[2])
+
+
+def _projection(x: gs.Variable) -> tuple[str, int]:
+    """The MatMul by a constant [in, C] weight (with its bias Add, if any) that makes ``x``; and C."""
+    node = _producer(x, "a head split's input")
+    if node.op == "Add":
+        bias = [t for t in node.inputs if isinstance(t, gs.Constant)]
+        if len(bias) != 1:
+            raise NoMatch(f"Add node '{node.name}' before a head split does not add a constant bias")
+        x = next(t for t in node.inputs if t is not bias[0])
+        _check_single_reader(x)
+        node = _producer(x, "a head split's input")
+    weight = node.inputs[1] if node.op == "MatMul" else None
+    if not isinstance(weight, gs.Constant) or weight.values.ndim != 2:
+        raise NoMatch(f"{node.op} node '{node.name}' before a head split is not a MatMul by a constant weight")
+    return node.name, int(weight.shape[1])
+
+
+def _forward_to_merge(av: gs.Node, shapes: dict[str, tuple]) -> tuple[set[str], gs.Variable]:
+    """From p v [B, H, S, d] through Transposes back to [B, S, H, d]: (their names, that tensor)."""
+    perm, names, t = SPLIT_Q, set(), av.outputs[0]
+    while True:
+        readers = t.outputs
+        if len(readers) != 1 or readers[0].op != "Transpose":
+            break
+        tr = readers[0]
+        perm = tuple(perm[p] for p in tr.attrs.get("perm", (3, 2, 1, 0)))
+        names.add(tr.name)
+        t = tr.outputs[0]
+    if perm != (0, 1, 2, 3):
+        raise NoMatch(f"the attention's context reaches its merge as axes {perm} of [batch, sequence, heads, dims]")
+    return names, t
+
+
+def _entries(reshape: gs.Node, shapes: dict[str, tuple]) -> list[Entry]:
+    """The entries of a Reshape's target shape: a constant, or a Concat (axis 0) of pieces of
+    known length, each entry constant where its piece is."""
+    shape = reshape.inputs[1]
+    if isinstance(shape, gs.Constant):
+        return [Entry(int(v), reshape.name, 1, i) for i, v in enumerate(np.asarray(shape.values).reshape(-1))]
+    node = _producer(shape, f"the target shape of Reshape node '{reshape.name}'")
+    if node.op != "Concat" or int(node.attrs.get("axis", 0)) != 0:
+        raise NoMatch(f"the target shape of Reshape node '{reshape.name}' is computed by {node.op} node "
+                      f"'{node.name}', not a constant or a Concat of pieces")
+    for reader in shape.outputs:
+        if reader is not reshape:
+            raise NoMatch(f"the target shape of Reshape node '{reshape.name}' is also read by {reader.op} node "
+                          f"'{reader.name}'")
+    entries = []
+    for i, piece in enumerate(node.inputs):
+        if isinstance(piece, gs.Constant):
+            entries += [Entry(int(v), node.name, i, j) for j, v in enumerate(np.asarray(piece.values).reshape(-1))]
+            continue
+        length = shapes.get(piece.name)
+        if length is None or len(length) != 1 or length[0] is None:
+            raise NoMatch(f"Concat node '{node.name}' makes a target shape from pieces of unknown length")
+        entries += [Entry(None, node.name, i, j) for j in range(length[0])]
+    return entries
+
+
+def _check_entry(entry: Entry, value: int, reshape: gs.Node, what: str) -> None:
+    if entry.value not in (value, -1):
+        raise NoMatch(f"Reshape node '{reshape.name}': {what} ({value}) is not a constant entry of its target shape")
+
+
+def _same_for_every_head(t, shapes: dict[str, tuple]) -> bool:
+    """A mask (or bias) of the [B, H, S, S] scores that broadcasts over the heads (axis 1)."""
+    shape = _shape(t, shapes)
+    return shape is not None and len(shape) <= 4 and (len(shape) < 3 or shape[len(shape) - 3] == 1)
+
+
+def _scalar(node: gs.Node) -> bool:
+    """Mul or Div of an activation by a one-element constant (a Div's divisor only)."""
+    a, b = node.inputs
+    return isinstance(b, gs.Constant) and b.values.size == 1 and isinstance(a, gs.Variable) or (
+        node.op == "Mul" and isinstance(a, gs.Constant) and a.values.size == 1 and isinstance(b, gs.Variable))
+
+
+def _variable(node: gs.Node) -> gs.Variable:
+    return next(t for t in node.inputs if isinstance(t, gs.Variable))
+
+
+def _producer(t, what: str) -> gs.Node:
+    if not isinstance(t, gs.Variable) or len(t.inputs) != 1:
+        raise NoMatch(f"{what} ('{t.name}') come from no node (a graph input or a constant)")
+    return t.inputs[0]
+
+
+def _only_reader(t: gs.Variable, op: str, what: str, shape_readers: bool = False) -> gs.Node:
+    readers = [r for r in t.outputs if not (shape_readers and r.op == "Shape")]
+    if len(readers) != 1 or readers[0].op != op:
+        raise NoMatch(f"{what} ('{t.name}') are read by {', '.join(r.op for r in readers) or 'nothing'}, "
+                      f"not by one {op}")
+    return readers[0]
+
+
+def _check_single_reader(t: gs.Variable) -> None:
+    if len(t.outputs) != 1:
+        raise NoMatch(f"tensor '{t.name}' inside the attention is read by {len(t.outputs)} nodes")
+
+
+def _shape(t, shapes: dict[str, tuple]) -> tuple | None:
+    return tuple(t.shape) if isinstance(t, gs.Constant) else shapes.get(t.name)
+
+
+def _rank(t, shapes: dict[str, tuple]) -> int | None:
+    shape = _shape(t, shapes)
+    return None if shape is None else len(shape)
