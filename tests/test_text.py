@@ -81,14 +81,15 @@ def test_the_model_inputs_take_their_arrays_and_its_fixed_length(files):
 
 
 def test_prune_and_eval_read_sentences(files):
-    """REAP calibrated on the sentences fits every FFN on their real tokens only (8 + 5 + 5 rows),
+    """REAP calibrated on the sentences fits every layer it rebuilds (both FFNs' second projections
+    and both attentions' output projections) on their real tokens only (8 + 5 + 5 rows),
     and eval --reference compares the pruned model's pooled outputs with the original's."""
     pytest.importorskip("tokenizers")
     onnx.save(encoder(vocab=len(VOCAB), mask=True, seq=8, layers=2, ffn=32), files / "enc.onnx")
     result = invoke("prune", files / "enc.onnx", "-o", files / "out.onnx", "--method", "reap", "--ratio", "0.5",
                     "--calib", files / "s.txt", "--tokenizer", files / "vocab.txt", "--json", "-q")
     assert result.exit_code == 0, result.output
-    assert [n["rows"] for n in json.loads(result.stdout)["reconstruction"]] == [18, 18]
+    assert [n["rows"] for n in json.loads(result.stdout)["reconstruction"]] == [18] * 4
     result = invoke("eval", files / "out.onnx", "--data", files / "s.txt", "--tokenizer", files / "vocab.txt",
                     "--reference", files / "enc.onnx", "--json")
     assert result.exit_code == 0, result.output
