@@ -76,18 +76,21 @@ def test_reap_prunes_the_concat_consumers_of_a_trained_densenet(name):
 
 
 @pytest.mark.parametrize("name", [present("vit")])
-def test_reap_reconstructs_the_ffns_of_a_trained_vit(name):
-    """The ViT's four FFNs are its prunable groups (attention heads and the hidden width stay);
-    at half the MACs REAP's refit over the tokens keeps most of the accuracy that magnitude
-    pruning without reconstruction loses."""
+def test_reap_reconstructs_the_ffns_and_heads_of_a_trained_vit(name):
+    """The ViT's four FFNs and four attentions' heads are its prunable groups (the hidden width
+    stays); at half the MACs REAP's refit over the tokens keeps most of the accuracy that
+    magnitude pruning without reconstruction loses. (Here every group is cut alike, heads too,
+    which costs about 4 points; PRO's widths lose under 1, docs/RESULTS_transformers.md.)"""
     model = load(MODELS / f"{name}_fmnist.onnx")
     calib = open_data(MODELS / "fmnist_calib.npz", model, batch_size=64, limit=256)
     test = open_data(MODELS / "fmnist_test.npz", model, batch_size=1000, limit=2000)
     cal = Calibration(lambda: (b.feeds for b in calib), len(calib))
     reap = prune(model, PruneConfig(method=Method.REAP, keep_flops=0.5), cal)
     pruned = [c for c in reap.groups if c.channels_after < c.group.channels]
-    assert [c.group.producers for c in pruned] == [(f"/blocks/blocks.{i}/fc1/MatMul",) for i in range(4)]
+    heads = [tuple(f"/blocks/blocks.{i}/attention/{p}/MatMul" for p in ("query", "key", "value")) for i in range(4)]
+    ffns = [(f"/blocks/blocks.{i}/fc1/MatMul",) for i in range(4)]
+    assert sorted(c.group.producers for c in pruned) == sorted(heads + ffns)
     l1 = prune(model, PruneConfig(method=Method.L1, keep_flops=0.5)).model
     original = evaluate(model, test).accuracy
-    assert evaluate(reap.model, test).accuracy > original - 0.03
-    assert evaluate(l1, test).accuracy < original - 0.1
+    assert evaluate(reap.model, test).accuracy > original - 0.05
+    assert evaluate(l1, test).accuracy < original - 0.15
