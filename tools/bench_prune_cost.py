@@ -191,7 +191,7 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=["resnet20"])
     p.add_argument("--modes", nargs="+", default=["default"], choices=["default", "no-pro", "latency"])
     p.add_argument("--keep", nargs="+", type=float, default=[0.5])
-    p.add_argument("--calib-rows", nargs="+", type=int, default=[64])
+    p.add_argument("--calib-rows", nargs="+", type=int, default=[256])
     p.add_argument("--limit", nargs="+", type=int, default=[0], help="calibration images (0: all)")
     p.add_argument("--code", nargs="+", default=[f"this={ROOT}"], metavar="NAME=TREE",
                    help="checkouts to run, each in turn for every cell (e.g. before=/tmp/old after=.); one "
