@@ -261,17 +261,24 @@ def test_pro_draws_only_the_calibration_batches_its_samples_need(monkeypatch):
     np.testing.assert_array_equal(used["input"], data["input"][:20])
 
 
+def reap_reconstructions(model, cal):
+    """The normalised model, its analysis, every reconstructable group's consumers and width, and
+    REAP's reconstructions of them from ``cal``."""
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    plans, _ = reconstructable(analysis)
+    channels = {g: analysis.groups[g].channels for g in plans}
+    return normalized, analysis, plans, channels, Reconstructions(normalized, analysis, methods.get("reap"),
+                                                                    channels, cal, no_progress)
+
+
 @pytest.mark.parametrize("mode", [StatsMode.HOST, StatsMode.GRAPH])
 def test_reconstructions_use_statistics_collected_in_the_calibrations_mode(mode):
     """PRO's reconstructions fit on the original model's statistics computed as the calibration
     says (host or onnxruntime, its rows sampled as it says): the same, to the bit, as collecting them in that mode."""
     model = FACTORIES["conv_chain"](widths=(8, 16, 8))
-    normalized, _ = normalize(model)
-    analysis = analyze(normalized)
-    plans, _ = reconstructable(analysis)
-    channels = {g: analysis.groups[g].channels for g in plans}
     cal = replace(calibration(model), mode=mode)
-    rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, cal, no_progress)
+    normalized, analysis, plans, channels, rebuilt = reap_reconstructions(model, cal)
     consumers = list({c.node: c for g in channels for c in plans[g]}.values())
     fit, holdout = collect(normalized, normalized, consumers, cal.batches, mode, list(cal.providers), HOLDOUT_EVERY,
                            rows=cal.sampling)
@@ -343,11 +350,7 @@ def test_candidate_weights_of_a_concat_consumer_leave_out_what_the_base_lost():
     """A candidate's consumer that also reads group B is fitted on B's channels that the base
     still has: zero weights on B's removed ones (which the base no longer computes)."""
     model = FACTORIES["densenet_like"]()
-    normalized, _ = normalize(model)
-    analysis = analyze(normalized)
-    plans, _ = reconstructable(analysis)
-    channels = {g: analysis.groups[g].channels for g in plans}
-    rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress)
+    normalized, analysis, plans, channels, rebuilt = reap_reconstructions(model, calibration(model))
     orders, weights = rebuilt.orders, rebuilt.weights
     g, c, b = next((g, c, b) for g in plans for c in plans[g] for b in plans
                    if b != g and c in plans[b])  # c reads groups g and b
@@ -491,11 +494,7 @@ def test_candidate_fits_keep_the_ridge_chosen_at_a_pieces_first_fit(monkeypatch)
     ridge of the grid. The fits equal plain ridge solves at that ridge."""
     from onnxprune.methods import least_squares
     model = FACTORIES["basic_block_net"]()
-    normalized, _ = normalize(model)
-    analysis = analyze(normalized)
-    plans, _ = reconstructable(analysis)
-    channels = {g: analysis.groups[g].channels for g in plans}
-    rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress)
+    normalized, analysis, plans, channels, rebuilt = reap_reconstructions(model, calibration(model))
     chosen = []
     choose = least_squares.choose_alpha
     monkeypatch.setattr(least_squares, "choose_alpha", lambda *a, **k: chosen.append(choose(*a, **k)) or chosen[-1])
