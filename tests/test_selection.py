@@ -245,6 +245,9 @@ def test_fast_reap_equals_naive_resolving(ks, alpha, seed, n):
             assert relative(theta, ridge_solve(stats, keep, k, theta0, alpha)) < 1e-8
     fast = reap_order(consumers, n, alpha, target=n // 2 + 1)
     np.testing.assert_array_equal(fast.order, naive.order[:n - n // 2 - 1])
+    unscored = reap_order(consumers, n, alpha, errors=False)  # as plan() runs it: the same order
+    np.testing.assert_array_equal(unscored.order, naive.order)
+    assert unscored.errors is None
 
 
 def with_other_channels(seed, n, ks, extra):

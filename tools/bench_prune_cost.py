@@ -32,10 +32,12 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import fields
 from itertools import product
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -58,6 +60,44 @@ def stage_of(label: str) -> tuple[str, str]:
     return "finish", "finish"
 
 
+def rss_sampler(every: float = 0.1) -> Callable[[], list[tuple[float, float]]]:
+    """Start sampling this process's resident memory (MiB) every ``every`` s in a daemon thread;
+    the returned function stops it and gives the samples (time, MiB)."""
+    samples: list[tuple[float, float]] = []
+    stop = threading.Event()
+
+    def sample():
+        while not stop.wait(every):
+            with open("/proc/self/statm") as f:
+                pages = int(f.read().split()[1])
+            samples.append((time.perf_counter(), pages * os.sysconf("SC_PAGE_SIZE") / 2**20))
+
+    threading.Thread(target=sample, daemon=True).start()
+
+    def done():
+        stop.set()
+        return samples
+    return done
+
+
+def peaks_by_stage(timeline: list[tuple[str, float, float]], start: float, end: float,
+                   samples: list[tuple[float, float]]) -> dict[str, float]:
+    """The largest resident memory sampled in each stage (as ``stage_of`` names them)."""
+    spans, after, mark = [], "analyse", start
+    for label, a, b in timeline:
+        spans.append((after, mark, a))
+        now, after = stage_of(label)
+        spans.append((now, a, b))
+        mark = b
+    spans.append((after, mark, end))
+    peaks = dict.fromkeys(STAGES, 0.0)
+    for t, mib in samples:
+        for stage, a, b in spans:
+            if a <= t <= b:
+                peaks[stage] = max(peaks[stage], mib)
+    return peaks
+
+
 def child(spec: dict) -> dict:
     """One prune in this process (the child): stage times, peak memory, the result's quality."""
     import onnx
@@ -68,6 +108,7 @@ def child(spec: dict) -> dict:
     from onnxprune.evaluate import evaluate
 
     timeline: list[tuple[str, float, float]] = []
+    samples = rss_sampler()
 
     class Timed:
         def __init__(self, label: str, total: int):
@@ -102,9 +143,11 @@ def child(spec: dict) -> dict:
         stages[now] += b - a
         mark = b
     stages[after] += end - mark
+    stage_peaks = peaks_by_stage(timeline, start, end, samples())
 
     out = {"rows": spec["rows"], "seconds": end - start, "stages": stages, "macs": result.macs_after / result.macs_before,
            "gmacs": result.macs_before / 1e9,
+           "stage_peak_mib": stage_peaks,
            "peak_mib": next(int(line.split()[1]) for line in open("/proc/self/status")
                             if line.startswith("VmHWM")) / 1024}
     pruned = result.model

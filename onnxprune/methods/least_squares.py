@@ -176,10 +176,11 @@ def refit(fit: LayerStats, holdout: LayerStats | None, keep: np.ndarray, taps: i
 
 @dataclass(frozen=True)
 class Elimination:
-    """Channels in removal order; errors[k]: the method's error after removing order[:k+1]."""
+    """Channels in removal order; errors[k]: the method's error after removing order[:k+1]
+    (None where the method was not asked for them)."""
 
     order: np.ndarray
-    errors: np.ndarray
+    errors: np.ndarray | None
 
 
 @dataclass(frozen=True)

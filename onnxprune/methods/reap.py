@@ -27,7 +27,7 @@ class Reap(DataMethod):
     summary = "greedy removal by the error after least-squares reconstruction (REAP)"
 
     def plan(self, problems: Sequence[Problem], n: int, target: int = 1, parts: Parts | None = None) -> Elimination:
-        return reap_order(problems, n, alpha=SELECTION_ALPHA, target=target, parts=parts)
+        return reap_order(problems, n, alpha=SELECTION_ALPHA, target=target, parts=parts, errors=False)
 
 
 class _Downdater:
@@ -78,7 +78,7 @@ class _Downdater:
             eye = np.broadcast_to(np.eye(self.taps.shape[1], dtype=bool), pair.shape)
             self.blocks = np.where(pair, self.h0[inside[:, :, None], inside[:, None, :]], eye.astype(float))
             width = int(np.sort(sizes)[::-1][:removals].sum())
-        self.u = np.zeros((p, width))
+        self.ut = np.zeros((width, p))  # U^T: the rows written so far are one contiguous block
         self.used = 0
         self.gone = np.zeros(p, dtype=bool)
         self.step = np.empty_like(self.theta)  # theta's downdate, one buffer for every step
@@ -111,12 +111,15 @@ class _Downdater:
         idx = self.owned[c] if self.padded else self.taps[c]
         if len(idx) == 0:  # a channel this consumer does not read
             return
-        u = self.u[:, :self.used]
-        low = np.linalg.cholesky(self.blocks[self.local[c] if self.padded else c][:len(idx), :len(idx)])
-        z = sla.solve_triangular(low, (self.h0[:, idx] - u @ u[idx].T).T, lower=True).T
+        ut = self.ut[:self.used]
+        # L^-1 (K x K) multiplies where solve_triangular would pay its overhead on p right-hand sides
+        inv = sla.solve_triangular(np.linalg.cholesky(self.blocks[self.local[c] if self.padded else c]
+                                                      [:len(idx), :len(idx)]), np.eye(len(idx)), lower=True)
+        # H_:c = H0_:c - U U_c:^T, reading U once, contiguously (it is the step's whole cost on a wide layer)
+        z = (self.h0[idx].T - ut.T @ ut[:, idx]) @ inv.T
         z[self.gone] = 0
-        self.theta -= np.matmul(z, sla.solve_triangular(low, self.theta[idx], lower=True), out=self.step)
-        self.u[:, self.used:self.used + len(idx)] = z
+        self.theta -= np.matmul(z, inv @ self.theta[idx], out=self.step)
+        self.ut[self.used:self.used + len(idx)] = z.T
         self.used += len(idx)
         zt = self._padded(z) if self.padded else z[self.taps]
         self.blocks -= np.einsum("akj,alj->akl", zt, zt)  # exactly symmetric
@@ -138,7 +141,8 @@ def _inner(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reap_steps(consumers: Sequence[Problem], n: int, alpha: float | Sequence[float] = 0.0,
-               target: int = 1, parts: Parts | None = None) -> Iterator[tuple[int, float, list[np.ndarray]]]:
+               target: int = 1, parts: Parts | None = None,
+               errors: bool = True) -> Iterator[tuple[int, float | None, list[np.ndarray]]]:
     """REAP's greedy backward elimination with inverse-Gram downdates. Each step removes
     argmin_c sum_consumers dE_c (dE_c = tr(theta_c^T H_cc^-1 theta_c): the increase of J after
     re-fitting without c) and yields (c, sum of ||Y - Xa theta||^2, the consumers' new thetas;
@@ -147,7 +151,8 @@ def reap_steps(consumers: Sequence[Problem], n: int, alpha: float | Sequence[flo
     alpha: one value or one per consumer. Per consumer: one O((nK)^3) inversion, then
     O(nK * removed K * K) per step, O((nK)^3 K) for the whole elimination (vs O(n^5 K^3) naive).
     The bias is never removed. With ``parts``, a channel is a candidate only while its part has
-    removals left."""
+    removals left. ``errors=False`` yields None for the error (an O(p m) product per consumer
+    and step that the order does not need)."""
     alphas = np.broadcast_to(alpha, len(consumers))
     steps = removals(n, target)
     states = [_Downdater(stats, K, theta0, a, steps, copies, n)
@@ -164,13 +169,15 @@ def reap_steps(consumers: Sequence[Problem], n: int, alpha: float | Sequence[flo
         for s in states:
             s.remove(c)
         remaining = remaining[remaining != c]
-        yield c, sum(s.error() for s in states), [s.theta for s in states]
+        yield c, sum(s.error() for s in states) if errors else None, [s.theta for s in states]
 
 
 def reap_order(consumers: Sequence[Problem], n: int, alpha: float | Sequence[float] = 0.0,
-               target: int = 1, parts: Parts | None = None) -> Elimination:
-    """REAP's removal order and the reconstruction error sum ||Y - Xa theta_S||^2 after each removal."""
-    steps = [(c, e) for c, e, _ in reap_steps(consumers, n, alpha, target, parts)]
-    return Elimination(np.array([c for c, _ in steps], dtype=np.intp), np.array([e for _, e in steps]))
+               target: int = 1, parts: Parts | None = None, errors: bool = True) -> Elimination:
+    """REAP's removal order and the reconstruction error sum ||Y - Xa theta_S||^2 after each
+    removal (None without ``errors``)."""
+    steps = [(c, e) for c, e, _ in reap_steps(consumers, n, alpha, target, parts, errors)]
+    return Elimination(np.array([c for c, _ in steps], dtype=np.intp),
+                       np.array([e for _, e in steps]) if errors else None)
 
 

@@ -26,6 +26,7 @@ from ..analysis.consumers import Consumer, kept_outputs, reconstructable, touche
 from ..analysis.groups import Analysis
 from ..calibration.cache import SegmentRunner, pairs
 from ..calibration.statistics import HOLDOUT_EVERY, MASK, Calibration, accumulate
+from ..parallel import single_blas
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
 from .grouped import Piece, join, pieces, relative_error, rounds
@@ -115,8 +116,9 @@ def choose_and_rebuild(method: DataMethod, problems: list[Piece], n: int, k: int
     consumers' pieces (grouped.pieces), with the group's n channels first (``group_first``); the
     others they read stay. With ``parts``, each part gives up its quota (``Rounds``: in rounds)."""
     selection = [p.problem() for p in problems]
-    plan = (method.plan(selection, n, target=k) if parts is None
-            else method.plan(selection, n, target=k, parts=parts))
+    with single_blas():  # an elimination's many small products run faster on one thread (parallel.py)
+        plan = (method.plan(selection, n, target=k) if parts is None
+                else method.plan(selection, n, target=k, parts=parts))
     kept = np.setdiff1d(np.arange(n), plan.order[: n - k])
     fits = [method.rebuild(plan, p.consumer_fit(), kept, n) for p in problems]
     return kept, [theta for theta, _ in fits], [alpha for _, alpha in fits]

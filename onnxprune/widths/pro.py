@@ -44,6 +44,7 @@ from ..methods.scores import keep_every_tensor
 from ..methods.sequential import group_first
 from ..methods.weights import overlay_weights, theta_of
 from ..passes.surgery import prune_channels
+from ..parallel import each
 from ..progress import Progress, no_progress
 from .budget import Steps, step_of
 from .variants import Cuts, Variants, first_samples
@@ -301,10 +302,13 @@ class Reconstructions:
         self.nodes = {n.name: n for n in analysis.graph.nodes}
         self.nothing = np.zeros(len(analysis.class_group), dtype=bool)
         with progress("PRO: removal orders", len(channels)) as advance:
-            self.plans = {}
-            for g, n in channels.items():
-                self.plans[g] = self._plan(g, n)
+            plans = {}
+            # the dearest first, so that the last to finish on a core is a cheap one
+            dearest = sorted(channels, key=lambda g: -self._elimination_cost(g))
+            for g, plan in zip(dearest, each(lambda g: self._plan(g, channels[g]), dearest)):
+                plans[g] = plan
                 advance(1)
+            self.plans = {g: plans[g] for g in channels}
         self.orders = {g: plan.order for g, plan in self.plans.items()}
         # Classes of other groups that g's consumers read (a Concat): the weights depend on which stay.
         self.others = {g: np.setdiff1d(np.concatenate([analysis.atom_class[analysis.layouts[c.input].atoms]
@@ -312,6 +316,10 @@ class Reconstructions:
                        for g in channels}
         self._cache: dict[tuple[int, int, bytes], Weights] = {}
         self._alphas: dict[tuple[str, int], float] = {}  # per consumer piece, chosen at its first fit
+
+    def _elimination_cost(self, g: int) -> int:
+        """Sum of p^3 over group g's consumers (p weight columns): what its elimination costs, about."""
+        return sum(c.columns ** 3 for c in self.consumers[g])
 
     def _plan(self, g: int, n: int):
         """Group g's removal order down to its floor (in rounds, down to one channel per block, for
