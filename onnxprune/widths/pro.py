@@ -44,7 +44,7 @@ from ..methods.scores import keep_every_tensor
 from ..methods.sequential import group_first
 from ..methods.weights import overlay_weights, theta_of
 from ..passes.surgery import prune_channels
-from ..parallel import each
+from ..parallel import each, single_blas
 from ..progress import Progress, no_progress
 from .budget import Steps, step_of
 from .variants import Cuts, Variants, first_samples
@@ -266,6 +266,10 @@ class ProSearch:
         """The counts PRO chooses for ``budget``: along the path to the first commit within it,
         then channels given back, latest-cut groups first, while the cost stays within it (the
         last step may overshoot)."""
+        with single_blas():  # the candidates' refits: medium products, faster on one thread (parallel.py)
+            return self._choose(budget)
+
+    def _choose(self, budget: float) -> ProChoice:
         self._advance_to(budget)
         within = (i + 1 for i, step in enumerate(self.trace) if step.cost <= budget)
         trace = self.trace[:0 if self.start_cost <= budget else next(within)]
