@@ -204,6 +204,9 @@ def inspect(model, input_shapes, as_json):
 @click.option("--pro-samples", type=int, default=0, show_default=True,
               help="Calibration samples PRO measures the final-output error on; 0: as many as keep one forward "
                    "pass within 32 GMACs, between 16 and 256 (256 for small models).")
+@click.option("--pro-pooled", is_flag=True,
+              help="PRO measures the error of the output mean-pooled over real tokens (attention_mask), as a "
+                   "sentence embedding is, instead of every token's (a transformer encoder's per-token output).")
 @click.option("--exclude", "exclude", multiple=True, metavar="PATTERN",
               help="Leave the channels of layers whose node name matches this glob as they are (repeatable); "
                    "`inspect` lists the names.")
@@ -234,7 +237,7 @@ def inspect(model, input_shapes, as_json):
 @JSON
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latency, latency_batch, threads, latency_table,
-              pro, pro_samples, exclude, round_to, calib_path,
+              pro, pro_samples, pro_pooled, exclude, round_to, calib_path,
               calib_limit, batch_size, calib_rows, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
               channels, tokenizer, max_length, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
@@ -244,7 +247,7 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         pro = pro_by_default(has_data, keep_flops=keep_flops, keep_params=keep_params, keep_latency=keep_latency)
     config = PruneConfig(Method(method), ratio, keep_flops, round_to, parse_input_shapes(input_shapes), srn,
                          keep_params, pro, pro_samples, exclude, keep_latency, latency_batch, threads,
-                         None if latency_table is None else str(latency_table), Device(device))
+                         None if latency_table is None else str(latency_table), Device(device), pro_pooled)
     uses_data = config.selection.needs_data or config.pro
     if has_data and not uses_data:
         data_methods = ", ".join(m.name for m in methods.all_methods() if m.needs_data)

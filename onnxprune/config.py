@@ -56,6 +56,7 @@ class PruneConfig:
     threads: int = 0
     latency_table: str | None = None  # a table made by `onnxprune profile` (elsewhere); None: measure here
     device: Device = Device.AUTO  # where latency is measured (calibration has its own providers)
+    pro_pooled: bool = False  # PRO measures a per-token output mean-pooled over real tokens (widths/pro.py)
 
     def __post_init__(self):
         targets = [t for t in (self.ratio, self.keep_flops, self.keep_params, self.keep_latency) if t is not None]
@@ -80,6 +81,8 @@ class PruneConfig:
         check_threads(self.threads)
         if self.pro_samples < 0:
             raise OnnxPruneError(f"--pro-samples {self.pro_samples}: must be a positive integer, or 0 for automatic")
+        if self.pro_pooled and not self.pro:
+            raise OnnxPruneError("--pro-pooled says which output error PRO measures: it needs PRO (not --no-pro)")
         if self.round_to < 1:
             raise OnnxPruneError(f"--round-to {self.round_to}: must be a positive integer")
         object.__setattr__(self, "method", Method(self.method))

@@ -11,7 +11,7 @@ import onnx
 
 from .analysis.cost import MacPredictor, ParamPredictor, cost_of, model_cost
 from .analysis.groups import Analysis, ChannelGroup, analyze
-from .calibration.statistics import Calibration
+from .calibration.statistics import MASK, Calibration
 from .config import PruneConfig
 from .errors import OnnxPruneError
 from .graph.validate import check_runs, check_runs_on, validate
@@ -97,6 +97,9 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
     sample = None if calibration is None else next(iter(calibration.batches()), None)
     if sample is not None:
         check_runs_on(normalized, sample, f"the first batch of {calibration.source}")
+    if config.pro_pooled and (sample is None or MASK not in sample):
+        raise OnnxPruneError(f"--pro-pooled: the model takes no '{MASK}' input to pool its tokens by: "
+                             "leave --pro-pooled out")
     srn_report = None
     if config.srn:  # targets stay relative to the original, not the wider serial model
         original = cost_of(normalized, config.input_shapes)
@@ -127,7 +130,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         goal = LatencyGoal(config.keep_latency, Target(tuple(providers(config.device)), config.threads,
                                                        config.latency_batch, tuple(config.input_shapes.items()),
                                                        sample),
-                           config.round_to, config.latency_table, config.pro, pro_samples)
+                           config.round_to, config.latency_table, config.pro, pro_samples, config.pro_pooled)
         macs = MacPredictor(analysis, before).macs
         counts, trace, latency = latency_counts(normalized, analysis, method, channels, goal, calibration, progress,
                                                 keep_for, lambda keep: macs(analysis.removed_mask(keep)))
@@ -149,7 +152,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         if config.pro:
             choice = optimize_counts(
                 normalized, analysis, method, channels, lambda keep: predict(analysis.removed_mask(keep)),
-                budget, calibration, steps, pro_samples, progress)
+                budget, calibration, steps, pro_samples, progress, pooled=config.pro_pooled)
             counts, trace = choice.counts, choice.steps
         else:
             counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget, steps)

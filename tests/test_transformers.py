@@ -13,7 +13,7 @@ from encoders import ACTIVATIONS, EncoderBuilder, EncoderSpec, encoder_feeds, en
 from hypothesis import given, settings
 from test_cache import counting
 
-from onnxprune import PruneConfig, analyze, normalize, prune, prune_channels
+from onnxprune import OnnxPruneError, PruneConfig, analyze, normalize, prune, prune_channels
 from onnxprune.analysis.consumers import Consumer, reconstructable
 from onnxprune.analysis.cost import cost_of
 from onnxprune.calibration.layer_stats import stats_from_data
@@ -22,7 +22,7 @@ from onnxprune.calibration.statistics import MASK, Calibration, collect, host_st
 from onnxprune.cli import main
 from onnxprune.config import Method
 from onnxprune.widths.budget import kept_count
-from onnxprune.widths.pro import ProSearch, real_tokens
+from onnxprune.widths.pro import Pooling, ProSearch, real_tokens
 
 
 def build(**kw):
@@ -282,11 +282,42 @@ def test_pro_error_leaves_padded_tokens_out():
     reference = np.zeros((2, 3, 4))
     out = reference.copy()
     out[0, 2], out[1, 1:] = 7, -3  # padding only
-    search = SimpleNamespace(reference=reference, real=real_tokens(mask, reference.shape))
+    view = Pooling(mask, "hidden", pooled=False)
+    search = SimpleNamespace(reference=view(reference), view=view)
     assert ProSearch.distance(search, out) == 0
     out[1, 0, 0] = 2
     assert ProSearch.distance(search, out) == 4 / 2
     assert real_tokens(mask, (2, 4)) == 1.0 and real_tokens(None, (2, 3, 4)) == 1.0
+
+
+def test_pooled_pro_error_is_that_of_the_mean_over_real_tokens():
+    """--pro-pooled: errors that cancel in the mean over a sentence's real tokens cost nothing,
+    padding never counts, and the rest is the squared error of the means."""
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+    reference = np.zeros((2, 3, 4))
+    out = reference.copy()
+    out[0, 0], out[0, 1] = 5, -5  # cancels in sentence 0's mean
+    out[1, 1:] = 9  # padding
+    view = Pooling(mask, "hidden", pooled=True)
+    search = SimpleNamespace(reference=view(reference), view=view)
+    assert ProSearch.distance(search, out) == 0
+    out[1, 0, :2] = 2  # sentence 1 has one real token: its mean moves by (2, 2, 0, 0)
+    assert ProSearch.distance(search, out) == 8 / 2
+    np.testing.assert_allclose(view(np.arange(24.0).reshape(2, 3, 4)),
+                               [[2, 3, 4, 5], [12, 13, 14, 15]])  # (row 0 + row 1) / 2, row 0
+
+
+def test_pro_pooled_prunes_an_encoder_and_refuses_what_it_cannot_pool(tmp_path):
+    spec, model = build(layers=2, ffn=32, vocab=20, mask=True, heads=4)
+    result = prune(model, PruneConfig(method=Method("reap"), keep_flops=0.7, pro=True, pro_samples=16,
+                                      pro_pooled=True), calibration(spec, samples=32))
+    assert result.pro and result.macs_after <= 0.7 * result.macs_before
+    with pytest.raises(OnnxPruneError, match="--pro-pooled.*needs PRO"):
+        PruneConfig(keep_flops=0.5, pro_pooled=True)
+    spec, model = build(layers=2, ffn=32, mask=False)
+    with pytest.raises(OnnxPruneError, match="--pro-pooled: .*attention_mask"):
+        prune(model, PruneConfig(method=Method("reap"), keep_flops=0.7, pro=True, pro_samples=16, pro_pooled=True),
+              calibration(spec, samples=32))
 
 
 def test_pro_widths_do_not_depend_on_what_the_padding_holds():

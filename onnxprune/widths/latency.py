@@ -391,6 +391,7 @@ class LatencyGoal:
     table: str | None = None  # a table made elsewhere (`onnxprune profile`); None: measure here
     pro: bool = False
     pro_samples: int = 256
+    pro_pooled: bool = False  # PRO's error on the output mean-pooled over real tokens (pro.py)
 
 
 @dataclass
@@ -495,7 +496,8 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
         for name in names:
             if name not in searches:
                 searches[name] = ProSearch(normalized, analysis, method, channels, ranks["per microsecond"],
-                                           calibration, steps, goal.pro_samples, progress, ranks[name], rebuilt)
+                                           calibration, steps, goal.pro_samples, progress, ranks[name], rebuilt,
+                                           goal.pro_pooled)
         return {name: searches[name].choose(1000 * budget_ms) for name in names}
 
     choices = fit(budget, list(ranks))

@@ -152,12 +152,13 @@ class Candidates(Protocol):
 def optimize_counts(normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
                     cost: Callable[[Keep], int], budget: float, calib: Calibration, round_to: Steps, samples: int,
                     progress: Progress = no_progress, rank: Callable[[Keep], int] | None = None,
-                    rebuilt: Reconstructions | None = None) -> ProChoice:
+                    rebuilt: Reconstructions | None = None, pooled: bool = False) -> ProChoice:
     """Counts per group (of ``channels``) whose cost is within ``budget``, chosen by PRO with
     steps ranked by error added per ``rank`` saved (default: per ``cost`` saved). ``rebuilt``:
-    the data method's reconstructions, when a caller runs PRO more than once."""
+    the data method's reconstructions, when a caller runs PRO more than once; ``pooled``: the
+    error of the output mean-pooled over real tokens (``Pooling``)."""
     return ProSearch(normalized, analysis, method, channels, cost, calib, round_to, samples, progress, rank,
-                     rebuilt).choose(budget)
+                     rebuilt, pooled).choose(budget)
 
 
 class ProSearch:
@@ -173,7 +174,7 @@ class ProSearch:
     def __init__(self, normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
                  cost: Callable[[Keep], int], calib: Calibration, round_to: Steps, samples: int,
                  progress: Progress = no_progress, rank: Callable[[Keep], int] | None = None,
-                 rebuilt: Reconstructions | None = None):
+                 rebuilt: Reconstructions | None = None, pooled: bool = False):
         self.channels, self.cost, self.progress = channels, cost, progress
         self.rank = cost if rank is None else rank
         feeds = first_samples(calib, samples)
@@ -195,8 +196,8 @@ class ProSearch:
             VariantCandidates(normalized, analysis, channels, rebuilt, self.keep_of, cost, feeds, output, calib)
             if method.reconstructs else PrunedCandidates(normalized, analysis, channels, self.keep_of, feeds, output,
                                                          calib))
-        self.reference = self.candidates.evaluate({}, None).astype(np.float64)
-        self.real = real_tokens(feeds.get(MASK), self.reference.shape)
+        self.view = Pooling(feeds.get(MASK), output, pooled)
+        self.reference = self.view(self.candidates.evaluate({}, None))
         start = self.keep_of(self.counts_at(self.position))
         self.current_cost, self.current_rank, self.current_error = cost(start), self.rank(start), 0.0
         self.start_cost = self.current_cost
@@ -218,10 +219,10 @@ class ProSearch:
         return {g: self.ladders[g][i] for g, i in pos.items()}
 
     def distance(self, out: np.ndarray) -> float:
-        """Mean squared distance of final outputs from the original's, over real tokens only
-        where the output is per token (``real_tokens``)."""
-        diff = (out.astype(np.float64) - self.reference) * self.real
-        return float(np.mean(np.sum(diff ** 2, axis=tuple(range(1, out.ndim)))))
+        """Mean squared distance of final outputs from the original's, per sample, as ``Pooling``
+        sees them (real tokens only, or pooled over them)."""
+        diff = self.view(out) - self.reference
+        return float(np.mean(np.sum(diff ** 2, axis=tuple(range(1, diff.ndim)))))
 
     def measure(self, g: int) -> None:
         if self.position[g] + 1 >= len(self.ladders[g]):
@@ -453,6 +454,30 @@ class PrunedCandidates:
 
 
 FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+
+
+class Pooling:
+    """The final output as PRO's error sees it: padded tokens zeroed (``real_tokens``), or with
+    ``pooled`` the mean over real tokens, [batch, sequence, ...] -> [batch, ...]: a sentence
+    embedding's error, where per-token errors that cancel in the mean do not count:
+
+        pooled(y)_b = sum_s mask_bs y_bs / sum_s mask_bs
+    """
+
+    def __init__(self, mask: np.ndarray | None, output: str, pooled: bool):
+        self.mask, self.output, self.pooled = mask, output, pooled
+
+    def __call__(self, out: np.ndarray) -> np.ndarray:
+        out = out.astype(np.float64)
+        real = real_tokens(self.mask, out.shape)
+        if not self.pooled:
+            return out * real
+        if np.ndim(real) == 0:
+            raise OnnxPruneError(
+                f"--pro-pooled: PRO's output '{self.output}' of shape {list(out.shape)} is not per token under an "
+                f"'{MASK}' input ({'none given' if self.mask is None else list(self.mask.shape)}): "
+                "nothing to pool; leave --pro-pooled out")
+        return np.sum(out * real, axis=1) / np.maximum(np.sum(real, axis=1), 1)
 
 
 def real_tokens(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | float:
