@@ -46,14 +46,18 @@ class RowSampling:
             return positions
         return int(min(positions, max(1, -(-self.per_column * columns // max(self.samples, 1)))))
 
-    def draw(self, node: str, batch: int, n: int, positions: int, columns: int) -> tuple[np.ndarray, float] | None:
+    def draw(self, node: str, batch: int, n: int, positions: int, columns: int, first: int = 0,
+             total: int = 0) -> tuple[np.ndarray, float] | None:
         """For a batch of n samples with ``positions`` rows each: the flat indices (sample *
-        positions + position, ascending) of the rows drawn and their weight P / s; None for all."""
+        positions + position, ascending) of the rows drawn and their weight P / s; None for all.
+        With ``total``: the n samples from ``first`` on of a batch of ``total``, drawn as for the
+        whole batch (a batch run in slices reads the same rows)."""
         s = self.per_sample(columns, positions)
         if s >= positions:
             return None
         rng = np.random.default_rng([self.seed, zlib.crc32(node.encode()), batch])
-        picks = np.sort(np.argpartition(rng.random((n, positions)), s - 1, axis=1)[:, :s], axis=1)
+        scores = rng.random((total or n, positions))[first:first + n]
+        picks = np.sort(np.argpartition(scores, s - 1, axis=1)[:, :s], axis=1)
         return (np.arange(n)[:, None] * positions + picks).ravel(), positions / s
 
 

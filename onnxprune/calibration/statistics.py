@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -49,6 +49,18 @@ from .transposed import direct_input, direct_pads
 Batches = Callable[[], Iterable[dict[str, np.ndarray]]]
 HOLDOUT_EVERY = 4  # every 4th calibration batch is held out to choose the ridge
 MASK = "attention_mask"  # the model input that marks real tokens (nonzero) and padding (0)
+
+
+RUN_BYTES = 512 << 20  # the tensors one statistics run hands over, at most: a batch runs in slices
+
+
+@dataclass(frozen=True)
+class Part:
+    """Samples ``first``.. of calibration batch ``batch``, of ``total`` samples: what one run saw."""
+
+    batch: int
+    first: int
+    total: int
 
 
 class StatsMode(str, enum.Enum):
@@ -149,13 +161,14 @@ def targets(y: np.ndarray, c: Consumer, pick: np.ndarray | None = None) -> np.nd
 
 
 def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, rows: RowSampling = ALL_ROWS, batch: int = 0,
-               chunk_bytes: int = 32 << 20) -> LayerStats:
+               chunk_bytes: int = 32 << 20, part: Part | None = None) -> LayerStats:
     """Statistics of one batch on the host, in chunks of whole samples so that memory stays near
     ``chunk_bytes`` per consumer: the rows ``rows`` draws for batch number ``batch`` (all by
-    default), each chunk's products in float32 around its mean (``weighted_stats``)."""
+    default; ``part``: x and y are a slice of the batch), each chunk's products in float32 around
+    its mean (``weighted_stats``)."""
     positions = int(np.prod(y.shape[2:], dtype=np.int64))
     n, p = x.shape[0], c.columns
-    drawn = rows.draw(c.node, batch, n, positions, p)
+    drawn = rows.draw(c.node, batch, n, positions, p, *((part.first, part.total) if part else ()))
     pick, weight = drawn if drawn is not None else (None, 1.0)
     per_sample = positions if pick is None else len(pick) // n
     step = max(1, chunk_bytes // (per_sample * p * 4))
@@ -259,9 +272,10 @@ class GraphStats:
         self.sessions: dict[tuple, ort.InferenceSession] = {}
 
     def __call__(self, x: np.ndarray, y: np.ndarray, c: Consumer, rows: RowSampling = ALL_ROWS,
-                 batch: int = 0) -> LayerStats:
+                 batch: int = 0, part: Part | None = None) -> LayerStats:
         positions = int(np.prod(y.shape[2:], dtype=np.int64))
-        drawn = rows.draw(c.node, batch, x.shape[0], positions, c.columns)
+        drawn = rows.draw(c.node, batch, x.shape[0], positions, c.columns,
+                          *((part.first, part.total) if part else ()))
         key = (c, x.dtype.str, y.shape[1], drawn is not None)
         if key not in self.sessions:
             self.sessions[key] = session(stats_graph(c, x.shape, y.shape[1], x.dtype, drawn is not None),
@@ -277,9 +291,10 @@ class GraphStats:
 def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consumers: list[Consumer],
             batches: Batches, mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
             holdout_every: int = 0, on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
-            ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
+            run_bytes: int = RUN_BYTES) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
     """Statistics of every consumer: X from ``inputs_model``, Y from ``targets_model``, of the
-    rows that ``rows`` draws (sampling.py; default all).
+    rows that ``rows`` draws (sampling.py; default all), each batch run in slices whose tensors
+    take about ``run_bytes`` (``sliced``).
 
     Returns (fit, holdout): with ``holdout_every`` = h > 0, every h-th batch goes to
     the holdout statistics (for choosing the ridge), the rest to fit.
@@ -292,12 +307,37 @@ def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consu
 
     if inputs_model is targets_model:  # one run gives both
         both = session(probe_model(inputs_model, sorted(ins | outs)), device_providers)
-        runs = ((v, v) for v in ({**run_all(both, feeds), **mask(feeds)} for feeds in batches()))
+
+        def run(feeds):
+            values = {**run_all(both, feeds), **mask(feeds)}
+            return values, values
     else:
         x_session = session(probe_model(inputs_model, sorted(ins)), device_providers)
         y_session = session(probe_model(targets_model, sorted(outs)), device_providers)
-        runs = (({**run_all(x_session, feeds), **mask(feeds)}, run_all(y_session, feeds)) for feeds in batches())
-    return accumulate(runs, consumers, mode, device_providers, holdout_every, on_batch, rows)
+
+        def run(feeds):
+            return {**run_all(x_session, feeds), **mask(feeds)}, run_all(y_session, feeds)
+    return accumulate_parts(sliced(batches(), run, run_bytes), consumers, mode, device_providers, holdout_every,
+                            on_batch, rows)
+
+
+def sliced(batches: Iterable[dict[str, np.ndarray]], run: Callable, budget: int,
+           ) -> Iterator[tuple[Part, dict[str, np.ndarray], dict[str, np.ndarray]]]:
+    """run(feeds) -> (xs, ys) for every batch in slices of samples whose tensors take about
+    ``budget`` bytes: every consumer's input and output of a whole batch at once is 73 MiB an
+    image on ResNet-50 at 224 px, 4.7 GB for a batch of 64. The first slice, one sample, sizes
+    the others. The statistics are those of whole batches (``Part``: the same rows drawn)."""
+    per_slice = 1
+    for i, feeds in enumerate(batches):
+        total = len(next(iter(feeds.values())))
+        first = 0
+        while first < total:
+            stop = min(total, first + per_slice)
+            xs, ys = run({k: v[first:stop] for k, v in feeds.items()})
+            yield Part(i, first, total), xs, ys
+            size = sum(v.nbytes for v in xs.values()) + sum(v.nbytes for k, v in ys.items() if ys is not xs)
+            per_slice = max(1, int(budget * (stop - first) // max(size, 1)))
+            first = stop
 
 
 def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], consumers: list[Consumer],
@@ -307,13 +347,27 @@ def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]
     """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``. A
     grouped conv's are per block (grouped.BlockStats); a Gemm's or MatMul's over the rows of
     ``token_rows``, without padding where the inputs carry the attention mask (``MASK``)."""
+    parts = ((Part(i, 0, 0), xs, ys) for i, (xs, ys) in enumerate(runs))
+    return accumulate_parts(parts, consumers, mode, device_providers, holdout_every, on_batch, rows)
+
+
+def accumulate_parts(parts: Iterable[tuple[Part, dict[str, np.ndarray], dict[str, np.ndarray]]],
+                     consumers: list[Consumer], mode: StatsMode = StatsMode.HOST,
+                     device_providers: list[str] | None = None, holdout_every: int = 0,
+                     on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
+                     ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
+    """``accumulate`` over slices of batches (``Part``; total 0: a whole batch)."""
     reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
     fit: dict[str, LayerStats] = {}
     holdout: dict[str, LayerStats] = {}
-    for i, (xs, ys) in enumerate(runs):
+    for part, xs, ys in parts:
+        i = part.batch
         bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
-        def reduce_i(x: np.ndarray, y: np.ndarray, c: Consumer, i: int = i) -> LayerStats:
-            return reduce(x, y, c, rows, i)
+        whole = None if part.total == 0 else part
+
+        def reduce_i(x: np.ndarray, y: np.ndarray, c: Consumer, i: int = i, whole: Part | None = whole
+                     ) -> LayerStats:
+            return reduce(x, y, c, rows, i, part=whole)
 
         for c in consumers:
             x, y = xs[c.input], ys[c.output]
