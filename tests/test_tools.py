@@ -41,3 +41,29 @@ def test_a_profiled_kernel_maps_back_to_the_graph_node_it_runs():
     assert graph_node("fused gemm", writers, names) == "gemm"  # an activation fused into it
     assert graph_node("relu_out_nchwc", writers, names) == "relu1"  # NCHWc: named by the tensor it writes
     assert graph_node("ReorderOutput", writers, names) is None  # a layout change onnxruntime inserted
+
+
+def test_the_vit_table_replaces_only_the_text_between_its_markers(tmp_path):
+    bench_vit = _tool("bench_vit")
+    page = tmp_path / "page.md"
+    page.write_text(f"# head\n\nkept\n\n{bench_vit.BEGIN}\nold table\n{bench_vit.END}\n\n## tail\nkept too\n")
+    rows = [{"model": "vit", "method": "original", "keep": 1.0, "accuracy": 0.88, "macs_kept": 1.0},
+            {"model": "vit", "method": "reap", "keep": 0.5, "accuracy": 0.87, "macs_kept": 0.499, "seconds": 30.2,
+             "peak_mib": 400},
+            {"model": "vit", "method": "nu", "keep": 0.5, "error": "error: cannot reach 0.5 | of the MACs"}]
+    for _ in range(2):  # a rerun replaces its own table
+        bench_vit.replace_section(page, bench_vit.section(rows, "python tools/bench_vit.py", 1))
+    text = page.read_text()
+    assert text.startswith("# head\n\nkept\n\n") and text.endswith(f"{bench_vit.END}\n\n## tail\nkept too\n")
+    assert "old table" not in text and text.count(bench_vit.BEGIN) == 1
+    assert "| reap | 87.00% (-1.00)<br>MACs 49.9%, 30 s, 400 MiB |" in text
+    assert "| nu | error: cannot reach 0.5 \\| of the MACs |" in text  # the error, and the table stays a table
+
+
+def test_the_vit_table_refuses_a_page_without_its_markers(tmp_path):
+    bench_vit = _tool("bench_vit")
+    page = tmp_path / "page.md"
+    page.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        bench_vit.replace_section(page, "table")
+    assert page.read_text() == "no markers\n"

@@ -111,12 +111,17 @@ def load_trained(cache: str | Path) -> nn.Module:
     return model.eval()
 
 
-def make_optimizer(model: nn.Module, args, steps_per_epoch: int):
-    """AdamW (no weight decay on biases, LayerNorm and position embeddings) with a OneCycle schedule."""
+def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Parameter groups: weight decay on the weight matrices and kernels only (not on biases,
+    LayerNorms and the position embedding)."""
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n != "position"]
     rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and n != "position")]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=args.lr)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: nn.Module, args, steps_per_epoch: int):
+    """AdamW (no weight decay on biases, LayerNorm and position embeddings) with a OneCycle schedule."""
+    opt = torch.optim.AdamW(decay_groups(model, args.weight_decay), lr=args.lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=args.lr, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
         pct_start=args.warmup, div_factor=10.0, final_div_factor=100.0)
