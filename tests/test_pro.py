@@ -562,3 +562,31 @@ def test_removal_orders_stop_at_the_last_rung_of_each_ladder():
     full = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress)
     for g, order in rebuilt.orders.items():
         np.testing.assert_array_equal(order, full.orders[g][:len(order)])  # the same steps, fewer of them
+
+
+def test_pro_frees_its_statistics_when_it_returns(monkeypatch):
+    """PRO's reconstructions hold every consumer's statistics (gigabytes on ResNet-50): nothing
+    may keep them alive after the search returns, not even a reference cycle waiting for the
+    garbage collector (the candidates held the search's bound method before)."""
+    import gc
+    import weakref
+
+    model = FACTORIES["conv_chain"](widths=(8, 16, 8))
+    normalized, analysis, channels, cost = mac_problem(model)
+    made = []
+    init = Reconstructions.__init__
+
+    def recording_init(self, *args, **kwargs):
+        made.append(weakref.ref(self))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Reconstructions, "__init__", recording_init)
+    full = cost({g: np.arange(n) for g, n in channels.items()})
+    gc.collect()
+    gc.disable()
+    try:
+        optimize_counts(normalized, analysis, methods.get("reap"), channels, cost, 0.45 * full, calibration(model),
+                        2, 16)
+        assert made and all(ref() is None for ref in made)
+    finally:
+        gc.enable()

@@ -187,8 +187,9 @@ class ProSearch:
         else:
             self.orders = method.orders(analysis, channels)
         self.analysis = analysis
-        self.lateness = [lateness(self.orders[g], channels[g]) if g in channels else None
-                         for g in range(len(analysis.groups))]
+        # not a bound method: the candidates keep it, and a cycle back to the search would keep
+        # every statistic alive after PRO until the garbage collector happens to run
+        self.keep_of = KeepOf(analysis, channels, self.orders)
         self.steps = {g: step_of(round_to, g) for g in channels}
         self.ladders = ladders(channels, round_to)
         self.position = {g: 0 for g in channels}  # index into the group's ladder
@@ -206,14 +207,6 @@ class ProSearch:
         self.measured: dict[int, tuple[float, int, int, float, int]] = {}
         self.trace: list[ProStep] = []  # the path: every commit so far
         self.refresh = refresh_interval(len(channels))
-
-    def keep_of(self, counts: Counts) -> Keep:
-        """The channels each group keeps at ``counts``: all but the first of its removal order; where
-        that would empty a part of a group read in parts (a C2f's Split), the part's last channel
-        in the order stays too, as the sequential pass keeps every part."""
-        keep = {g: np.sort(np.setdiff1d(np.arange(self.channels[g]), self.orders[g][: self.channels[g] - k]))
-                for g, k in counts.items()}
-        return keep_every_tensor(self.analysis, self.lateness, keep)
 
     def counts_at(self, pos: dict[int, int]) -> Counts:
         return {g: self.ladders[g][i] for g, i in pos.items()}
@@ -288,6 +281,22 @@ class ProSearch:
                         counts, grew = trial, True
         given_back = counts != path_counts
         return ProChoice(counts, trace, self.distance(self.candidates.at(counts)) if given_back else path_error)
+
+
+class KeepOf:
+    """The channels each group keeps at given counts: all but the first of its removal order;
+    where that would empty a part of a group read in parts (a C2f's Split), the part's last
+    channel in the order stays too, as the sequential pass keeps every part."""
+
+    def __init__(self, analysis: Analysis, channels: Counts, orders: dict[int, np.ndarray]):
+        self.analysis, self.channels, self.orders = analysis, channels, orders
+        self.lateness = [lateness(orders[g], channels[g]) if g in channels else None
+                         for g in range(len(analysis.groups))]
+
+    def __call__(self, counts: Counts) -> Keep:
+        keep = {g: np.sort(np.setdiff1d(np.arange(self.channels[g]), self.orders[g][: self.channels[g] - k]))
+                for g, k in counts.items()}
+        return keep_every_tensor(self.analysis, self.lateness, keep)
 
 
 class Reconstructions:
