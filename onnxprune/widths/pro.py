@@ -198,7 +198,7 @@ class ProSearch:
             if method.reconstructs else PrunedCandidates(normalized, analysis, channels, self.keep_of, feeds, output,
                                                          calib))
         self.view = Pooling(feeds.get(MASK), output, pooled)
-        self.reference = self.view(self.candidates.evaluate({}, None))
+        self.reference = self.view(self.candidates.evaluate({}, None)).astype(np.float64)
         start = self.keep_of(self.counts_at(self.position))
         self.current_cost, self.current_rank, self.current_error = cost(start), self.rank(start), 0.0
         self.start_cost = self.current_cost
@@ -214,8 +214,8 @@ class ProSearch:
     def distance(self, out: np.ndarray) -> float:
         """Mean squared distance of final outputs from the original's, per sample, as ``Pooling``
         sees them (real tokens only, or pooled over them)."""
-        diff = self.view(out) - self.reference
-        return float(np.mean(np.sum(diff ** 2, axis=tuple(range(1, diff.ndim)))))
+        diff = (self.view(out) - self.reference).reshape(len(self.reference), -1)  # float64, as the reference
+        return float(np.mean(np.einsum("ij,ij->i", diff, diff)))  # no squared copy of a detector's output
 
     def measure(self, g: int) -> None:
         if self.position[g] + 1 >= len(self.ladders[g]):
@@ -477,16 +477,15 @@ class Pooling:
         self.mask, self.output, self.pooled = mask, output, pooled
 
     def __call__(self, out: np.ndarray) -> np.ndarray:
-        out = out.astype(np.float64)
         real = real_tokens(self.mask, out.shape)
         if not self.pooled:
-            return out * real
+            return out if np.ndim(real) == 0 else out * real  # every entry counts: no copy
         if np.ndim(real) == 0:
             raise OnnxPruneError(
                 f"--pro-pooled: PRO's output '{self.output}' of shape {list(out.shape)} is not per token under an "
                 f"'{MASK}' input ({'none given' if self.mask is None else list(self.mask.shape)}): "
                 "nothing to pool; leave --pro-pooled out")
-        return np.sum(out * real, axis=1) / np.maximum(np.sum(real, axis=1), 1)
+        return np.sum(out.astype(np.float64) * real, axis=1) / np.maximum(np.sum(real, axis=1), 1)
 
 
 def real_tokens(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | float:
