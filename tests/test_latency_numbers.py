@@ -430,9 +430,9 @@ def test_with_pro_both_rankings_are_fitted_to_the_budget_in_microseconds(chain, 
 
     class Search:  # latency.ProSearch: one per ranking, asked for the budget
         def __init__(self, normalized, analysis, method, channels, cost, calibration, steps, samples, progress,
-                     rank, rebuilt):
+                     rank, rebuilt, pooled):
             self.call = dict(cost=cost, calibration=calibration, steps=steps, samples=samples, rank=rank,
-                             rebuilt=rebuilt, method=method)
+                             rebuilt=rebuilt, method=method, pooled=pooled)
 
         def choose(self, budget):
             calls.append(dict(self.call, budget=budget))
@@ -447,7 +447,8 @@ def test_with_pro_both_rankings_are_fitted_to_the_budget_in_microseconds(chain, 
     cost = calls[0]["cost"]
     assert cost({0: np.arange(16), 1: np.arange(8)}) == 4250 and cost({0: np.arange(8), 1: np.arange(8)}) == 4050
     assert all(c["budget"] == 4500.0 and c["steps"] == {0: 8, 1: 8} and c["samples"] == 7 and c["rebuilt"] is None
-               and c["calibration"] == "calibration" and c["method"] is method for c in calls)
+               and c["calibration"] == "calibration" and c["method"] is method and c["pooled"] is False
+               for c in calls)
     assert timed == [[[16, 8], [8, 16]]]
     assert counts == {0: 8, 1: 16} and trace == ["per MAC"] and fit.ranking == "per MAC"
     assert fit.rankings == {"per microsecond": 0.2, "per MAC": 0.1} and fit.predicted_ms == 4.55
