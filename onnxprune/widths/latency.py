@@ -359,7 +359,9 @@ def _segment(model: onnx.ModelProto, nodes: set[str], values: dict[str, np.ndarr
              ) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """The sub-model of ``nodes`` (cut out of ``model``) and its inputs: the tensors they read
     that none of them writes, from the unpruned model's run (their shapes do not depend on
-    the group's width)."""
+    the group's width). The shapes they read are computed inside (``with_shape_arithmetic``):
+    those can hold the width."""
+    nodes = with_shape_arithmetic(model, nodes, values)
     inside = [n for n in model.graph.node if n.name in nodes]
     made = {o for n in inside for o in n.output}
     constants = {t.name for t in model.graph.initializer}
@@ -369,6 +371,23 @@ def _segment(model: onnx.ModelProto, nodes: set[str], values: dict[str, np.ndarr
     graph_outputs = {o.name for o in model.graph.output}
     outputs = [o for n in inside for o in n.output if o and (o in read_outside or o in graph_outputs)]
     return probe_model(model, outputs, sources), sources
+
+
+def with_shape_arithmetic(model: onnx.ModelProto, nodes: set[str], values: dict[str, np.ndarray]) -> set[str]:
+    """``nodes`` and the producers of the integer tensors they read, back to float tensors, graph
+    inputs and constants: the shape arithmetic of their Reshapes. Torch exports an attention's
+    split as Reshape(x, Concat(Shape(x)[0:2], [H], [d])); with heads removed, H is the kept count
+    in the pruned model, while the unpruned run's Concat would still ask for all of them."""
+    producer = {o: n for n in model.graph.node for o in n.output if o}
+    nodes = set(nodes)
+    todo = [n for n in model.graph.node if n.name in nodes]
+    while todo:
+        for name in todo.pop().input:
+            node = producer.get(name)
+            if node is not None and node.name not in nodes and np.issubdtype(values[name].dtype, np.integer):
+                nodes.add(node.name)
+                todo.append(node)
+    return nodes
 
 
 def _cpu() -> str:
