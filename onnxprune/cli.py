@@ -383,7 +383,9 @@ def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, 
 
 @main.command(name="bench")
 @click.argument("models", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=Path))
-@click.option("--data", "data_path", type=click.Path(path_type=Path), help="Inputs to time on (default: random).")
+@click.option("--data", "data_path", type=click.Path(path_type=Path),
+              help="Inputs to time on: .npz, .npy, a folder of images, or a .txt of sentences with --tokenizer "
+                   "(--max-length N: N tokens each) (default: random).")
 @click.option("--batch", "batches", type=int, multiple=True, default=(1, 32), show_default=True,
               help="Batch sizes to time (repeatable).")
 @click.option("--runs", type=int, default=30, show_default=True,
@@ -393,19 +395,24 @@ def profile_cmd(model, output, batch, threads, round_to, runs, exclude, device, 
 @click.option("--threads", type=int, default=0, help="onnxruntime intra-op threads (0: its default).")
 @DEVICE
 @INPUT_SHAPE
+@text_options
 @JSON
-def bench_cmd(models, data_path, batches, runs, rounds, threads, device, input_shapes, as_json):
+def bench_cmd(models, data_path, batches, runs, rounds, threads, device, input_shapes, tokenizer, max_length,
+              as_json):
     """onnxruntime latency of MODELS side by side (median, p90) and the speedup over the first."""
     if runs < 1 or rounds < 1 or any(b < 1 for b in batches):
         raise OnnxPruneError("--runs, --rounds and --batch must be positive integers")
     check_threads(threads)
+    text = parse_text_options(tokenizer, max_length)
+    if text is not None and data_path is None:
+        raise OnnxPruneError("--tokenizer and --max-length apply to --data (a .txt of sentences)")
     loaded = {str(p): load(p) for p in models}
     if len(loaded) < len(models):
         raise OnnxPruneError("bench: the same model is named twice")
     sample = None
     if data_path is not None:
         first = next(iter(loaded.values()))
-        sample = next(iter(open_data(data_path, first, batch_size=max(batches)))).feeds
+        sample = next(iter(open_data(data_path, first, batch_size=max(batches), text_options=text))).feeds
     results = benchmark(loaded, tuple(batches), runs, providers=providers(Device(device)), threads=threads, data=sample,
                         input_shapes=parse_input_shapes(input_shapes), rounds=rounds)
     click.echo(json_text([r.to_json() for r in results]) if as_json else table(results))

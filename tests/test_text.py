@@ -1,5 +1,5 @@
 """Text data: a .txt of sentences tokenized with --tokenizer (vocab.txt or tokenizer.json) into input_ids,
-attention_mask and token_type_ids, for `prune --calib` and `eval --data`; the refusals."""
+attention_mask and token_type_ids, for `prune --calib`, `eval --data` and `bench --data`; the refusals."""
 
 import json
 import sys
@@ -10,6 +10,8 @@ import pytest
 from click.testing import CliRunner
 from encoders import encoder
 
+from onnxprune import cli
+from onnxprune.bench import benchmark
 from onnxprune.cli import main
 from onnxprune.data import open_data
 from onnxprune.errors import OnnxPruneError
@@ -95,6 +97,30 @@ def test_prune_and_eval_read_sentences(files):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["samples"] == 3 and 0 < data["cosine_min"] <= data["cosine_mean"] < 1
+
+
+def test_bench_times_the_sentences_as_prune_and_eval_read_them(files, monkeypatch):
+    """bench --data s.txt --tokenizer vocab.txt times the model on the sentences' tokens, padded to
+    the model's length (or --max-length) as prune and eval read them: ids in the vocabulary, the
+    real tokens' attention_mask 1; --tokenizer without --data is refused."""
+    pytest.importorskip("tokenizers")
+    onnx.save(encoder(vocab=len(VOCAB), mask=True, seq=8), files / "enc.onnx")
+    seen = {}
+
+    def spy(models, batches, runs, data=None, **kw):
+        seen.update(data)
+        return benchmark(models, batches, runs, data=data, **kw)
+
+    monkeypatch.setattr(cli, "benchmark", spy)
+    result = invoke("bench", files / "enc.onnx", "--data", files / "s.txt", "--tokenizer", files / "vocab.txt",
+                    "--batch", "2", "--runs", "1", "--rounds", "1", "--json")
+    assert result.exit_code == 0, result.output
+    expected = encode(files / "s.txt", TextOptions(files / "vocab.txt"), fixed_length=8)
+    assert sorted(seen) == ["attention_mask", "input_ids"]
+    assert all(seen[k].tolist() == expected[k][:2].tolist() for k in seen)
+    assert [r["batch"] for r in json.loads(result.stdout)] == [2]
+    refused = invoke("bench", files / "enc.onnx", "--tokenizer", files / "vocab.txt")
+    assert refused.exit_code == 2 and "--tokenizer and --max-length apply to --data" in refused.stderr
 
 
 @pytest.mark.parametrize("args, message", [
