@@ -338,7 +338,7 @@ def sliced(batches: Iterable[dict[str, np.ndarray]], run: Callable, budget: int,
             stop = min(total, first + per_slice)
             xs, ys = run({k: v[first:stop] for k, v in feeds.items()})
             yield Part(i, first, total), xs, ys
-            size = sum(v.nbytes for v in xs.values()) + sum(v.nbytes for k, v in ys.items() if ys is not xs)
+            size = sum(v.nbytes for v in xs.values()) + (0 if ys is xs else sum(v.nbytes for v in ys.values()))
             per_slice = max(1, int(budget * (stop - first) // max(size, 1)))
             first = stop
 
@@ -359,18 +359,15 @@ def accumulate_parts(parts: Iterable[tuple[Part, dict[str, np.ndarray], dict[str
                      device_providers: list[str] | None = None, holdout_every: int = 0,
                      on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
                      ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
-    """``accumulate`` over slices of batches (``Part``; total 0: a whole batch)."""
+    """``accumulate`` over slices of batches (``Part``; total 0: a whole batch, as ``draw`` reads it)."""
     reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
     fit: dict[str, LayerStats] = {}
     holdout: dict[str, LayerStats] = {}
     for part, xs, ys in parts:
         i = part.batch
         bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
-        whole = None if part.total == 0 else part
-
-        def reduce_i(x: np.ndarray, y: np.ndarray, c: Consumer, i: int = i, whole: Part | None = whole
-                     ) -> LayerStats:
-            return reduce(x, y, c, rows, i, part=whole)
+        def reduce_i(x: np.ndarray, y: np.ndarray, c: Consumer, i: int = i, part: Part = part) -> LayerStats:
+            return reduce(x, y, c, rows, i, part=part)
 
         for c in consumers:
             x, y = xs[c.input], ys[c.output]

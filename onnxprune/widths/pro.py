@@ -186,7 +186,6 @@ class ProSearch:
             self.orders = rebuilt.orders
         else:
             self.orders = method.orders(analysis, channels)
-        self.analysis = analysis
         # not a bound method: the candidates keep it, and a cycle back to the search would keep
         # every statistic alive after PRO until the garbage collector happens to run
         self.keep_of = KeepOf(analysis, channels, self.orders)
