@@ -9,7 +9,7 @@ call: on 2 cores, one numpy thread, one scipy thread and the caller fight over t
 two of them 6.05 s in turn on two threads, 3.90 s in turn on one, 2.80 s side by side. So
 independent eliminations (PRO's removal orders of different groups) run side by side, one per
 core, each on one BLAS thread (numpy releases the GIL inside its products), and the sequential
-pass's eliminations on one thread. Large products (the statistics' Gram matrices) keep every
+pass's eliminations and PRO's search (its refits) on one thread. Large products (the statistics' Gram matrices) keep every
 thread: there threading pays (1.8x on 2 cores for a 50,000 x 2,305 Gram).
 """
 
