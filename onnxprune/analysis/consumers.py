@@ -12,6 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .groups import Analysis
+from .tokens import token_reader, token_source
 
 
 @dataclass(frozen=True)
@@ -156,15 +157,20 @@ def _consumer(node: gs.Node, analysis: Analysis) -> Consumer | str:
     consumer = consumer_of(node, analysis)
     if node.op != "MatMul" or isinstance(consumer, str):
         return consumer
-    add = bias_add(node)
+    add = bias_add(node, analysis.shapes)
     if add is None:
         return f"MatMul node '{node.name}' has no bias Add after it to take the reconstructed bias"
-    return replace(consumer, output=add.outputs[0].name)  # the target includes the bias
+    # The target includes the bias. Behind TF's Tensordot Reshapes (tokens.py) the rows are the same
+    # tokens in [batch, sequence, C] (so padding is known) as in the 2-D MatMul's [tokens, C].
+    x = token_source(node.inputs[0], analysis.shapes)
+    return replace(consumer, input=x.name, output=add.outputs[0].name)
 
 
-def bias_add(node: gs.Node) -> gs.Node | None:
-    """The Add of a constant bias vector right after a MatMul, if it is its only reader."""
-    readers = node.outputs[0].outputs
+def bias_add(node: gs.Node, shapes: dict[str, tuple] | None = None) -> gs.Node | None:
+    """The Add of a constant bias vector right after a MatMul, if it is its only reader, or after
+    a Reshape that regroups its tokens (tokens.py; checked where ``shapes`` are given)."""
+    reshape = token_reader(node.outputs[0], shapes)
+    readers = (reshape or node).outputs[0].outputs
     if len(readers) != 1 or readers[0].op != "Add":
         return None
     add = readers[0]

@@ -41,7 +41,8 @@ from ..graph.io import default_opset
 from ..graph.shapes import infer_shapes, unknown_after
 from .grouped import block_of
 from .grouped import cells as grouped_cells
-from .heads import Attention, Heads, find_heads, layer_name
+from .heads import Attention, Heads, NoMatch, find_heads, layer_name, target_entries
+from .tokens import regroups_tokens
 
 
 @dataclass
@@ -201,6 +202,9 @@ class _Analyzer:
         self.elsewhere: dict[tuple[str, int], Layout | None] = {}  # (tensor, axis) -> its unknown channels there
         self.heads = Heads((), {})
         self.head_atoms: list[tuple[np.ndarray, Attention]] = []  # each projection's heads
+        # a computed target shape that several Reshapes regrouping tokens read -> (its readers, those
+        # visited with their channels): they keep the same channels, or they stay (_shared_shapes)
+        self.shared_shapes: dict[str, tuple[tuple[gs.Node, ...], list[tuple[str, Layout]]]] = {}
 
     # -- building blocks -------------------------------------------------------------
 
@@ -211,6 +215,7 @@ class _Analyzer:
             self._fresh_frozen(vi, f"comes from graph input '{vi.name}'")
         for node in self.graph.nodes:
             self._visit(node)
+        self._shared_shapes()
         for out in self.graph.outputs:
             self._freeze(out, f"reaches graph output '{out.name}'")
         return self._finish()
@@ -709,6 +714,8 @@ class _Analyzer:
         attention = self.heads.of(node.name)
         if attention is not None:
             return self._head_reshape(node, attention, layout)
+        if shape is not None and layout.axis == len(shape) - 1 and regroups_tokens(node, self.shapes):
+            return self._token_reshape(node, layout)
         if _splits_heads(shape, out_shape, layout.axis):
             return self._opaque(node, f"splits the channels into attention heads, which stay: "
                                       f"{self.heads.why_not(node)}")
@@ -729,6 +736,40 @@ class _Analyzer:
         self._pass(node, replace(layout, block=1) if split else merged)
         for e in attention.entries[node.name]:
             self.edits.append(Edit(EditKind.SHAPE_ENTRY, e.node, out.name, e.index, e.offset))
+
+    def _token_reshape(self, node: gs.Node, layout: Layout) -> None:
+        """[..., C] -> [..., C] (tokens.py: TF's Dense on a sequence): the channels pass to the
+        output's last axis; the target shape's last entry, where it holds C rather than -1, becomes
+        the kept count. Reshapes that read one computed target shape keep the same channels."""
+        out = node.outputs[0]
+        try:
+            entries, shared = target_entries(node, self.shapes)
+        except NoMatch as e:
+            return self._opaque(node, str(e))
+        count = len(layout.atoms) * layout.block
+        last = entries[-1] if entries else None
+        if last is None or last.value not in (count, -1):
+            return self._opaque(node, f"the last entry of its target shape is not the channel count ({count}) "
+                                      "or -1")
+        self._pass(node, replace(layout, axis=len(self.shapes[out.name]) - 1))
+        if last.value == count:
+            self.edits.append(Edit(EditKind.SHAPE_ENTRY, last.node, out.name, last.index, last.offset))
+        if shared:
+            readers, seen = self.shared_shapes.setdefault(last.node, ((node, *shared), []))
+            if seen and not self._unite(seen[0][1], layout):
+                return self._opaque(node, f"reads the target shape of Reshape node '{seen[0][0]}' with other channels")
+            seen.append((node.name, layout))
+
+    def _shared_shapes(self) -> None:
+        """A computed target shape whose entry is rewritten must be read only by Reshapes that
+        regroup tokens of the channels united with it: else they stay."""
+        for readers, seen in self.shared_shapes.values():
+            names = {name for name, _ in seen}
+            stray = next((r for r in readers if r.name not in names), None)
+            if stray is not None:
+                for name, layout in seen:
+                    self.frozen_atoms.append((layout.atoms, f"the target shape of Reshape node '{name}' is also read "
+                                                            f"by {stray.op} node '{stray.name}'"))
 
     def _squeeze(self, node: gs.Node) -> None:
         x = node.inputs[0]
@@ -997,6 +1038,8 @@ def _adjacency(n: int, a: np.ndarray, b: np.ndarray):
 
 def _reads_shape_entries_other_than(node: gs.Node, entry: int) -> bool:
     """True if ``node`` reads a shape vector only at constant positions other than ``entry``."""
+    if node.op == "Cast":  # tf2onnx works on shapes in int32
+        return all(_reads_shape_entries_other_than(n, entry) for n in node.outputs[0].outputs)
     if node.op == "Gather" and isinstance(node.inputs[1], gs.Constant) and int(node.attrs.get("axis", 0)) == 0:
         return entry not in np.atleast_1d(node.inputs[1].values).tolist()
     if node.op == "Slice" and all(isinstance(t, gs.Constant) for t in node.inputs[1:3]):

@@ -12,14 +12,17 @@ Head h is columns h*d .. h*d + d-1 of Wq, Wk and Wv (and of their biases) and th
 of Wo, and nothing else reads them: removing heads removes those columns and rows, and H
 (C in the merging Reshape) becomes the kept count in the Reshapes' target shapes, wherever
 they hold it: a constant shape, or a constant that a Concat of Shape/Gather results and
-constants (torch's export with dynamic axes) makes the shape from. Nothing else changes:
-d, and with it the scale 1/sqrt(d), stays.
+constants (torch's export with dynamic axes; tf2onnx computes it in int32 and Casts it) makes
+the shape from; one computed shape may be read by the Reshapes of q, k and v together, which
+keep the same heads. Nothing else changes: d, and with it the scale 1/sqrt(d), stays.
 
 The match starts at each Softmax and follows the tensors: back through scalings (Mul or Div
 by a one-element constant) and masks (an Add of a tensor that is the same for every head)
 to a MatMul of two activations (q k), forward to the MatMul with v; each of q, k, v goes
 back through Transposes (composed into one permutation, checked) and scalings to the
-Reshape that splits a projection's C outputs into heads. Every tensor on the way has that
+Reshape that splits a projection's C outputs into heads; a projection is a MatMul by a constant
+and its bias Add, directly or through a Reshape that regroups its tokens (TF's Dense on a
+sequence, tokens.py). Every tensor on the way has that
 one reader (the projections' outputs and the merged context may also be read by Shape
 nodes, whose reads the analysis checks). Anything else is no match, with its reason: the
 heads of that layer stay frozen (groups.py).
@@ -30,7 +33,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+
+from .tokens import regroups_tokens
 
 
 @dataclass(frozen=True)
@@ -84,8 +90,8 @@ class Heads:
                      or node in a.moves), None)
 
     def why_not(self, reshape: gs.Node) -> str:
-        """Why the heads that ``reshape`` splits are not matched: the reason of the Softmax after it."""
-        softmax = _softmax_after(reshape)
+        """Why the heads that ``reshape`` splits are not matched: the reason of its attention's Softmax."""
+        softmax = _softmax_of(reshape)
         return self.failed.get(softmax, "no Softmax over keys follows it") if softmax else \
             "no Softmax over keys follows it"
 
@@ -101,6 +107,7 @@ class _Split:
     dims: int
     projection: str
     entry: Entry
+    shared: tuple[gs.Node, ...]  # other nodes that read its computed target shape
 
 
 class NoMatch(Exception):
@@ -122,14 +129,29 @@ def find_heads(graph: gs.Graph, shapes: dict[str, tuple], opset: int) -> Heads:
     return Heads(tuple(layers), failed)
 
 
-def _softmax_after(node: gs.Node, depth: int = 6) -> str | None:
-    """The first Softmax within ``depth`` nodes downstream of ``node``."""
-    frontier = [node]
+def _softmax_of(node: gs.Node, depth: int = 12) -> str | None:
+    """The attention Softmax of a head split ``node``: the first within ``depth`` nodes downstream
+    (q, k), or the one whose weights a MatMul there multiplies (v) by, a few nodes before it."""
+    frontier, seen = [node], {node.name}
     for _ in range(depth):
-        frontier = [r for n in frontier for t in n.outputs for r in t.outputs]
-        hit = next((n for n in frontier if n.op == "Softmax"), None)
-        if hit is not None:
-            return hit.name
+        frontier = [r for n in frontier for t in n.outputs for r in t.outputs if r.name not in seen]
+        seen.update(n.name for n in frontier)
+        for n in frontier:
+            hit = n if n.op == "Softmax" else _softmax_before(n) if n.op == "MatMul" else None
+            if hit is not None:
+                return hit.name
+    return None
+
+
+def _softmax_before(node: gs.Node, depth: int = 3) -> gs.Node | None:
+    """A Softmax among the first producers, up to ``depth`` back, of each of ``node``'s inputs."""
+    for t in node.inputs:
+        for _ in range(depth):
+            if not isinstance(t, gs.Variable) or len(t.inputs) != 1:
+                break
+            if t.inputs[0].op == "Softmax":
+                return t.inputs[0]
+            t = t.inputs[0].inputs[0]
     return None
 
 
@@ -147,6 +169,12 @@ def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int) -> Attention:
         raise NoMatch(f"MatMul node '{av.name}' does not multiply the attention weights by the values")
     q, k, v = (_back_to_split(t, want, shapes) for t, want in
                ((qk.inputs[0], SPLIT_Q), (qk.inputs[1], SPLIT_K), (av.inputs[1], SPLIT_Q)))
+    splits = {s.reshape.name for s in (q, k, v)}
+    for s in (q, k, v):
+        stray = [n for n in s.shared if n.name not in splits]
+        if stray:
+            raise NoMatch(f"the target shape of Reshape node '{s.reshape.name}' is also read by {stray[0].op} node "
+                          f"'{stray[0].name}'")
     sizes = {(s.heads, s.dims) for s in (q, k, v)}
     if len(sizes) != 1:
         raise NoMatch(f"queries, keys and values are split into different heads: {sorted(sizes)}")
@@ -155,7 +183,11 @@ def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int) -> Attention:
     merge = _only_reader(context, "Reshape", "the attention's context", shape_readers=True)
     if _rank(merge.outputs[0], shapes) is None or _rank(merge.inputs[0], shapes) != 4:
         raise NoMatch(f"Reshape node '{merge.name}' does not merge [batch, sequence, heads, dims]")
-    out = _entries(merge, shapes)[-1]
+    entries, shared = target_entries(merge, shapes)
+    if shared:
+        raise NoMatch(f"the target shape of Reshape node '{merge.name}' is also read by {shared[0].op} node "
+                      f"'{shared[0].name}'")
+    out = entries[-1]
     _check_entry(out, heads * head_dim, merge, "the merged width")
     entries = {merge.name: (out,) if out.value != -1 else ()}
     for s in (q, k, v):
@@ -183,6 +215,10 @@ def _back_through_scores(t: gs.Variable, shapes: dict[str, tuple]) -> gs.Node:
                 raise NoMatch(f"Add node '{node.name}' on the attention scores adds what varies across heads"
                               if varying else f"Add node '{node.name}' on the attention scores: a single head")
             t = varying[0]
+        elif _rank(node.inputs[0], shapes) == 5:
+            raise NoMatch(f"the attention scores come from rank-5 tensors ({node.op} node '{node.name}'): an "
+                          "Einsum as tf2onnx writes it (Unsqueeze, Transpose, Reshape, MatMul, Squeeze), as in "
+                          "keras MultiHeadAttention, is not matched")
         else:
             raise NoMatch(f"{node.op} node '{node.name}' on the attention scores (only a scale and a mask are "
                           "matched)")
@@ -218,8 +254,8 @@ def _back_to_split(t: gs.Variable, want: tuple[int, ...], shapes: dict[str, tupl
         if reader is not split and reader.op != "Shape":
             raise NoMatch(f"the projection that Reshape node '{split.name}' splits is also read by {reader.op} "
                           f"node '{reader.name}'")
-    projection, width = _projection(x)
-    entries = _entries(split, shapes)
+    projection, width = _projection(x, shapes)
+    entries, shared = target_entries(split, shapes)
     if len(entries) != 4:
         raise NoMatch(f"Reshape node '{split.name}' has a target shape of {len(entries)} entries, not 4")
     heads, dims = entries[2].value, entries[3].value
@@ -234,17 +270,22 @@ def _back_to_split(t: gs.Variable, want: tuple[int, ...], shapes: dict[str, tupl
     if known is not None and tuple(known[2:]) not in ((heads, dims), (None, None)):
         raise NoMatch(f"Reshape node '{split.name}' gives {known}, not [.., .., {heads}, {dims}]")
     _check_entry(entries[2], heads, split, "the head count")
-    return _Split(transposes, split, heads, dims, projection, entries[2])
+    return _Split(transposes, split, heads, dims, projection, entries[2], shared)
 
 
-def _projection(x: gs.Variable) -> tuple[str, int]:
-    """The MatMul by a constant [in, C] weight (with its bias Add, if any) that makes ``x``; and C."""
+def _projection(x: gs.Variable, shapes: dict[str, tuple]) -> tuple[str, int]:
+    """The MatMul by a constant [in, C] weight (with its bias Add, if any, and a Reshape that
+    regroups its tokens between them) that makes ``x``; and C."""
     node = _producer(x, "a head split's input")
     if node.op == "Add":
         bias = [t for t in node.inputs if isinstance(t, gs.Constant)]
         if len(bias) != 1:
             raise NoMatch(f"Add node '{node.name}' before a head split does not add a constant bias")
         x = next(t for t in node.inputs if t is not bias[0])
+        _check_single_reader(x)
+        node = _producer(x, "a head split's input")
+    if regroups_tokens(node, shapes):
+        x = node.inputs[0]
         _check_single_reader(x)
         node = _producer(x, "a head split's input")
     weight = node.inputs[1] if node.op == "MatMul" else None
@@ -269,20 +310,26 @@ def _forward_to_merge(av: gs.Node, shapes: dict[str, tuple]) -> tuple[set[str], 
     return names, t
 
 
-def _entries(reshape: gs.Node, shapes: dict[str, tuple]) -> list[Entry]:
+INTEGERS = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+
+
+def target_entries(reshape: gs.Node, shapes: dict[str, tuple]) -> tuple[list[Entry], tuple[gs.Node, ...]]:
     """The entries of a Reshape's target shape: a constant, or a Concat (axis 0) of pieces of
-    known length, each entry constant where its piece is."""
+    known length (maybe Cast from int32 to int64, as tf2onnx writes it), each entry constant
+    where its piece is; and the other nodes that read the computed shape (its entries are theirs
+    too: rewriting one rewrites it for them)."""
     shape = reshape.inputs[1]
     if isinstance(shape, gs.Constant):
-        return [Entry(int(v), reshape.name, 1, i) for i, v in enumerate(np.asarray(shape.values).reshape(-1))]
-    node = _producer(shape, f"the target shape of Reshape node '{reshape.name}'")
+        return [Entry(int(v), reshape.name, 1, i) for i, v in enumerate(np.asarray(shape.values).reshape(-1))], ()
+    what = f"the target shape of Reshape node '{reshape.name}'"
+    node = _producer(shape, what)
+    shared = [r for r in shape.outputs if r is not reshape]
+    if node.op == "Cast" and node.attrs.get("to") in INTEGERS:
+        shape = node.inputs[0]
+        shared += [r for r in shape.outputs if r is not node]
+        node = _producer(shape, what)
     if node.op != "Concat" or int(node.attrs.get("axis", 0)) != 0:
-        raise NoMatch(f"the target shape of Reshape node '{reshape.name}' is computed by {node.op} node "
-                      f"'{node.name}', not a constant or a Concat of pieces")
-    for reader in shape.outputs:
-        if reader is not reshape:
-            raise NoMatch(f"the target shape of Reshape node '{reshape.name}' is also read by {reader.op} node "
-                          f"'{reader.name}'")
+        raise NoMatch(f"{what} is computed by {node.op} node '{node.name}', not a constant or a Concat of pieces")
     entries = []
     for i, piece in enumerate(node.inputs):
         if isinstance(piece, gs.Constant):
@@ -292,7 +339,7 @@ def _entries(reshape: gs.Node, shapes: dict[str, tuple]) -> list[Entry]:
         if length is None or len(length) != 1 or length[0] is None:
             raise NoMatch(f"Concat node '{node.name}' makes a target shape from pieces of unknown length")
         entries += [Entry(None, node.name, i, j) for j in range(length[0])]
-    return entries
+    return entries, tuple(shared)
 
 
 def _check_entry(entry: Entry, value: int, reshape: gs.Node, what: str) -> None:

@@ -74,8 +74,8 @@ def _apply(graph: gs.Graph, node: gs.Node, edit: Edit, positions: np.ndarray,
         sizes = np.array(node.inputs[edit.index].values, dtype=np.int64)
         sizes[1] = len(positions)
         set_constant_input(graph, node, edit.index, sizes)
-    elif edit.kind is EditKind.SHAPE_ENTRY:  # an attention's head count H (or width H*d): heads.py
-        shape = np.array(node.inputs[edit.index].values, dtype=np.int64)
+    elif edit.kind is EditKind.SHAPE_ENTRY:  # an attention's head count H (or width H*d), a token Reshape's C
+        shape = np.array(node.inputs[edit.index].values)  # int64, or int32 where tf2onnx Casts the shape
         shape.reshape(-1)[edit.axis] = len(positions)
         set_constant_input(graph, node, edit.index, shape)
     elif edit.kind is EditKind.RESHAPE_FEATURES:
