@@ -41,6 +41,7 @@ from ..graph.io import default_opset
 from ..graph.shapes import infer_shapes, unknown_after
 from .grouped import block_of
 from .grouped import cells as grouped_cells
+from .einsum import Einsum
 from .heads import Attention, Heads, NoMatch, find_heads, layer_name, target_entries
 from .tokens import regroups_tokens
 
@@ -221,7 +222,10 @@ class _Analyzer:
         return self._finish()
 
     def _visit(self, node: gs.Node) -> None:
-        if node.domain == "com.microsoft":
+        einsum = self.heads.einsum_of(node.name)
+        if einsum is not None:
+            self._einsum(node, einsum)
+        elif node.domain == "com.microsoft":
             self._opaque(node, "a fused onnxruntime op (com.microsoft), not pruned")
         elif node.domain not in ("", "ai.onnx", None):
             self._opaque(node, f"custom domain {node.domain}")
@@ -473,6 +477,21 @@ class _Analyzer:
         a, b = (self._lay(t) for t in node.inputs)
         if a is None or b is None or a.axis != 1 or not self._unite(a, b):
             return self._opaque(node, "its inputs do not both carry the same heads on axis 1")
+        self._pass(node, a)
+
+    def _einsum(self, node: gs.Node, einsum: Einsum) -> None:
+        """A node of an Einsum in a matched attention (heads.py, einsum.py): it computes q k^T or
+        p v head by head, from inputs that carry the heads on axis 2 ([B, S, H, d]) or 1 (the
+        weights [B, H, S, T]) into an output that carries them on axis 1, with shapes that follow
+        its inputs. So head h of one input meets head h of the other only (the same channels), and
+        the nodes between carry nothing that pruning changes: only the last one passes the heads."""
+        if node.name != einsum.last:
+            return
+        a, b = (None if lay is None or lay.axis != axis or lay.block != 1 else replace(lay, axis=1)
+                for lay, axis in zip((self._lay(t) for t in einsum.tensors), einsum.axes))
+        if a is None or b is None or not self._unite(a, b):
+            return self._opaque(node, "its inputs do not both carry the same heads where the attention's match "
+                                      "has them")
         self._pass(node, a)
 
     def _gather(self, node: gs.Node) -> None:

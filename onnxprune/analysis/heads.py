@@ -19,10 +19,14 @@ keep the same heads. Nothing else changes: d, and with it the scale 1/sqrt(d), s
 The match starts at each Softmax and follows the tensors: back through scalings (Mul or Div
 by a one-element constant) and masks (an Add of a tensor that is the same for every head)
 to a MatMul of two activations (q k), forward to the MatMul with v; each of q, k, v goes
-back through Transposes (composed into one permutation, checked) and scalings to the
-Reshape that splits a projection's C outputs into heads; a projection is a MatMul by a constant
-and its bias Add, directly or through a Reshape that regroups its tokens (TF's Dense on a
-sequence, tokens.py). Every tensor on the way has that
+back through Transposes (composed into one permutation, checked), scalings and constant Adds
+(keras' EinsumDense adds its [H, d] bias after the split) to the Reshape that splits a
+projection's C outputs into heads; a projection is a MatMul by a constant and its bias Add,
+directly or through a Reshape that regroups its tokens (TF's Dense on a sequence, tokens.py).
+Instead of either MatMul of activations there may be an Einsum as tf2onnx writes it (keras
+MultiHeadAttention, einsum.py): proven to compute q k^T of [B, S, H, d] and [B, T, H, d] into
+[B, H, S, T], or p v of [B, H, S, T] and [B, T, H, d] into [B, H, S, d], head by head, with
+shapes that follow its inputs. Every tensor on the way has that
 one reader (the projections' outputs and the merged context may also be read by Shape
 nodes, whose reads the analysis checks). Anything else is no match, with its reason: the
 heads of that layer stay frozen (groups.py).
@@ -30,12 +34,13 @@ heads of that layer stay frozen (groups.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from .einsum import DATA, Dims, Einsum, NotProven, chain_of, computes
 from .tokens import regroups_tokens
 
 
@@ -55,7 +60,8 @@ class Attention:
     """A matched attention layer: H heads of d dims, made by the projection MatMuls q, k and v,
     split by their Reshapes, merged back by ``merge``; ``moves``: the Transposes and the two
     MatMuls of activations in between; ``entries``: per Reshape, the shape entry that holds H
-    (or C), to be rewritten (none where it is -1, inferred)."""
+    (or C), to be rewritten (none where it is -1, inferred); ``einsums``: the Einsums (einsum.py)
+    that take the MatMuls' place, if any."""
 
     heads: int
     head_dim: int
@@ -64,6 +70,7 @@ class Attention:
     merge: str
     moves: frozenset[str]
     entries: dict[str, tuple[Entry, ...]]
+    einsums: tuple[Einsum, ...] = ()
 
 
 def layer_name(nodes: tuple[str, ...]) -> str:
@@ -88,6 +95,10 @@ class Heads:
         """The layer that ``node`` is a projection, Reshape, Transpose or attention MatMul of."""
         return next((a for a in self.layers if node in a.projections or node in a.splits or node == a.merge
                      or node in a.moves), None)
+
+    def einsum_of(self, node: str) -> Einsum | None:
+        """The Einsum of a matched layer that ``node`` belongs to (its shape arithmetic included)."""
+        return next((e for a in self.layers for e in a.einsums if node in e.nodes), None)
 
     def why_not(self, reshape: gs.Node) -> str:
         """Why the heads that ``reshape`` splits are not matched: the reason of its attention's Softmax."""
@@ -115,15 +126,22 @@ class NoMatch(Exception):
 
 
 SPLIT_Q, SPLIT_K = (0, 2, 1, 3), (0, 2, 3, 1)  # [B, S, H, d] axes at q k's inputs: [B, H, S, d], [B, H, d, S]
+SPLIT = (0, 1, 2, 3)  # an Einsum's q, k and v: [B, S, H, d] as split
+
+# An Einsum's inputs and outputs in symbols (einsum.py): batch B, query tokens S, key tokens T, heads H, dims d.
+Q, K = Dims([("B",), ("S",), ("H",), ("d",)]), Dims([("B",), ("T",), ("H",), ("d",)])
+SCORES, CONTEXT = Dims([("B",), ("H",), ("S",), ("T",)]), Dims([("B",), ("H",), ("S",), ("d",)])
+KEYS_FIRST = Dims([("B",), ("H",), ("T",), ("S",)])  # the scores where the given q and k are the other way round
 
 
 def find_heads(graph: gs.Graph, shapes: dict[str, tuple], opset: int) -> Heads:
     """Match every Softmax of the graph; reasons for the head-splitting Reshapes not matched."""
     layers, failed = [], {}
+    outputs = {t.name for t in graph.outputs}
     for node in graph.nodes:
         if node.op == "Softmax":
             try:
-                layers.append(_match(node, shapes, opset))
+                layers.append(_match(node, shapes, opset, outputs))
             except NoMatch as e:
                 failed[node.name] = str(e)
     return Heads(tuple(layers), failed)
@@ -155,7 +173,7 @@ def _softmax_before(node: gs.Node, depth: int = 3) -> gs.Node | None:
     return None
 
 
-def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int) -> Attention:
+def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int, outputs: set[str]) -> Attention:
     scores = softmax.inputs[0]
     rank = _rank(scores, shapes)
     axis = int(softmax.attrs.get("axis", -1 if opset >= 13 else 1))
@@ -163,12 +181,9 @@ def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int) -> Attention:
         raise NoMatch(f"Softmax node '{softmax.name}' is not over the keys of a [batch, heads, queries, keys] tensor "
                       "(or its shape is unknown)")
     _check_single_reader(scores)
-    qk = _back_through_scores(scores, shapes)
-    av = _only_reader(softmax.outputs[0], "MatMul", "the attention weights")
-    if av.inputs[0] is not softmax.outputs[0]:
-        raise NoMatch(f"MatMul node '{av.name}' does not multiply the attention weights by the values")
-    q, k, v = (_back_to_split(t, want, shapes) for t, want in
-               ((qk.inputs[0], SPLIT_Q), (qk.inputs[1], SPLIT_K), (av.inputs[1], SPLIT_Q)))
+    (q_in, want_q), (k_in, want_k), moves, einsums = _back_through_scores(scores, shapes, outputs)
+    (v_in, want_v), context, av_moves, av_einsums = _times_values(softmax.outputs[0], shapes, outputs)
+    q, k, v = (_back_to_split(t, want, shapes) for t, want in ((q_in, want_q), (k_in, want_k), (v_in, want_v)))
     splits = {s.reshape.name for s in (q, k, v)}
     for s in (q, k, v):
         stray = [n for n in s.shared if n.name not in splits]
@@ -179,7 +194,7 @@ def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int) -> Attention:
     if len(sizes) != 1:
         raise NoMatch(f"queries, keys and values are split into different heads: {sorted(sizes)}")
     [(heads, head_dim)] = sizes
-    moves, context = _forward_to_merge(av, shapes)
+    merges, context = _forward_to_merge(context)
     merge = _only_reader(context, "Reshape", "the attention's context", shape_readers=True)
     if _rank(merge.outputs[0], shapes) is None or _rank(merge.inputs[0], shapes) != 4:
         raise NoMatch(f"Reshape node '{merge.name}' does not merge [batch, sequence, heads, dims]")
@@ -192,19 +207,33 @@ def _match(softmax: gs.Node, shapes: dict[str, tuple], opset: int) -> Attention:
     entries = {merge.name: (out,) if out.value != -1 else ()}
     for s in (q, k, v):
         entries[s.reshape.name] = (s.entry,) if s.entry.value != -1 else ()
-    moves |= {qk.name, av.name} | {t.name for s in (q, k, v) for t in s.transposes}
+    moves = moves | av_moves | merges | {t.name for s in (q, k, v) for t in s.transposes}
     return Attention(heads, head_dim, tuple(s.projection for s in (q, k, v)), tuple(s.reshape.name for s in (q, k, v)),
-                     merge.name, frozenset(moves), entries)
+                     merge.name, frozenset(moves), entries, einsums + av_einsums)
 
 
-def _back_through_scores(t: gs.Variable, shapes: dict[str, tuple]) -> gs.Node:
-    """From the Softmax's input back through scalings and masks to the MatMul of q and k."""
+Product = tuple[tuple[gs.Variable, tuple], tuple[gs.Variable, tuple], set[str], tuple[Einsum, ...]]
+
+
+def _back_through_scores(t: gs.Variable, shapes: dict[str, tuple], outputs: set[str]) -> Product:
+    """From the Softmax's input back through scalings and masks to the MatMul of q and k, or an
+    Einsum that computes it: q and k with the axes of [B, S, H, d] they must have there, the
+    MatMul, and the Einsum."""
     while True:
         node = _producer(t, "the attention scores")
         if node.op == "MatMul":
             if any(isinstance(x, gs.Constant) for x in node.inputs):
                 raise NoMatch(f"MatMul node '{node.name}' before the Softmax has a constant input, not q and k")
-            return node
+            return (node.inputs[0], SPLIT_Q), (node.inputs[1], SPLIT_K), {node.name}, ()
+        if node.op in DATA:
+            einsum = _einsum(t, shapes, outputs, "the attention scores")
+            a, b = einsum.tensors
+            got = _computes(t, {a.name: Q, b.name: K})
+            if got not in (SCORES, KEYS_FIRST):
+                raise NoMatch(f"the Einsum that makes the attention scores ('{t.name}') computes {_show(got)}, "
+                              f"not {_show(SCORES)} from {_show(Q)} and {_show(K)}")
+            q, k = (a, b) if got == SCORES else (b, a)
+            return (q, SPLIT), (k, SPLIT), set(), (einsum,)
         if node.op in ("Mul", "Div") and _scalar(node):
             t = _variable(node)
         elif node.op == "Add":
@@ -215,14 +244,57 @@ def _back_through_scores(t: gs.Variable, shapes: dict[str, tuple]) -> gs.Node:
                 raise NoMatch(f"Add node '{node.name}' on the attention scores adds what varies across heads"
                               if varying else f"Add node '{node.name}' on the attention scores: a single head")
             t = varying[0]
-        elif _rank(node.inputs[0], shapes) == 5:
-            raise NoMatch(f"the attention scores come from rank-5 tensors ({node.op} node '{node.name}'): an "
-                          "Einsum as tf2onnx writes it (Unsqueeze, Transpose, Reshape, MatMul, Squeeze), as in "
-                          "keras MultiHeadAttention, is not matched")
         else:
             raise NoMatch(f"{node.op} node '{node.name}' on the attention scores (only a scale and a mask are "
                           "matched)")
         _check_single_reader(t)
+
+
+def _times_values(weights: gs.Variable, shapes: dict[str, tuple], outputs: set[str]
+                  ) -> tuple[tuple[gs.Variable, tuple], gs.Variable, set[str], tuple[Einsum, ...]]:
+    """From the attention weights forward to the MatMul with v, or an Einsum that computes it: v
+    with the axes of [B, S, H, d] it must have there, the context [B, H, S, d], the MatMul, the Einsum."""
+    readers = [r for r in weights.outputs if r.op != "Shape"]
+    if len(readers) == 1 and readers[0].op in DATA - {"MatMul"}:
+        t = weights
+        while _rank(t, shapes) != 4 or t is weights:  # along the Einsum's data ops to its output
+            data = [r for r in t.outputs if r.op != "Shape"]
+            if len(data) != 1 or data[0].op not in DATA:
+                raise NoMatch(f"tensor '{t.name}' after the attention weights is read by "
+                              f"{', '.join(r.op for r in data) or 'nothing'}, not by one op of an Einsum")
+            t = data[0].outputs[0]
+        einsum = _einsum(t, shapes, outputs, "the attention's context")
+        if weights.name not in (x.name for x in einsum.tensors):
+            raise NoMatch(f"the Einsum that makes '{t.name}' does not read the attention weights")
+        v = next(x for x in einsum.tensors if x.name != weights.name)
+        got = _computes(t, {weights.name: SCORES, v.name: K})
+        if got != CONTEXT:
+            raise NoMatch(f"the Einsum that makes the attention's context ('{t.name}') computes {_show(got)}, not "
+                          f"{_show(CONTEXT)} from the weights {_show(SCORES)} and the values {_show(K)}")
+        axes = tuple(1 if x is weights else 2 for x in einsum.tensors)
+        return (v, SPLIT), t, set(), (replace(einsum, axes=axes),)
+    av = _only_reader(weights, "MatMul", "the attention weights")
+    if av.inputs[0] is not weights:
+        raise NoMatch(f"MatMul node '{av.name}' does not multiply the attention weights by the values")
+    return (av.inputs[1], SPLIT_Q), av.outputs[0], {av.name}, ()
+
+
+def _einsum(t: gs.Variable, shapes: dict[str, tuple], outputs: set[str], what: str) -> Einsum:
+    try:
+        return chain_of(t, shapes, outputs)
+    except NotProven as e:
+        raise NoMatch(f"{what} come from an Einsum as tf2onnx writes it that is not followed: {e}") from None
+
+
+def _computes(t: gs.Variable, given: dict[str, Dims]) -> Dims:
+    try:
+        return computes(t, given)
+    except NotProven as e:
+        raise NoMatch(f"an Einsum as tf2onnx writes it is not followed: {e}") from None
+
+
+def _show(dims: Dims) -> str:
+    return "[" + ", ".join("*".join(d) or "1" for d in dims) + "]"
 
 
 def _back_to_split(t: gs.Variable, want: tuple[int, ...], shapes: dict[str, tuple]) -> _Split:
@@ -236,7 +308,7 @@ def _back_to_split(t: gs.Variable, want: tuple[int, ...], shapes: dict[str, tupl
             break
         if node.op == "Transpose":
             transposes.append(node)
-        elif not (node.op in ("Mul", "Div") and _scalar(node)):
+        elif not (node.op in ("Mul", "Div") and _scalar(node) or _adds_constant(node)):
             raise NoMatch(f"{node.op} node '{node.name}' between a head split and the attention MatMuls")
         t = node.inputs[0] if node.op == "Transpose" else _variable(node)
         _check_single_reader(t)
@@ -294,9 +366,9 @@ def _projection(x: gs.Variable, shapes: dict[str, tuple]) -> tuple[str, int]:
     return node.name, int(weight.shape[1])
 
 
-def _forward_to_merge(av: gs.Node, shapes: dict[str, tuple]) -> tuple[set[str], gs.Variable]:
+def _forward_to_merge(t: gs.Variable) -> tuple[set[str], gs.Variable]:
     """From p v [B, H, S, d] through Transposes back to [B, S, H, d]: (their names, that tensor)."""
-    perm, names, t = SPLIT_Q, set(), av.outputs[0]
+    perm, names = SPLIT_Q, set()
     while True:
         readers = t.outputs
         if len(readers) != 1 or readers[0].op != "Transpose":
@@ -358,6 +430,12 @@ def _scalar(node: gs.Node) -> bool:
     a, b = node.inputs
     return isinstance(b, gs.Constant) and b.values.size == 1 and isinstance(a, gs.Variable) or (
         node.op == "Mul" and isinstance(a, gs.Constant) and a.values.size == 1 and isinstance(b, gs.Variable))
+
+
+def _adds_constant(node: gs.Node) -> bool:
+    """An Add of a constant (a bias) of at most rank 4 to an activation; groups.py slices it by heads."""
+    constants = [t for t in node.inputs if isinstance(t, gs.Constant)]
+    return node.op == "Add" and len(constants) == 1 and constants[0].values.ndim <= 4
 
 
 def _variable(node: gs.Node) -> gs.Variable:
