@@ -6,7 +6,8 @@ and v share, LayerNorm decomposed (GlobalAveragePool for the means), Gelu in the
 input_ids and attention_mask with dynamic batch and sequence. vit_tf.onnx: a Conv patch embedding,
 keras MultiHeadAttention (EinsumDense: MatMul, split Reshape, [H, d] bias; its Einsums as rank-5
 Unsqueeze/Transpose/Reshape/MatMul/Squeeze chains with shapes computed by Shape, Gather,
-ReduceProd, Max and Concat), Tensordot FFNs.
+ReduceProd, Max and Concat), Tensordot FFNs. bert_keras.onnx: keras MultiHeadAttention given a
+padding mask, at a fixed sequence of 16.
 """
 
 from pathlib import Path
@@ -243,6 +244,16 @@ def test_an_einsum_whose_shapes_reorder_its_result_is_not_followed():
     reasons, found = frozen_heads(model)
     assert found == 1 and len(reasons) == 3
     assert all("does not regroup its input's dims in order" in r for r in reasons)
+
+
+def test_keras_masked_softmax_leaves_the_heads_alone():
+    """keras MultiHeadAttention given a mask computes where(mask & ones_like(scores), scores, -big),
+    which tf2onnx writes as a Mul of the scores by the cast mask plus a Mul of -big by its negation:
+    not a scale and a mask added, so those heads stay with the reason; the FFNs are found."""
+    a = analyze(normalize(load("bert_keras.onnx"))[0])
+    assert not head_groups(a) and [g.channels for g in ffn_groups(a)] == [FFN] * 2
+    qkv = [g for g in a.groups if g.reason and "splits the channels into attention heads" in g.reason]
+    assert len(qkv) == 6 and all("on the attention scores adds what varies across heads" in g.reason for g in qkv)
 
 
 def test_a_computed_target_shape_read_elsewhere_leaves_its_reshapes_alone():

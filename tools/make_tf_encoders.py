@@ -1,4 +1,4 @@
-"""Two small BERT-style encoders built in TensorFlow/Keras with seeded random weights, exported with tf2onnx: the fixtures of tests/test_tf2onnx.py.
+"""Three small BERT-style encoders built in TensorFlow/Keras with seeded random weights, exported with tf2onnx: the fixtures of tests/test_tf2onnx.py.
 
     python3.11 -m venv /work/tfvenv && /work/tfvenv/bin/pip install tensorflow-cpu==2.21.0 tf2onnx==1.17.0
     /work/tfvenv/bin/python tools/make_tf_encoders.py tests/data/tf2onnx
@@ -14,6 +14,11 @@ Writes into DIR:
   patch embedding (16 patches of 32), a position table, 2 blocks of keras.layers.MultiHeadAttention
   (4 heads of 8, its EinsumDense projections) and a Dense-Gelu-Dense FFN of 64, a final
   LayerNormalization, mean pooling and a 10-way Dense. Output: [batch, 10].
+- bert_keras.onnx: a BERT-like text encoder as KerasHub's TransformerEncoder writes it: the inputs,
+  embeddings and sizes of bert_tf.onnx, 2 post-norm blocks of keras.layers.MultiHeadAttention
+  (4 heads of 8) given the padding mask as attention_mask ([batch, 1, sequence], which keras
+  broadcasts over the queries and adds to the scores as (1 - mask) * -1e9 before its Softmax), and
+  a Dense-Gelu-Dense FFN of 64. Output: [batch, sequence, 32].
 
 tensorflow and tf2onnx are this tool's own dependencies (not onnxprune's): the tests read the
 committed .onnx files only. The export is opset 17; every weight (biases and LayerNorm
@@ -33,6 +38,7 @@ import tf2onnx
 from tensorflow import keras
 
 OPSET = 17
+KERAS_SEQ = 16  # bert_keras.onnx's sequence length, fixed: with a dynamic one tf2onnx writes EinsumDense otherwise
 VOCAB, MAX_SEQ, HIDDEN, HEADS, FFN, LAYERS = 64, 32, 32, 4, 64, 2
 
 
@@ -101,6 +107,39 @@ class VitBlock(keras.layers.Layer):
         return h + self.fc2(gelu_erf(self.fc1(self.ln2(h))))
 
 
+class KerasBertLayer(keras.layers.Layer):
+    """A post-norm block with keras MultiHeadAttention: LN(x + MHA(x, x, mask)), then LN(h + FFN(h))."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.attention = keras.layers.MultiHeadAttention(HEADS, HIDDEN // HEADS)
+        self.ln1 = keras.layers.LayerNormalization(epsilon=1e-12)
+        self.fc1 = keras.layers.Dense(FFN)
+        self.fc2 = keras.layers.Dense(HIDDEN)
+        self.ln2 = keras.layers.LayerNormalization(epsilon=1e-12)
+
+    def call(self, x, mask):
+        h = self.ln1(x + self.attention(x, x, attention_mask=mask))
+        return self.ln2(h + self.fc2(gelu_erf(self.fc1(h))))
+
+
+class KerasBert(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.words = keras.layers.Embedding(VOCAB, HIDDEN, name="word_embeddings")
+        self.positions = self.add_weight(shape=(MAX_SEQ, HIDDEN), name="position_embeddings")
+        self.ln = keras.layers.LayerNormalization(epsilon=1e-12, name="embeddings_norm")
+        self.blocks = [KerasBertLayer(name=f"layer_{i}") for i in range(LAYERS)]
+
+    def call(self, input_ids, attention_mask):
+        seq = tf.shape(input_ids)[1]
+        x = self.ln(self.words(input_ids) + self.positions[:seq])
+        mask = tf.cast(attention_mask[:, tf.newaxis, :], tf.bool)
+        for block in self.blocks:
+            x = block(x, mask)
+        return x
+
+
 class Vit(keras.Model):
     def __init__(self):
         super().__init__()
@@ -160,6 +199,13 @@ def main() -> None:
     randomize(vit, rng)
     export(lambda images: vit(images), [tf.TensorSpec((None, 28, 28, 1), tf.float32, name="images")],
            args.out / "vit_tf.onnx")
+
+    keras_bert = KerasBert()
+    keras_bert(ids, tf.ones((1, 4), tf.int64))
+    randomize(keras_bert, rng)
+    export(lambda input_ids, attention_mask: keras_bert(input_ids, attention_mask),
+           [tf.TensorSpec((None, KERAS_SEQ), tf.int64, name="input_ids"),
+            tf.TensorSpec((None, KERAS_SEQ), tf.int64, name="attention_mask")], args.out / "bert_keras.onnx")
 
 
 if __name__ == "__main__":
