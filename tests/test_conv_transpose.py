@@ -145,7 +145,7 @@ def test_patches_and_statistics_equal_the_definition(spec, seed):
                         ([2, 1], StatsMode.GRAPH)):
         stats = stats_of(normalized, c, feeds, sizes, mode)
         assert stats.rows == reference.rows
-        tol = 1e-9 if mode is StatsMode.GRAPH else 1e-5  # the host's products run in float32 (weighted_stats)
+        tol = 1e-9 if mode is StatsMode.GRAPH else 1e-5  # the host's products run in float32 (RunningSums)
         for got, want in ((stats.gram, reference.gram), (stats.cross, reference.cross), (stats.yy, reference.yy)):
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol * max(1.0, np.abs(want).max()))
 

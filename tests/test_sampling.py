@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from test_statistics import assert_same_stats, batches_of, setup
 
 from onnxprune.analysis.consumers import Consumer
-from onnxprune.calibration.layer_stats import stats_from_data, weighted_stats
+from onnxprune.calibration.layer_stats import RunningSums, stats_from_data
 from onnxprune.calibration.sampling import ALL_ROWS, RowSampling
 from onnxprune.calibration.statistics import StatsMode, collect, host_stats
 from onnxprune.cli import main
@@ -104,27 +104,54 @@ def test_sampled_host_statistics_equal_the_graphs_and_split_alike(factory):
     assert any(host[c.node].drawn is not None for c in consumers)
 
 
-@pytest.mark.parametrize("offset, noise", [(50.0, 1e-3), (0.1, 0.0)])
-def test_float32_products_keep_the_reconstruction_of_an_ill_conditioned_layer(offset, noise):
+@pytest.mark.parametrize("offset, noise, parts", [(50.0, 1e-3, 1), (0.1, 0.0, 1), (50.0, 1e-3, 40), (0.1, 0.0, 40)])
+def test_float32_products_keep_the_reconstruction_of_an_ill_conditioned_layer(offset, noise, parts):
     """A layer whose 4th input is (nearly or exactly) a combination of three others, far from
     zero-mean or not: condition number above 1e11. Ridge reconstructions from the float32
     statistics fit the float64 statistics as well as the float64 ones do, at every ridge of
-    the grid, to 1e-6 of the output energy."""
+    the grid, to 1e-6 of the output energy; also when the rows come in 40 parts (a batch run in
+    slices) whose means drift away from the first part's, the shift of all of them."""
     rng = np.random.default_rng(0)
     r, q = 20000, 12
-    x = rng.random((r, q)) * 2 + offset
+    x = rng.random((r, q)) * 2 + offset + np.linspace(0, offset / 2, r)[:, None]  # drifting means
     x[:, 3] = x[:, 1] + x[:, 2] - x[:, 0] + noise * rng.standard_normal(r)
     x = x.astype(np.float32)
     theta = rng.standard_normal((q + 1, 4))
     y = (x @ theta[:-1] + theta[-1] + 0.01 * rng.standard_normal((r, 4))).astype(np.float32)
     exact = stats_from_data(x.astype(np.float64), y.astype(np.float64))
-    fast = weighted_stats(x, y)
+    sums = RunningSums(q, 4)
+    for part in np.array_split(np.arange(r), parts):
+        sums.add(x[part], y[part])
+    fast = sums.stats()
     assert np.linalg.cond(exact.gram) > 1e11
     keep, theta0 = np.arange(q), np.zeros_like(theta)
     for alpha in ALPHA_GRID:
         best = error(exact, ridge_solve(exact, keep, 1, theta0, alpha))
         got = error(exact, ridge_solve(fast, keep, 1, theta0, alpha))
         assert abs(got - best) <= 1e-6 * exact.energy
+
+
+def test_running_sums_of_parts_are_the_statistics_of_all_their_rows():
+    """Parts of any size (empty ones too), each of weight w, sum to the float64 statistics of all
+    rows weighted by w, to float32 rounding; the rows read are counted, the weighted count is exact;
+    a part of another weight counts as that weight."""
+    rng = np.random.default_rng(3)
+    x = (rng.random((500, 7)) * 3 + 10).astype(np.float32)
+    y = (rng.standard_normal((500, 3)) + 2).astype(np.float32)
+    sums = RunningSums(7, 3)
+    for a, b in [(0, 0), (0, 1), (1, 120), (120, 120), (120, 500)]:
+        sums.add(x[a:b], y[a:b], 4.0)
+    got, exact = sums.stats(), stats_from_data(x.astype(np.float64), y.astype(np.float64))
+    for name in ("gram", "cross", "yy"):
+        np.testing.assert_allclose(getattr(got, name), 4.0 * getattr(exact, name), rtol=1e-5)
+    assert (got.rows, got.drawn) == (2000, 500)
+    sums.add(x[:10], y[:10], 2.0)
+    mixed = sums.stats()
+    whole = 4.0 * exact.gram + 2.0 * stats_from_data(x[:10].astype(np.float64), y[:10].astype(np.float64)).gram
+    np.testing.assert_allclose(mixed.gram, whole, rtol=1e-5)
+    assert (mixed.rows, mixed.drawn) == (2020, 510)
+    empty = RunningSums(7, 3).stats()
+    assert empty.gram.shape == (8, 8) and empty.cross.shape == (8, 3) and empty.rows == 0 and not empty.gram.any()
 
 
 def test_calib_rows_must_not_be_negative(tmp_path):

@@ -175,7 +175,7 @@ def test_statistics_with_padding_equal_those_of_the_real_tokens():
     expected = stats_from_data(np.concatenate(real_x), np.concatenate(real_y))
     assert padded.rows == expected.rows == sum(lengths)
     for got, want in [(padded.gram, expected.gram), (padded.cross, expected.cross), (padded.yy, expected.yy)]:
-        # the host's products run in float32 (layer_stats.weighted_stats): equal to its rounding
+        # the host's products run in float32 (layer_stats.RunningSums): equal to its rounding
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 

@@ -11,7 +11,7 @@ terms between blocks, which no weight uses.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,11 +34,10 @@ class BlockStats:
         return self.blocks[0].rows
 
 
-def block_stats(reduce: Callable[[np.ndarray, np.ndarray, Consumer], LayerStats], x: np.ndarray, y: np.ndarray,
-                c: Consumer) -> BlockStats:
-    """Statistics of a batch for the grouped consumer ``c`` (input x, target y): each block's as
-    those of a Conv with group 1 reading C_in / g channels (``reduce``: host or graph)."""
+def blocks_of(x: np.ndarray, y: np.ndarray, c: Consumer) -> Iterator[tuple[np.ndarray, np.ndarray, Consumer]]:
+    """The grouped consumer ``c``'s input x and target y block by block, each block's consumer a
+    Conv with group 1 reading C_in / g channels: (x_j, y_j, c_j) for j < g."""
     a, b = x.shape[1] // c.groups, y.shape[1] // c.groups
     one = replace(c, channels=a, groups=1)
-    return BlockStats(tuple(reduce(np.ascontiguousarray(x[:, j * a:(j + 1) * a]),
-                                   np.ascontiguousarray(y[:, j * b:(j + 1) * b]), one) for j in range(c.groups)))
+    for j in range(c.groups):
+        yield np.ascontiguousarray(x[:, j * a:(j + 1) * a]), np.ascontiguousarray(y[:, j * b:(j + 1) * b]), one

@@ -49,42 +49,78 @@ def stats_from_data(x: np.ndarray, y: np.ndarray) -> LayerStats:
     return LayerStats(xa.T @ xa, xa.T @ y, np.sum(y**2, axis=0), len(x))
 
 
+class RunningSums:
+    """The statistics of rows that arrive in parts (chunks of a batch, slices, batches), summed
+    as they come: G = w Xa^T Xa, C = w Xa^T Y, yy = w sum(Y^2), rows = w r (``LayerStats``).
 
-
-def weighted_stats(x: np.ndarray, y: np.ndarray, weight: float = 1.0) -> LayerStats:
-    """Statistics of rows x (r x q) and targets y (r x m), every row of weight w (sampling.py):
-    G = w Xa^T Xa, C = w Xa^T Y with Xa = [x 1], yy = w sum(Y^2), rows = w r.
-
-    The two products run in the rows' precision (float32: twice the speed of float64) on rows
-    shifted by their means, X = Xc + 1 mu^T and Y = Yc + 1 nu^T (mu, nu rounded to that
-    precision, so the shift is exact), and the means' terms are added in float64:
+    The products run in the rows' precision (float32: twice the speed of float64) on rows
+    shifted by one fixed shift, that of the first part's means, X = Xc + 1 mu^T and Y = Yc + 1 nu^T
+    (mu, nu rounded to that precision, so the shift is exact), and are added up in float64
+    with the shift's terms added once at the end:
 
         X^T X = Xc^T Xc + sx mu^T + mu sx^T + r mu mu^T,   X^T 1 = sx + r mu,   sx = 1^T Xc,
         X^T Y = Xc^T Yc + sx nu^T + mu (1^T Y)^T,
 
     so the rounding error is relative to the rows' spread, not to their size (post-ReLU
-    activations are far from zero-mean)."""
-    r, q = x.shape
-    mu = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
-    nu = y.mean(axis=0, dtype=np.float64).astype(y.dtype)
-    xc, yc = x - mu, y - nu
-    mu64, nu64 = mu.astype(np.float64), nu.astype(np.float64)
-    sx, sy = xc.sum(axis=0, dtype=np.float64), y.sum(axis=0, dtype=np.float64)
-    gram = np.empty((q + 1, q + 1))
-    xx = gram[:q, :q]
-    xx[...] = xc.T @ xc  # a plain GEMM: faster here than syrk on half the matrix
-    xx += np.outer(sx, mu64)
-    xx += np.outer(mu64, sx)
-    xx += r * np.outer(mu64, mu64)
-    gram[:q, q] = gram[q, :q] = sx + r * mu64
-    gram[q, q] = r
-    cross = np.empty((q + 1, y.shape[1]))
-    cross[:q] = xc.T @ yc
-    cross[:q] += np.outer(sx, nu64) + np.outer(mu64, sy)
-    cross[q] = sy
-    yy = np.einsum("ij,ij->j", y, y, dtype=np.float64)
-    if weight != 1.0:
-        gram *= weight
-        cross *= weight
-        yy *= weight
-    return LayerStats(gram, cross, yy, int(round(weight * r)), r if weight != 1.0 else None)
+    activations are far from zero-mean), and a part costs its products and one addition of
+    each: a wide consumer read in many small parts (a batch run in slices) spends its time in
+    the products, not in p x p corrections. Every part of a consumer has the same weight
+    (sampling.py: P / s); one of another weight is rescaled to the first's."""
+
+    def __init__(self, width: int, outputs: int):
+        """Sums for rows of ``width`` values (the ones column comes in ``stats``) and ``outputs`` targets."""
+        self.width, self.outputs = width, outputs
+        self.weight: float | None = None
+        self.rows = 0.0  # in units of the first part's weight
+        self.read = 0  # rows actually read
+
+    def add(self, x: np.ndarray, y: np.ndarray, weight: float = 1.0) -> None:
+        r = x.shape[0]
+        if r == 0:
+            return
+        if self.weight is None:
+            self.weight = weight
+            self.mu = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
+            self.nu = y.mean(axis=0, dtype=np.float64).astype(y.dtype)
+            q, m = self.width, self.outputs
+            self.xx, self.xy = np.zeros((q, q)), np.zeros((q, m))
+            self.sx, self.sy, self.yy = np.zeros(q), np.zeros(m), np.zeros(m)
+        scale = weight / self.weight
+        xc, yc = x - self.mu, y - self.nu
+        xx, xy = xc.T @ xc, xc.T @ yc  # plain GEMMs: faster here than syrk on half the matrix
+        if scale != 1.0:
+            xx, xy = xx * scale, xy * scale
+        self.xx += xx
+        self.xy += xy
+        self.sx += scale * xc.sum(axis=0, dtype=np.float64)
+        self.sy += scale * y.sum(axis=0, dtype=np.float64)
+        self.yy += scale * np.einsum("ij,ij->j", y, y, dtype=np.float64)
+        self.rows += r * scale
+        self.read += r
+
+    def stats(self) -> LayerStats:
+        """The sums as ``LayerStats`` (zeros where no row came: a batch of padding only)."""
+        if self.weight is None:
+            q, m = self.width + 1, self.outputs
+            return LayerStats(np.zeros((q, q)), np.zeros((q, m)), np.zeros(m), 0)
+        q, r, weight = self.xx.shape[0], self.rows, self.weight
+        mu, nu = self.mu.astype(np.float64), self.nu.astype(np.float64)
+        gram = np.empty((q + 1, q + 1))
+        xx = gram[:q, :q]
+        xx[...] = self.xx
+        xx += np.outer(self.sx, mu)
+        xx += np.outer(mu, self.sx)
+        xx += r * np.outer(mu, mu)
+        gram[:q, q] = gram[q, :q] = self.sx + r * mu
+        gram[q, q] = r
+        cross = np.empty((q + 1, self.xy.shape[1]))
+        cross[:q] = self.xy
+        cross[:q] += np.outer(self.sx, nu) + np.outer(mu, self.sy)
+        cross[q] = self.sy
+        yy = self.yy.copy()
+        if weight != 1.0:
+            gram *= weight
+            cross *= weight
+            yy *= weight
+        weighted = weight != 1.0 or r != self.read
+        return LayerStats(gram, cross, yy, int(round(weight * r)), self.read if weighted else None)

@@ -21,7 +21,7 @@ output positions, weighted to unbiased estimates of the full ones (sampling.py,
 ``Calibration.rows_per_column``; 0 reads every row).
 
 Statistics are reduced on the host (numpy: float32 products around the rows' means,
-``layer_stats.weighted_stats``) or inside an onnxruntime graph: the patches come from a
+``layer_stats.RunningSums``) or inside an onnxruntime graph: the patches come from a
 Conv with one-hot (Dirac) kernels, which copies values exactly, the drawn rows from a
 Gather, and G and C from float64 MatMuls, so only small matrices leave the runtime.
 """
@@ -41,8 +41,8 @@ from ..analysis.consumers import Consumer
 from ..errors import OnnxPruneError
 from ..graph.probe import probe_model
 from ..graph.runtime import CPU, run_all, session
-from .grouped import block_stats
-from .layer_stats import LayerStats, weighted_stats
+from .grouped import BlockStats, blocks_of
+from .layer_stats import LayerStats, RunningSums
 from .sampling import ALL_ROWS, DEFAULT_ROWS_PER_COLUMN, RowSampling
 from .transposed import direct_input, direct_pads
 
@@ -165,28 +165,30 @@ def targets(y: np.ndarray, c: Consumer, pick: np.ndarray | None = None) -> np.nd
 
 def host_stats(x: np.ndarray, y: np.ndarray, c: Consumer, rows: RowSampling = ALL_ROWS, batch: int = 0,
                chunk_bytes: int = 32 << 20, part: Part | None = None) -> LayerStats:
-    """Statistics of one batch on the host, in chunks of whole samples so that memory stays near
+    """Statistics of one batch on the host (``add_host_stats``)."""
+    sums = RunningSums(c.columns - 1, y.shape[1])
+    add_host_stats(sums, x, y, c, rows, batch, chunk_bytes, part)
+    return sums.stats()
+
+
+def add_host_stats(sums: RunningSums, x: np.ndarray, y: np.ndarray, c: Consumer, rows: RowSampling = ALL_ROWS,
+                   batch: int = 0, chunk_bytes: int = 32 << 20, part: Part | None = None) -> None:
+    """Adds one batch's rows to ``sums``, in chunks of whole samples so that memory stays near
     ``chunk_bytes`` per consumer: the rows ``rows`` draws for batch number ``batch`` (all by
-    default; ``part``: x and y are a slice of the batch), each chunk's products in float32 around
-    its mean (``weighted_stats``)."""
+    default; ``part``: x and y are a slice of the batch), each chunk's products in float32
+    (``layer_stats.RunningSums``)."""
     positions = int(np.prod(y.shape[2:], dtype=np.int64))
     n, p = x.shape[0], c.columns
     drawn = rows.draw(c.node, batch, n, positions, p, *((part.first, part.total) if part else ()))
     pick, weight = drawn if drawn is not None else (None, 1.0)
     per_sample = positions if pick is None else len(pick) // n
     step = max(1, chunk_bytes // (per_sample * p * 4))
-    total = None
     for start in range(0, n, step):
         stop = min(n, start + step)
         local = None if pick is None else pick[start * per_sample:stop * per_sample] - start * positions
         xs = augmented(x[start:stop], c, np.dtype(np.float32), local, ones=False)
         ys = np.asarray(targets(y[start:stop], c, local), dtype=np.float32)
-        s = weighted_stats(xs, ys, weight)
-        total = s if total is None else total + s
-    if total is None:  # no rows (a batch of padding only)
-        m = y.shape[1]
-        return LayerStats(np.zeros((p, p)), np.zeros((p, m)), np.zeros(m), 0)
-    return total
+        sums.add(xs, ys, weight)
 
 
 def stats_graph(c: Consumer, x_shape: tuple[int, ...], m: int, dtype=np.float32, sampled: bool = False,
@@ -359,24 +361,38 @@ def accumulate_parts(parts: Iterable[tuple[Part, dict[str, np.ndarray], dict[str
                      device_providers: list[str] | None = None, holdout_every: int = 0,
                      on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
                      ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
-    """``accumulate`` over slices of batches (``Part``; total 0: a whole batch, as ``draw`` reads it)."""
-    reduce = host_stats if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
-    fit: dict[str, LayerStats] = {}
-    holdout: dict[str, LayerStats] = {}
+    """``accumulate`` over slices of batches (``Part``; total 0: a whole batch, as ``draw`` reads it).
+    On the host each consumer's (or grouped conv block's) statistics are running sums that every
+    slice adds to (``RunningSums``); in a graph, per-slice ``LayerStats`` added up."""
+    graph = None if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
+    fit: dict[str, list] = {}
+    holdout: dict[str, list] = {}
     for part, xs, ys in parts:
         i = part.batch
         bucket = holdout if holdout_every and i % holdout_every == holdout_every - 1 else fit
-        def reduce_i(x: np.ndarray, y: np.ndarray, c: Consumer, i: int = i, part: Part = part) -> LayerStats:
-            return reduce(x, y, c, rows, i, part=part)
-
         for c in consumers:
             x, y = xs[c.input], ys[c.output]
             if c.op in ("Gemm", "MatMul"):
                 x, y = token_rows(x, y, xs.get(MASK))
-            s = reduce_i(x, y, c) if c.groups == 1 else block_stats(reduce_i, x, y, c)
-            bucket[c.node] = s if c.node not in bucket else bucket[c.node] + s
+            blocks = [(x, y, c)] if c.groups == 1 else list(blocks_of(x, y, c))
+            if graph is None:
+                sums = bucket.setdefault(c.node, [RunningSums(cb.columns - 1, yb.shape[1]) for _, yb, cb in blocks])
+                for (xb, yb, cb), into in zip(blocks, sums):
+                    add_host_stats(into, xb, yb, cb, rows, i, part=part)
+            else:
+                new = [graph(xb, yb, cb, rows, i, part=part) for xb, yb, cb in blocks]
+                bucket[c.node] = new if c.node not in bucket else [a + b for a, b in zip(bucket[c.node], new)]
         if on_batch is not None:
             on_batch(len(xs[consumers[0].input]))
     if not fit:
         raise OnnxPruneError("the calibration data has no samples")
-    return fit, holdout
+    groups = {c.node: c.groups for c in consumers}
+    return tuple({node: _finished(found, groups[node]) for node, found in bucket.items()}  # type: ignore[return-value]
+                 for bucket in (fit, holdout))
+
+
+def _finished(found: list, groups: int) -> LayerStats | BlockStats:
+    """One consumer's statistics: its running sums (or graph statistics) per block as ``LayerStats``,
+    or as ``BlockStats`` for a grouped conv."""
+    blocks = [s.stats() if isinstance(s, RunningSums) else s for s in found]
+    return blocks[0] if groups == 1 else BlockStats(tuple(blocks))
