@@ -67,3 +67,29 @@ def test_the_vit_table_refuses_a_page_without_its_markers(tmp_path):
     with pytest.raises(SystemExit):
         bench_vit.replace_section(page, "table")
     assert page.read_text() == "no markers\n"
+
+
+def test_the_minilm_table_replaces_its_own_section_and_leaves_the_vit_table_alone(tmp_path):
+    bench_minilm, bench_vit = _tool("bench_minilm"), _tool("bench_vit")
+    page = tmp_path / "page.md"
+    vit = f"{bench_vit.BEGIN}\nvit table\n{bench_vit.END}"
+    page.write_text(f"# head\n\n{bench_minilm.BEGIN}\nold\n{bench_minilm.END}\n\n{vit}\n")
+    report = {"groups": [{"reason": "LayerNorm", "channels_after": 384, "head_dim": 0},
+                         {"reason": None, "channels_after": 11, "head_dim": 32},
+                         {"reason": None, "channels_after": 976, "head_dim": 0},
+                         {"reason": None, "channels_after": 10, "head_dim": 32},
+                         {"reason": None, "channels_after": 880, "head_dim": 0}]}
+    rows = [{"model": "minilm", "method": "original", "keep": 1.0, "macs_kept": 1.0, "cosine_mean": 1.0},
+            {"model": "minilm", "method": "reap+pro", "keep": 0.5, "cosine_mean": 0.9671, "cosine_min": 0.9312,
+             "neighbours": 0.7168, "macs_kept": 0.4996, "widths": bench_minilm.widths(report), "seconds": 67.2,
+             "peak_mib": 2355, "load": [2.04, 3.1]},
+            {"model": "minilm", "method": "nu", "keep": 0.5, "error": "error: cannot reach | 0.5"}]
+    for _ in range(2):
+        bench_vit.replace_section(page, bench_minilm.section(rows, "python tools/bench_minilm.py"),
+                                  bench_minilm.BEGIN, bench_minilm.END)
+    text = page.read_text()
+    assert text.startswith(f"# head\n\n{bench_minilm.BEGIN}\n") and text.endswith(f"{bench_minilm.END}\n\n{vit}\n")
+    assert "old" not in text and text.count(bench_minilm.BEGIN) == 1
+    assert ("| reap+pro | 0.967 / 0.931 / 0.717<br>MACs 50.0%, 11/10 h; 976/880<br>67 s, 2.3 GB, load 2.0 |"
+            in text)
+    assert "| nu | error: cannot reach \\| 0.5 |" in text

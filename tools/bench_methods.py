@@ -48,10 +48,11 @@ sys.stderr.write(f"@@ {time.perf_counter() - start} {peak} {code}\\n")
 """
 
 
-def prune_once(model: Path, method: str, keep: float, calib: Path, out: Path) -> dict:
-    """One prune in a child process: its JSON report, wall time (s) and peak memory (MiB)."""
+def prune_once(model: Path, method: str, keep: float, calib: Path, out: Path, extra: tuple[str, ...] = ()) -> dict:
+    """One prune in a child process: its JSON report, wall time (s) and peak memory (MiB); ``extra``: more
+    options (a method's `+a+b` adds `--a --b`)."""
     name, *flags = method.split("+")
-    args = ["prune", str(model), "-o", str(out), "--method", name, "--keep-flops", str(keep), "--json", "-q"]
+    args = ["prune", str(model), "-o", str(out), "--method", name, "--keep-flops", str(keep), "--json", "-q", *extra]
     args += [f"--{f}" for f in flags] + ([] if "pro" in flags else ["--no-pro"])  # PRO is on by default with data
     if name != "l1" or "pro" in flags:
         args += ["--calib", str(calib)]
@@ -169,7 +170,9 @@ def markdown(rows: list[dict], memory: list[dict], command: str, jobs: int = 1) 
     return "\n".join(lines)
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, key: str = "accuracy", label: str = "test accuracy (%)",
+         scale: float = 100.0) -> None:
+    """One panel per model: each method's ``key`` (times ``scale``) against its kept MACs."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,15 +181,15 @@ def plot(rows: list[dict], path: Path) -> None:
     models = list(dict.fromkeys(r["model"] for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        mine = [r for r in rows if r["model"] == model and "accuracy" in r]
-        base = next(r["accuracy"] for r in mine if r["method"] == "original")
+        mine = [r for r in rows if r["model"] == model and key in r]
+        base = next(r[key] for r in mine if r["method"] == "original")
         for method in dict.fromkeys(r["method"] for r in mine if r["method"] != "original"):
-            pts = sorted((r["macs_kept"], r["accuracy"]) for r in mine if r["method"] == method)
+            pts = sorted((r["macs_kept"], r[key]) for r in mine if r["method"] == method)
             pts.append((1.0, base))
-            ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=method)
+            ax.plot([p[0] for p in pts], [scale * p[1] for p in pts], marker="o", label=method)
         ax.set_title(model)
         ax.set_xlabel("kept MACs")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()

@@ -93,13 +93,13 @@ def section(rows: list[dict], command: str, epochs: int) -> str:
     return "\n".join(lines)
 
 
-def replace_section(page: Path, text: str) -> None:
-    """Put ``text`` between the page's BEGIN and END markers."""
+def replace_section(page: Path, text: str, begin: str = BEGIN, end: str = END) -> None:
+    """Put ``text`` between the page's ``begin`` and ``end`` markers."""
     content = page.read_text()
-    if BEGIN not in content or END not in content:
-        raise SystemExit(f"{page} has no {BEGIN} ... {END} markers")
-    head, rest = content.split(BEGIN, 1)
-    page.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    if begin not in content or end not in content:
+        raise SystemExit(f"{page} has no {begin} ... {end} markers")
+    head, rest = content.split(begin, 1)
+    page.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")
 
 
 def main() -> None:
