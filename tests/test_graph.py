@@ -154,3 +154,29 @@ def test_a_profiled_session_records_each_kernel_it_runs(tmp_path):
     kernels = [e for e in json.loads(path.read_text()) if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
     assert kernels and all(e["dur"] >= 0 for e in kernels)
     assert not runtime.session(model).get_session_options().enable_profiling  # off unless asked
+
+
+def test_calibration_runs_free_their_memory_and_timings_keep_the_arena(monkeypatch):
+    """The statistics' and the sequential pass's sessions run without onnxruntime's CPU memory
+    arena (each run's tensors are freed as it ends); sessions made otherwise keep it."""
+    from onnxprune import analyze, normalize
+    from onnxprune.analysis.consumers import reconstructable
+    from onnxprune.calibration import cache, statistics
+
+    made = []
+    real = runtime.session
+
+    def recording(*args, **kw):
+        made.append(real(*args, **kw).get_session_options().enable_cpu_mem_arena)
+        return real(*args, **kw)
+
+    model = FACTORIES["conv_chain"]()
+    assert runtime.session(model).get_session_options().enable_cpu_mem_arena
+    for module in (statistics, cache):
+        monkeypatch.setattr(module, "session", recording)
+    normalized, _ = normalize(model)
+    feeds = random_feeds(normalized, batch=4)
+    consumers = [c for cs in reconstructable(analyze(normalized, {}))[0].values() for c in cs]
+    statistics.collect(normalized, normalized, consumers, lambda: [feeds])
+    list(cache.SegmentRunner(lambda: [feeds], list(runtime.CPU), 1 << 20).run(normalized, [consumers[0].input]))
+    assert made == [False, False]

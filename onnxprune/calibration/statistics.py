@@ -51,10 +51,10 @@ HOLDOUT_EVERY = 4  # every 4th calibration batch is held out to choose the ridge
 MASK = "attention_mask"  # the model input that marks real tokens (nonzero) and padding (0)
 
 
-# The tensors one statistics run hands over, about: a batch runs in slices. Smaller slices cost
-# time (each adds every consumer's p x p products): ResNet-50's statistics of 64 images took 26.5 s
-# whole (4.7 GB), 34 s in 1 GB slices, 40-50 s in 512 MB ones (docs/PERFORMANCE.md).
-RUN_BYTES = 1 << 30
+# The tensors one statistics run hands over, about: a batch runs in slices. Since every slice
+# adds to running sums (RunningSums), 512 MB slices cost no more time than 1 GB ones on
+# ResNet-50 at 224 px and hold 2 GB less (docs/PERFORMANCE.md).
+RUN_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -311,14 +311,14 @@ def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consu
         return {MASK: feeds[MASK]} if MASK in feeds else {}
 
     if inputs_model is targets_model:  # one run gives both
-        both = session(probe_model(inputs_model, sorted(ins | outs)), device_providers)
+        both = session(probe_model(inputs_model, sorted(ins | outs)), device_providers, arena=False)
 
         def run(feeds):
             values = {**run_all(both, feeds), **mask(feeds)}
             return values, values
     else:
-        x_session = session(probe_model(inputs_model, sorted(ins)), device_providers)
-        y_session = session(probe_model(targets_model, sorted(outs)), device_providers)
+        x_session = session(probe_model(inputs_model, sorted(ins)), device_providers, arena=False)
+        y_session = session(probe_model(targets_model, sorted(outs)), device_providers, arena=False)
 
         def run(feeds):
             return {**run_all(x_session, feeds), **mask(feeds)}, run_all(y_session, feeds)
@@ -387,8 +387,10 @@ def accumulate_parts(parts: Iterable[tuple[Part, dict[str, np.ndarray], dict[str
     if not fit:
         raise OnnxPruneError("the calibration data has no samples")
     groups = {c.node: c.groups for c in consumers}
-    return tuple({node: _finished(found, groups[node]) for node, found in bucket.items()}  # type: ignore[return-value]
-                 for bucket in (fit, holdout))
+    for bucket in (fit, holdout):
+        for node in list(bucket):  # one at a time: a consumer's sums go as its statistics come
+            bucket[node] = _finished(bucket.pop(node), groups[node])
+    return fit, holdout  # type: ignore[return-value]
 
 
 def _finished(found: list, groups: int) -> LayerStats | BlockStats:

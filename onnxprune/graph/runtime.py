@@ -35,7 +35,8 @@ class Device(str, enum.Enum):
 
 
 def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | None = None, *, optimize: bool = True,
-            threads: int = 0, log_level: int = 4, profile: str | None = None) -> ort.InferenceSession:
+            threads: int = 0, log_level: int = 4, profile: str | None = None, arena: bool = True,
+            ) -> ort.InferenceSession:
     """An onnxruntime session of ``model`` (of any size) on ``providers`` (CPU by default).
 
     ``optimize``: all graph optimisations (fusions, layouts) or none, which keeps every
@@ -44,11 +45,15 @@ def session(model: onnx.ModelProto, providers: list[str] | tuple[str, ...] | Non
     calibration's short runs alternate with numpy work that needs the cores, and timings of
     several sessions with spinning pools on a shared machine are bimodal (docs/LATENCY.md),
     while without spinning they are stable and rank models alike. ``profile``: a file prefix for
-    onnxruntime's profiler (each kernel's time; ``end_profiling`` writes the file)."""
+    onnxruntime's profiler (each kernel's time; ``end_profiling`` writes the file). ``arena``:
+    onnxruntime's CPU memory arena, which keeps the largest run's memory until the session goes;
+    without it a run's tensors are freed as it ends: calibration runs hand over a gigabyte of
+    tensors each, and the arena held as much again beside them (docs/PERFORMANCE.md)."""
     check_threads(threads)
     options = ort.SessionOptions()
     options.log_severity_level = log_level
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = arena
     options.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
                                         else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     if threads:
