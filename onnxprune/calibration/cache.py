@@ -61,7 +61,7 @@ class SegmentRunner:
             sources = self.batches()
             computed = [n for n in dict.fromkeys(wanted + keep) if n not in inputs]
             segment = probe_model(model, computed) if computed else None
-        run = session(segment, self.providers, arena=False) if segment is not None else None  # memory freed per run
+        run = session(segment, self.providers) if segment is not None else None
         kept, size = [], 0
         for feeds in sources:
             values = dict(feeds)
