@@ -134,7 +134,7 @@ def test_float32_products_keep_the_reconstruction_of_an_ill_conditioned_layer(of
 def test_running_sums_of_parts_are_the_statistics_of_all_their_rows():
     """Parts of any size (empty ones too), each of weight w, sum to the float64 statistics of all
     rows weighted by w, to float32 rounding; the rows read are counted, the weighted count is exact;
-    a part of another weight counts as that weight."""
+    a part of another weight counts as that weight; finished sums take no more parts."""
     rng = np.random.default_rng(3)
     x = (rng.random((500, 7)) * 3 + 10).astype(np.float32)
     y = (rng.standard_normal((500, 3)) + 2).astype(np.float32)
@@ -145,6 +145,10 @@ def test_running_sums_of_parts_are_the_statistics_of_all_their_rows():
     for name in ("gram", "cross", "yy"):
         np.testing.assert_allclose(getattr(got, name), 4.0 * getattr(exact, name), rtol=1e-5)
     assert (got.rows, got.drawn) == (2000, 500)
+    with pytest.raises(ValueError, match="finished"):  # stats() finishes the sums in place
+        sums.add(x[:10], y[:10], 4.0)
+    sums = RunningSums(7, 3)
+    sums.add(x, y, 4.0)
     sums.add(x[:10], y[:10], 2.0)
     mixed = sums.stats()
     whole = 4.0 * exact.gram + 2.0 * stats_from_data(x[:10].astype(np.float64), y[:10].astype(np.float64)).gram

@@ -56,16 +56,18 @@ class RunningSums:
     The products run in the rows' precision (float32: twice the speed of float64) on rows
     shifted by one fixed shift, that of the first part's means, X = Xc + 1 mu^T and Y = Yc + 1 nu^T
     (mu, nu rounded to that precision, so the shift is exact), and are added up in float64
-    with the shift's terms added once at the end:
+    with the shift's terms added once at the end, with a = sx + r mu / 2:
 
-        X^T X = Xc^T Xc + sx mu^T + mu sx^T + r mu mu^T,   X^T 1 = sx + r mu,   sx = 1^T Xc,
+        X^T X = Xc^T Xc + a mu^T + mu a^T,   X^T 1 = sx + r mu,   sx = 1^T Xc,
         X^T Y = Xc^T Yc + sx nu^T + mu (1^T Y)^T,
 
     so the rounding error is relative to the rows' spread, not to their size (post-ReLU
     activations are far from zero-mean), and a part costs its products and one addition of
     each: a wide consumer read in many small parts (a batch run in slices) spends its time in
-    the products, not in p x p corrections. Every part of a consumer has the same weight
-    (sampling.py: P / s); one of another weight is rescaled to the first's."""
+    the products, not in p x p corrections. The sums are the result's own arrays, finished in
+    place by ``stats`` (no second p x p copy: freed copies of tens of MB stay in the process's
+    heap). Every part of a consumer has the same weight (sampling.py: P / s); one of another
+    weight is rescaled to the first's."""
 
     def __init__(self, width: int, outputs: int):
         """Sums for rows of ``width`` values (the ones column comes in ``stats``) and ``outputs`` targets."""
@@ -73,8 +75,11 @@ class RunningSums:
         self.weight: float | None = None
         self.rows = 0.0  # in units of the first part's weight
         self.read = 0  # rows actually read
+        self.done = False
 
     def add(self, x: np.ndarray, y: np.ndarray, weight: float = 1.0) -> None:
+        if self.done:
+            raise ValueError("these sums were finished by stats()")
         r = x.shape[0]
         if r == 0:
             return
@@ -83,41 +88,45 @@ class RunningSums:
             self.mu = x.mean(axis=0, dtype=np.float64).astype(x.dtype)
             self.nu = y.mean(axis=0, dtype=np.float64).astype(y.dtype)
             q, m = self.width, self.outputs
-            self.xx, self.xy = np.zeros((q, q)), np.zeros((q, m))
+            self.gram, self.cross = np.zeros((q + 1, q + 1)), np.zeros((q + 1, m))
             self.sx, self.sy, self.yy = np.zeros(q), np.zeros(m), np.zeros(m)
         scale = weight / self.weight
         xc, yc = x - self.mu, y - self.nu
         xx, xy = xc.T @ xc, xc.T @ yc  # plain GEMMs: faster here than syrk on half the matrix
         if scale != 1.0:
             xx, xy = xx * scale, xy * scale
-        self.xx += xx
-        self.xy += xy
+        q = self.width
+        self.gram[:q, :q] += xx
+        self.cross[:q] += xy
         self.sx += scale * xc.sum(axis=0, dtype=np.float64)
         self.sy += scale * y.sum(axis=0, dtype=np.float64)
         self.yy += scale * np.einsum("ij,ij->j", y, y, dtype=np.float64)
         self.rows += r * scale
         self.read += r
 
-    def stats(self) -> LayerStats:
-        """The sums as ``LayerStats`` (zeros where no row came: a batch of padding only)."""
+    def stats(self, block: int = 256) -> LayerStats:
+        """The sums as ``LayerStats`` (zeros where no row came: a batch of padding only), finished
+        in place, ``block`` rows of the p x p corrections at a time (no p x p temporaries)."""
         if self.weight is None:
             q, m = self.width + 1, self.outputs
             return LayerStats(np.zeros((q, q)), np.zeros((q, m)), np.zeros(m), 0)
-        q, r, weight = self.xx.shape[0], self.rows, self.weight
+        if self.done:
+            raise ValueError("these sums were finished by stats()")
+        self.done = True
+        q, r, weight = self.width, self.rows, self.weight
         mu, nu = self.mu.astype(np.float64), self.nu.astype(np.float64)
-        gram = np.empty((q + 1, q + 1))
-        xx = gram[:q, :q]
-        xx[...] = self.xx
-        xx += np.outer(self.sx, mu)
-        xx += np.outer(mu, self.sx)
-        xx += r * np.outer(mu, mu)
+        gram, cross = self.gram, self.cross
+        a = self.sx + (r / 2) * mu
+        for i in range(0, q, block):
+            rows = slice(i, min(q, i + block))
+            gram[rows, :q] += np.outer(a[rows], mu)
+            gram[rows, :q] += np.outer(mu[rows], a)
+            cross[rows] += np.outer(self.sx[rows], nu)
+            cross[rows] += np.outer(mu[rows], self.sy)
         gram[:q, q] = gram[q, :q] = self.sx + r * mu
         gram[q, q] = r
-        cross = np.empty((q + 1, self.xy.shape[1]))
-        cross[:q] = self.xy
-        cross[:q] += np.outer(self.sx, nu) + np.outer(mu, self.sy)
         cross[q] = self.sy
-        yy = self.yy.copy()
+        yy = self.yy
         if weight != 1.0:
             gram *= weight
             cross *= weight
