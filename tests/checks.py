@@ -11,6 +11,7 @@ from builders import run
 from onnxprune import analyze, normalize
 from onnxprune.analysis.cost import MacPredictor, ParamPredictor, model_cost
 from onnxprune.analysis.groups import Analysis, EditKind
+from onnxprune.calibration.statistics import collect
 from onnxprune.graph.convert import to_graph, to_model
 from onnxprune.methods.l1 import select
 from onnxprune.prune import proxy_choice
@@ -23,6 +24,18 @@ def assert_same_outputs(a: onnx.ModelProto, b: onnx.ModelProto, feeds: dict, rto
     for x, y in zip(run(a, feeds), run(b, feeds), strict=True):
         assert x.shape == y.shape
         np.testing.assert_allclose(y, x, rtol=rtol, atol=atol)
+
+
+def assert_padding_left_out(normalized: onnx.ModelProto, consumers: list, padded: dict, alone: list[dict],
+                            real_tokens: int) -> None:
+    """The statistics of a padded batch equal those of the same sequences fed ``alone`` at their
+    own lengths: both hold the ``real_tokens`` rows only, and the same G and C."""
+    fit, _ = collect(normalized, normalized, consumers, lambda: iter([padded]))
+    ref, _ = collect(normalized, normalized, consumers, lambda: iter(alone))
+    for c in consumers:
+        assert fit[c.node].rows == ref[c.node].rows == real_tokens
+        np.testing.assert_allclose(fit[c.node].gram, ref[c.node].gram, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(fit[c.node].cross, ref[c.node].cross, rtol=1e-4, atol=1e-4)
 
 
 def random_keep(analysis: Analysis, rng: np.random.Generator) -> dict[int, np.ndarray]:

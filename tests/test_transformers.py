@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 from builders import run
-from checks import assert_same_outputs, random_keep, zero_consumer_weights
+from checks import assert_padding_left_out, assert_same_outputs, random_keep, zero_consumer_weights
 from click.testing import CliRunner
 from encoders import ACTIVATIONS, EncoderBuilder, EncoderSpec, encoder_feeds, encoder_specs
 from hypothesis import given, settings
@@ -18,7 +18,7 @@ from onnxprune.analysis.consumers import Consumer, reconstructable
 from onnxprune.analysis.cost import cost_of
 from onnxprune.calibration.layer_stats import stats_from_data
 from onnxprune.calibration.cache import SegmentRunner
-from onnxprune.calibration.statistics import MASK, Calibration, collect, host_stats, token_rows
+from onnxprune.calibration.statistics import MASK, Calibration, host_stats, token_rows
 from onnxprune.cli import main
 from onnxprune.config import Method
 from onnxprune.widths.budget import kept_count
@@ -193,12 +193,7 @@ def test_calibration_with_attention_mask_sees_only_real_tokens():
     padded = encoder_feeds(spec, batch=4, seed=3, lengths=lengths)
     alone = [{"input": padded["input"][i:i + 1, :n], "attention_mask": np.ones((1, n), np.int64)}
              for i, n in enumerate(lengths)]
-    fit, _ = collect(normalized, normalized, consumers, lambda: iter([padded]))
-    ref, _ = collect(normalized, normalized, consumers, lambda: iter(alone))
-    for c in consumers:
-        assert fit[c.node].rows == ref[c.node].rows == sum(lengths)
-        np.testing.assert_allclose(fit[c.node].gram, ref[c.node].gram, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(fit[c.node].cross, ref[c.node].cross, rtol=1e-4, atol=1e-4)
+    assert_padding_left_out(normalized, consumers, padded, alone, sum(lengths))
 
 
 @pytest.mark.parametrize("stats", ["host", "graph"])
