@@ -72,17 +72,27 @@ class BertLayer(keras.layers.Layer):
         return self.ln2(h + self.fc2(gelu_erf(self.fc1(h))))
 
 
-class Bert(keras.Model):
-    def __init__(self):
+class Embedded(keras.Model):
+    """BERT's embeddings (words, positions, LayerNorm), then LAYERS blocks of ``block``."""
+
+    def __init__(self, block: type):
         super().__init__()
         self.words = keras.layers.Embedding(VOCAB, HIDDEN, name="word_embeddings")
         self.positions = self.add_weight(shape=(MAX_SEQ, HIDDEN), name="position_embeddings")
         self.ln = keras.layers.LayerNormalization(epsilon=1e-12, name="embeddings_norm")
-        self.blocks = [BertLayer(name=f"layer_{i}") for i in range(LAYERS)]
+        self.blocks = [block(name=f"layer_{i}") for i in range(LAYERS)]
+
+    def embed(self, input_ids):
+        seq = tf.shape(input_ids)[1]
+        return self.ln(self.words(input_ids) + self.positions[:seq])
+
+
+class Bert(Embedded):
+    def __init__(self):
+        super().__init__(BertLayer)
 
     def call(self, input_ids, attention_mask):
-        seq = tf.shape(input_ids)[1]
-        x = self.ln(self.words(input_ids) + self.positions[:seq])
+        x = self.embed(input_ids)
         mask = tf.cast(attention_mask[:, tf.newaxis, tf.newaxis, :], tf.float32)
         mask_bias = (1.0 - mask) * -10000.0
         for block in self.blocks:
@@ -123,17 +133,12 @@ class KerasBertLayer(keras.layers.Layer):
         return self.ln2(h + self.fc2(gelu_erf(self.fc1(h))))
 
 
-class KerasBert(keras.Model):
+class KerasBert(Embedded):
     def __init__(self):
-        super().__init__()
-        self.words = keras.layers.Embedding(VOCAB, HIDDEN, name="word_embeddings")
-        self.positions = self.add_weight(shape=(MAX_SEQ, HIDDEN), name="position_embeddings")
-        self.ln = keras.layers.LayerNormalization(epsilon=1e-12, name="embeddings_norm")
-        self.blocks = [KerasBertLayer(name=f"layer_{i}") for i in range(LAYERS)]
+        super().__init__(KerasBertLayer)
 
     def call(self, input_ids, attention_mask):
-        seq = tf.shape(input_ids)[1]
-        x = self.ln(self.words(input_ids) + self.positions[:seq])
+        x = self.embed(input_ids)
         mask = tf.cast(attention_mask[:, tf.newaxis, :], tf.bool)
         for block in self.blocks:
             x = block(x, mask)
