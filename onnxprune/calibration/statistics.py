@@ -52,8 +52,8 @@ MASK = "attention_mask"  # the model input that marks real tokens (nonzero) and 
 
 
 # The tensors one statistics run hands over, about: a batch runs in slices. Since every slice
-# adds to running sums (RunningSums), 512 MB slices cost no more time than 1 GB ones on
-# ResNet-50 at 224 px and hold 2 GB less (docs/PERFORMANCE.md).
+# adds to running sums (RunningSums), 512 MB slices took no longer than 1 GB ones for ResNet-50's
+# statistics at 224 px (one run each, machine shared) and held 2 GB less (docs/PERFORMANCE.md).
 RUN_BYTES = 512 << 20
 
 
