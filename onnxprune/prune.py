@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Callable
@@ -156,6 +157,9 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
             counts, trace = choice.counts, choice.steps
         else:
             counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget, steps)
+    # PRO's candidates keep models, sessions and activations in reference cycles (kept activations call
+    # back into their runner): freed now, not when the collector next runs, deep into the pass below
+    gc.collect()
     done = method.prune(normalized, analysis, counts, calibration, progress)
     pruned, keep, notes = done.model, done.keep, done.notes
     validate(pruned, config.input_shapes, given, sample,

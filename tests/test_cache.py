@@ -9,7 +9,8 @@ from test_sequential import calibration
 from onnxprune import PruneConfig, normalize, prune
 from onnxprune.calibration.cache import SegmentRunner, pairs
 from onnxprune.graph.probe import live_tensors
-from onnxprune.calibration.statistics import Calibration
+from onnxprune.calibration.statistics import Calibration, samples_per_run, slices
+from onnxprune.graph.shapes import infer_shapes
 from onnxprune.config import Method
 from onnxprune.graph.probe import probe_model
 
@@ -17,13 +18,14 @@ MODELS = ["conv_chain", "basic_block_net", "bottleneck_net", "densenet_like", "c
           "flatten_gemm_net", "mobilenetv2_block_net"]
 
 
-def counting(batches):
-    """The batch factory, and a list that gets one entry each time the data is read."""
+def counting(batches, size=0):
+    """A runner's data (the batches as parts, in slices of ``size`` samples, 0: whole), and a list
+    that gets one entry each time the data is read."""
     calls = []
 
     def wrapped():
         calls.append(1)
-        return batches()
+        return slices(batches(), size)
     return wrapped, calls
 
 
@@ -66,11 +68,12 @@ def test_the_runner_resumes_from_the_cut_and_gives_the_same_values():
     names = everything(model)
     convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
     last = names[-1]
-    first = [b[names[2]] for b in runner.run(model, [names[2]], keep_before=convs[2])]
+    first = [b[names[2]] for _, b in runner.run(model, [names[2]], keep_before=convs[2])]
     assert len(reads) == 1 and runner.cut > 0
-    resumed = [b[last] for b in runner.run(model, [last], keep_before=convs[-1])]
+    resumed = [b[last] for _, b in runner.run(model, [last], keep_before=convs[-1])]
     assert len(reads) == 1, "the second run should start from the kept activations"
-    fresh = [b[last] for b in SegmentRunner(calib.batches, ["CPUExecutionProvider"], 0).run(model, [last])]
+    fresh = [b[last] for _, b in
+             SegmentRunner(counting(calib.batches)[0], ["CPUExecutionProvider"], 0).run(model, [last])]
     assert len(first) == len(resumed) == 3
     for a, b in zip(resumed, fresh):  # optimised sessions may fuse differently across the cut
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -91,7 +94,7 @@ def test_the_runner_starts_from_the_input_when_the_cache_cannot_serve():
     batches, reads = counting(calib.batches)
     runner = SegmentRunner(batches, ["CPUExecutionProvider"], 1 << 30)
     list(runner.run(model, [names[-1]], keep_before=convs[-1]))
-    early = [b[names[0]] for b in runner.run(model, [names[0]])]
+    early = [b[names[0]] for _, b in runner.run(model, [names[0]])]
     assert len(reads) == 2
     np.testing.assert_allclose(early[0], probe(model, [names[0]], next(calib.batches()))[names[0]], rtol=1e-5, atol=1e-6)
     # a model whose nodes before the cut are not the same (by name)
@@ -171,3 +174,17 @@ def test_segments_take_shape_arithmetic_across_the_cut():
         got = run(segment, {i.name: full[i.name] for i in segment.graph.input})
         for name_, value in zip(outputs, got):
             np.testing.assert_allclose(value, full[name_], rtol=1e-6, atol=1e-6)
+
+
+def test_a_run_takes_as_many_samples_as_its_largest_activation_allows():
+    """samples_per_run: the budget over the largest tensor per sample (4 bytes a value); a model
+    that fixes its batch dim runs whole batches (0), since no slice could feed it."""
+    model, _ = normalize(FACTORIES["conv_chain"]())
+    shapes = infer_shapes(model)
+    largest = max(int(np.prod(s)) for s in shapes.values() if s and all(isinstance(d, int) for d in s))
+    assert samples_per_run(model, shapes, 40 * 4 * largest) == 40
+    assert samples_per_run(model, shapes, 1) == 1
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
+    assert samples_per_run(fixed, infer_shapes(fixed), 40 * 4 * largest) == 0

@@ -179,5 +179,5 @@ def test_calibration_runs_free_their_memory_and_timings_keep_the_arena(monkeypat
     feeds = random_feeds(normalized, batch=4)
     consumers = [c for cs in reconstructable(analyze(normalized, {}))[0].values() for c in cs]
     statistics.collect(normalized, normalized, consumers, lambda: [feeds])
-    list(cache.SegmentRunner(lambda: [feeds], list(runtime.CPU), 1 << 20).run(normalized, [consumers[0].input]))
+    list(cache.SegmentRunner(lambda: statistics.slices([feeds]), list(runtime.CPU), 1 << 20).run(normalized, [consumers[0].input]))
     assert made == [False, True]

@@ -590,3 +590,52 @@ def test_pro_frees_its_statistics_when_it_returns(monkeypatch):
         assert made and all(ref() is None for ref in made)
     finally:
         gc.enable()
+
+
+def test_reconstructions_keep_a_few_weights_per_group_and_rebuild_the_rest_alike():
+    """The search moves each group a rung at a time, so only its latest KEPT_WEIGHTS counts' weights
+    are kept; one asked for again after that is rebuilt to the same values (the ridge chosen once)."""
+    model = FACTORIES["conv_chain"](widths=(8, 16, 8))
+    *_, channels, rebuilt = reap_reconstructions(model, calibration(model))
+    g = max(channels, key=channels.get)
+    first = {node: theta.copy() for node, (_, theta, _) in rebuilt.weights(g, channels[g] - 1).items()}
+    for k in range(channels[g] - 2, channels[g] - 2 - pro.KEPT_WEIGHTS, -1):
+        rebuilt.weights(g, k)
+    assert len(rebuilt._cache[g]) == pro.KEPT_WEIGHTS
+    assert (channels[g] - 1, b"") not in rebuilt._cache[g]
+    again = rebuilt.weights(g, channels[g] - 1)
+    assert again.keys() == first.keys()
+    for node, (_, theta, _) in again.items():
+        np.testing.assert_array_equal(theta, first[node])
+
+
+def test_prune_frees_pros_candidates_before_the_sequential_pass(monkeypatch):
+    """PRO's candidates hold models, sessions and kept activations in reference cycles: prune
+    collects them before the sequential pass, which needs the memory (with the collector off)."""
+    import gc
+    import weakref
+
+    from onnxprune.methods import base
+    from onnxprune.widths import variants
+
+    made, alive = [], []
+    init, run_pass = variants.Variants.__init__, base.prune_sequential
+
+    def recording_init(self, *args, **kwargs):
+        made.append(weakref.ref(self))
+        init(self, *args, **kwargs)
+
+    def checking_pass(*args, **kwargs):
+        alive.append(sum(ref() is not None for ref in made))
+        return run_pass(*args, **kwargs)
+
+    monkeypatch.setattr(variants.Variants, "__init__", recording_init)
+    monkeypatch.setattr(base, "prune_sequential", checking_pass)
+    model = FACTORIES["conv_chain"](widths=(8, 16, 8))
+    gc.collect()
+    gc.disable()
+    try:
+        prune(model, PruneConfig(method=Method.REAP, pro=True, keep_flops=0.5, round_to=1), calibration(model))
+    finally:
+        gc.enable()
+    assert made and alive == [0]

@@ -19,6 +19,7 @@ from onnxprune.config import Method
 from onnxprune.graph.probe import probe_model
 from onnxprune.graph.runtime import run_all, session
 from onnxprune.methods.least_squares import SELECTION_ALPHA
+from onnxprune.methods import sequential
 from onnxprune.methods.sequential import prune_sequential
 from onnxprune.methods.weights import theta_of
 from oracles import reap_order_naive
@@ -122,6 +123,29 @@ def test_graph_statistics_give_the_same_pruning_as_host_statistics(name):
                   calibration(model, mode=StatsMode.GRAPH))
     feeds = random_feeds(model, batch=4, seed=2)
     np.testing.assert_allclose(run(graph.model, feeds)[0], run(host.model, feeds)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["basic_block_net", "c2f_like", "resnext_like"])
+def test_runs_in_slices_give_the_pruning_of_whole_batches(name, monkeypatch):
+    """The sequential pass runs its batches in slices (statistics.samples_per_run): slices of 3
+    samples read the rows that whole batches of 16 read (sampled, 2 per column) and give the same model."""
+    model = FACTORIES[name]()
+    config = PruneConfig(method=Method.REAP, ratio=0.5, round_to=1)
+    calib = calibration(model, rows_per_column=2)
+    whole = prune(model, config, calib)
+    sizes, real = [], sequential.slices
+
+    def recorded(batches, size):
+        for part, feeds in real(batches, size):
+            sizes.append(len(next(iter(feeds.values()))))
+            yield part, feeds
+    monkeypatch.setattr(sequential, "samples_per_run", lambda *_: 3)
+    monkeypatch.setattr(sequential, "slices", recorded)
+    sliced = prune(model, config, calib)
+    assert max(sizes) == 3 and sum(sizes) % 64 == 0
+    assert [c.channels_after for c in sliced.groups] == [c.channels_after for c in whole.groups]
+    feeds = random_feeds(model, batch=4, seed=2)
+    np.testing.assert_allclose(run(sliced.model, feeds)[0], run(whole.model, feeds)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_groups_that_cannot_be_reconstructed_are_left_alone_and_reported():

@@ -227,7 +227,7 @@ def test_the_attention_mask_travels_with_the_kept_activations():
     list(runner.run(normalized, [fc2[0].input[0], MASK], keep_before=fc2[1].name))
     resumed = list(runner.run(normalized, [fc2[1].input[0], MASK]))
     assert len(reads) == 1 and runner.cut == 0
-    for got, want in zip(resumed, calib.batches(), strict=True):
+    for (_, got), want in zip(resumed, calib.batches(), strict=True):
         np.testing.assert_array_equal(got[MASK], want[MASK])
 
 

@@ -14,7 +14,7 @@ way (and runs start from the input) when it would exceed its byte budget.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import zip_longest
 
 import numpy as np
@@ -22,29 +22,32 @@ import onnx
 
 from ..graph.probe import cuttable, live_tensors, probe_model
 from ..graph.runtime import run_all, session
-from .statistics import Batches
+from .statistics import Part
+
+Parts = Callable[[], Iterable[tuple[Part, dict[str, np.ndarray]]]]
 
 
 class SegmentRunner:
-    """Runs models over the calibration batches, resuming from the activations kept last time."""
+    """Runs models over the calibration data, resuming from the activations kept last time.
+    ``parts()`` yields the data as (``Part``, feeds): whole batches or slices (statistics.slices)."""
 
-    def __init__(self, batches: Batches, providers: list[str], budget_bytes: int):
-        self.batches = batches
+    def __init__(self, parts: Parts, providers: list[str], budget_bytes: int):
+        self.parts = parts
         self.providers = providers
         self.budget = budget_bytes
         self.cut: int = 0  # position of the cut the cache holds (0: nothing kept)
         self.before: frozenset[str] = frozenset()  # names of the nodes before the cut
-        self.cache: list[dict[str, np.ndarray]] = []  # per batch: the live tensors at the cut
+        self.cache: list[tuple[Part, dict[str, np.ndarray]]] = []  # per part: the live tensors at the cut
 
     def run(self, model: onnx.ModelProto, wanted: list[str], keep_before: str | None = None,
-            ) -> Iterator[dict[str, np.ndarray]]:
-        """Per calibration batch, the ``wanted`` tensors of ``model``. With ``keep_before``
+            ) -> Iterator[tuple[Part, dict[str, np.ndarray]]]:
+        """Per part of the data, the ``wanted`` tensors of ``model``. With ``keep_before``
         (a node name), the live tensors before that node are kept for the next run."""
         names = [n.name for n in model.graph.node]
         position = {name: i for i, name in enumerate(names)}
         start = self.cut if self.cut and frozenset(names[:self.cut]) == self.before else 0
         producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
-        cached = set(self.cache[0]) if start and self.cache else set()
+        cached = set(self.cache[0][1]) if start and self.cache else set()
         if any(name not in cached and producer.get(name, -1) < start for name in wanted):
             start, cached = 0, set()  # a wanted tensor lies before the cut
         save = position.get(keep_before, 0) if keep_before is not None and cuttable(model) else 0
@@ -53,26 +56,26 @@ class SegmentRunner:
         if keep:  # wanted graph inputs (the attention mask) stay with the cut: later runs need not start over
             keep += [n for n in wanted if n in inputs and n not in keep]
         if start:
-            sources = _drain(self.cache)  # each kept batch is freed once used: old and new cut never both whole
+            sources = _drain(self.cache)  # each kept part is freed once used: old and new cut never both whole
             self.cut, self.before = 0, frozenset()
             computed = [n for n in dict.fromkeys(wanted + keep) if n not in cached]
-            segment = probe_model(model, computed, self.cache[0]) if computed else None
+            segment = probe_model(model, computed, self.cache[0][1]) if computed else None
         else:
-            sources = self.batches()
+            sources = self.parts()
             computed = [n for n in dict.fromkeys(wanted + keep) if n not in inputs]
             segment = probe_model(model, computed) if computed else None
         run = session(segment, self.providers) if segment is not None else None
         kept, size = [], 0
-        for feeds in sources:
+        for part, feeds in sources:
             values = dict(feeds)
             if run is not None:
                 values.update(run_all(run, feeds))
             if keep:
-                kept.append({n: values[n] for n in keep})
-                size += sum(v.nbytes for v in kept[-1].values())
+                kept.append((part, {n: values[n] for n in keep}))
+                size += sum(v.nbytes for v in kept[-1][1].values())
                 if size > self.budget:  # will not fit: free it now, the next run starts from the input
                     keep, kept = [], []
-            yield {n: values[n] for n in wanted}
+            yield part, {n: values[n] for n in wanted}
         if keep and kept:
             self.cut, self.before, self.cache = save, frozenset(names[:save]), kept
         else:

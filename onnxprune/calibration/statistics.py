@@ -55,6 +55,10 @@ MASK = "attention_mask"  # the model input that marks real tokens (nonzero) and 
 # adds to running sums (RunningSums), 512 MB slices took no longer than 1 GB ones for ResNet-50's
 # statistics at 224 px (one run each, machine shared) and held 2 GB less (docs/PERFORMANCE.md).
 RUN_BYTES = 512 << 20
+# The largest activation of one run of the sequential pass, about: onnxruntime's working memory
+# grows with the samples of a run, its speed hardly (ResNet-50 at 224 px: 64 samples per run took
+# 1.2 GB above the model, 16 took 0.55 GB, at the same speed; docs/PERFORMANCE.md).
+RUN_TENSOR_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -322,8 +326,8 @@ def collect(inputs_model: onnx.ModelProto, targets_model: onnx.ModelProto, consu
 
         def run(feeds):
             return {**run_all(x_session, feeds), **mask(feeds)}, run_all(y_session, feeds)
-    return accumulate_parts(sliced(batches(), run, run_bytes), consumers, mode, device_providers, holdout_every,
-                            on_batch, rows)
+    return accumulate(sliced(batches(), run, run_bytes), consumers, mode, device_providers, holdout_every,
+                      on_batch, rows)
 
 
 def sliced(batches: Iterable[dict[str, np.ndarray]], run: Callable, budget: int,
@@ -345,24 +349,39 @@ def sliced(batches: Iterable[dict[str, np.ndarray]], run: Callable, budget: int,
             first = stop
 
 
-def accumulate(runs: Iterable[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]], consumers: list[Consumer],
-               mode: StatsMode = StatsMode.HOST, device_providers: list[str] | None = None,
-               holdout_every: int = 0, on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
+def slices(batches: Iterable[dict[str, np.ndarray]], size: int = 0) -> Iterator[tuple[Part, dict[str, np.ndarray]]]:
+    """Every batch in slices of at most ``size`` samples, each with its ``Part`` (the rows drawn are
+    those of the whole batch); ``size`` 0: whole batches (``Part`` total 0)."""
+    for i, feeds in enumerate(batches):
+        total = len(next(iter(feeds.values())))
+        if not size or size >= total:
+            yield Part(i, 0, 0), feeds
+            continue
+        for first in range(0, total, size):
+            yield Part(i, first, total), {k: v[first:first + size] for k, v in feeds.items()}
+
+
+def samples_per_run(model: onnx.ModelProto, shapes: dict[str, tuple], budget: int = RUN_TENSOR_BYTES) -> int:
+    """Samples per run such that the model's largest activation takes about ``budget`` bytes
+    (``shapes``: per sample, shapes.py's convention); 0 (whole batches) where the model fixes its
+    batch dim, which no slice could feed."""
+    for i in model.graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 1:
+            return 0
+    sizes = [np.prod(s, dtype=np.int64) for s in shapes.values() if s and all(isinstance(d, int) for d in s)]
+    return max(1, int(budget // (4 * max(sizes, default=1))))
+
+
+def accumulate(parts: Iterable[tuple[Part, dict[str, np.ndarray], dict[str, np.ndarray]]],
+               consumers: list[Consumer], mode: StatsMode = StatsMode.HOST,
+               device_providers: list[str] | None = None, holdout_every: int = 0,
+               on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
                ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
-    """Statistics of every consumer from per-batch (inputs, targets) tensors; see ``collect``. A
-    grouped conv's are per block (grouped.BlockStats); a Gemm's or MatMul's over the rows of
-    ``token_rows``, without padding where the inputs carry the attention mask (``MASK``)."""
-    parts = ((Part(i, 0, 0), xs, ys) for i, (xs, ys) in enumerate(runs))
-    return accumulate_parts(parts, consumers, mode, device_providers, holdout_every, on_batch, rows)
-
-
-def accumulate_parts(parts: Iterable[tuple[Part, dict[str, np.ndarray], dict[str, np.ndarray]]],
-                     consumers: list[Consumer], mode: StatsMode = StatsMode.HOST,
-                     device_providers: list[str] | None = None, holdout_every: int = 0,
-                     on_batch: Callable[[int], None] | None = None, rows: RowSampling = ALL_ROWS,
-                     ) -> tuple[dict[str, LayerStats], dict[str, LayerStats]]:
-    """``accumulate`` over slices of batches (``Part``; total 0: a whole batch, as ``draw`` reads it).
-    On the host each consumer's (or grouped conv block's) statistics are running sums that every
+    """Statistics of every consumer from (``Part``, inputs, targets) tensors, of whole batches or
+    slices (``Part`` total 0: a whole batch, as ``draw`` reads it); see ``collect``. A grouped conv's
+    are per block (grouped.BlockStats); a Gemm's or MatMul's over the rows of ``token_rows``, without
+    padding where the inputs carry the attention mask (``MASK``). On the host each consumer's (or grouped conv block's) statistics are running sums that every
     slice adds to (``RunningSums``); in a graph, per-slice ``LayerStats`` added up."""
     graph = None if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
     fit: dict[str, list] = {}

@@ -25,7 +25,7 @@ import onnx
 from ..analysis.consumers import Consumer, kept_outputs, reconstructable, touched_nodes
 from ..analysis.groups import Analysis
 from ..calibration.cache import SegmentRunner, pairs
-from ..calibration.statistics import HOLDOUT_EVERY, MASK, Calibration, accumulate
+from ..calibration.statistics import HOLDOUT_EVERY, MASK, Calibration, accumulate, samples_per_run, slices
 from ..parallel import single_blas
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
@@ -66,8 +66,12 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
     first_consumer = [min((c.node for c in plans[g]), key=position.__getitem__) for g in order] + [None]
     providers = list(calib.providers)
     budget = calib.cache_bytes // 2 if calib.sequential else calib.cache_bytes  # shared by the two runners
-    x_runner = SegmentRunner(calib.batches, providers, budget)
-    y_runner = SegmentRunner(calib.batches, providers, budget) if calib.sequential else x_runner
+    per_run = samples_per_run(normalized, analysis.shapes)
+
+    def data():  # batches in slices: onnxruntime's memory grows with the samples of a run
+        return slices(calib.batches(), per_run)
+    x_runner = SegmentRunner(data, providers, budget)
+    y_runner = SegmentRunner(data, providers, budget) if calib.sequential else x_runner
     current = normalized
     masks = [i.name for i in normalized.graph.input if i.name == MASK]  # padding leaves the statistics
     for step, gid in enumerate(order, 1):
@@ -82,9 +86,10 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
         if calib.sequential:
             changed = min(touched_nodes(analysis, gid), key=position.__getitem__)
             x_keep = changed if following is None else min(changed, following, key=position.__getitem__)
-            runs = pairs(x_runner.run(current, ins, x_keep), y_runner.run(normalized, outs, following))
+            runs = ((part, xs, ys) for (part, xs), (_, ys) in
+                    pairs(x_runner.run(current, ins, x_keep), y_runner.run(normalized, outs, following)))
         else:
-            runs = ((v, v) for v in x_runner.run(normalized, ins + outs, following))
+            runs = ((part, v, v) for part, v in x_runner.run(normalized, ins + outs, following))
         with progress(f"[{step}/{len(order)}] group {gid}: {n} -> {target} channels", calib.samples) as advance:
             fit, holdout = accumulate(runs, reads, calib.mode, providers, HOLDOUT_EVERY, advance, calib.sampling)
         outputs = {c.node: kept_outputs(analysis, c, removed) for c, *_ in plan}

@@ -50,6 +50,9 @@ from .budget import Steps, step_of
 from .variants import Cuts, Variants, first_samples
 
 REFRESH_EVERY = 8  # commits between full re-measurements of every group, at least (refresh_interval)
+# Weights kept per group: its base's and its candidates' (a search moves each group a rung at a time;
+# every rung kept held ResNet-50's consumers' weights many times over)
+KEPT_WEIGHTS = 3
 REBASE = 0.85  # candidates run on a model pruned to the current widths once they cost 15 % less
 RUNGS = 256  # ladder rungs of all groups together, about (rungs_per_group)
 PASS_MACS = 32e9  # MACs of one forward pass over PRO's samples, at most, when their number is automatic
@@ -327,7 +330,7 @@ class Reconstructions:
         self.others = {g: np.setdiff1d(np.concatenate([analysis.atom_class[analysis.layouts[c.input].atoms]
                                                        for c in self.consumers[g]]), analysis.group_classes[g])
                        for g in channels}
-        self._cache: dict[tuple[int, int, bytes], Weights] = {}
+        self._cache: dict[int, dict[tuple[int, bytes], Weights]] = {}  # per group, the latest KEPT_WEIGHTS
         self._alphas: dict[tuple[str, int], float] = {}  # per consumer piece, chosen at its first fit
 
     def _elimination_cost(self, g: int) -> int:
@@ -366,8 +369,11 @@ class Reconstructions:
         """Group g's consumers at k channels, the other groups' channels that ``removed`` (a
         class mask) drops left out of the fit."""
         removed = self.nothing if removed is None else removed
-        key = (g, k, removed[self.others[g]].tobytes())
-        if key not in self._cache:
+        key = (k, removed[self.others[g]].tobytes())
+        cache = self._cache.setdefault(g, {})
+        if key in cache:
+            cache[key] = cache.pop(key)  # the most recently used last
+        else:
             n = self.channels[g]
             kept = np.sort(np.setdiff1d(np.arange(n), self.orders[g][: n - k]))
             result = {}
@@ -376,8 +382,10 @@ class Reconstructions:
                 thetas = [self._rebuild(g, (c.node, i), p, kept) for i, p in enumerate(parts)]
                 m = sum(len(p.outputs) for p in parts)
                 result[c.node] = (c, join(c, parts, thetas, m), np.arange(m))
-            self._cache[key] = result
-        return self._cache[key]
+            cache[key] = result
+            if len(cache) > KEPT_WEIGHTS:
+                del cache[next(iter(cache))]
+        return cache[key]
 
 
 class VariantCandidates:
