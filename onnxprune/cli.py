@@ -221,8 +221,11 @@ def inspect(model, input_shapes, as_json):
               help="Rows per weight column that each layer's least squares reads: output positions drawn at "
                    "random (seeded) from every sample, enough for a well-determined fit; 0 reads them all.")
 @click.option("--cache-mb", type=int, default=256, show_default=True,
-              help="MiB of activations kept between layers, so that each layer's statistics run only the "
-                   "graph after the last pruned group; 0 reruns from the input every time.")
+              help="MiB of activations kept in memory between layers, so that each layer's statistics run only "
+                   "the graph after the last pruned group; the rest go to temporary files (--spill).")
+@click.option("--spill/--no-spill", default=True, show_default=True,
+              help="Keep the activations beyond --cache-mb in temporary files (in $TMPDIR, deleted as they are "
+                   "read) instead of rerunning the model from the input for every layer.")
 @click.option("--srn", is_flag=True, help="Serialise residual blocks first (SRN) so layers tied by shortcuts "
               "can be pruned; --keep-flops stays relative to the original model.")
 @click.option("--independent", is_flag=True,
@@ -238,7 +241,7 @@ def inspect(model, input_shapes, as_json):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latency, latency_batch, threads, latency_table,
               pro, pro_samples, pro_pooled, exclude, round_to, calib_path,
-              calib_limit, batch_size, calib_rows, cache_mb, srn, independent, stats, device, resize, mean, std, layout,
+              calib_limit, batch_size, calib_rows, cache_mb, spill, srn, independent, stats, device, resize, mean, std, layout,
               channels, tokenizer, max_length, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     has_data = calib_path is not None
@@ -262,7 +265,7 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         if calib_limit is not None and calib_limit < 1:
             raise OnnxPruneError(f"--calib-limit {calib_limit}: must be a positive integer")
         if cache_mb < 0:
-            raise OnnxPruneError(f"--cache-mb {cache_mb}: must be 0 (no cache) or more")
+            raise OnnxPruneError(f"--cache-mb {cache_mb}: must be 0 or more")
         if calib_rows < 0:
             raise OnnxPruneError(f"--calib-rows {calib_rows}: must be 0 (every row) or more")
     loaded, inputs = read(model)
@@ -276,7 +279,7 @@ def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latenc
         config = replace(config, input_shapes=data.input_shapes(config.input_shapes, "--calib"))
         calibration = Calibration(lambda: (b.feeds for b in data), len(data), StatsMode(stats),
                                   tuple(providers(Device(device))), sequential=not independent,
-                                  cache_bytes=cache_mb << 20, source=f"--calib {calib_path}",
+                                  cache_bytes=cache_mb << 20, spill=spill, source=f"--calib {calib_path}",
                                   rows_per_column=calib_rows)
     # the first calibration batch is tried before any work; a later failure is on the data still
     with failing(f"onnxruntime failed on --calib {calib_path}") if calibration else nullcontext():

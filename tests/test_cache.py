@@ -123,13 +123,51 @@ def test_pairs_runs_both_to_the_end_and_checks_the_lengths():
 @pytest.mark.parametrize("method", [Method.REAP, Method.THINET, Method.NU])
 @pytest.mark.parametrize("name", ["basic_block_net", "bottleneck_net", "flatten_gemm_net", "densenet_like"])
 def test_pruning_with_the_activation_cache_equals_pruning_without(name, method):
+    """In memory, in temporary files (nothing in memory) or not at all: the same model."""
     model = FACTORIES[name]()
     config = PruneConfig(method=method, ratio=0.5, round_to=1)
     cached = prune(model, config, calibration(model))
     plain = calibration(model)
-    uncached = prune(model, config, Calibration(plain.batches, plain.samples, cache_bytes=0))
     feeds = random_feeds(model, batch=4, seed=3)
-    np.testing.assert_allclose(run(cached.model, feeds)[0], run(uncached.model, feeds)[0], rtol=1e-5, atol=1e-6)
+    for spill in (True, False):
+        other = prune(model, config, Calibration(plain.batches, plain.samples, cache_bytes=0, spill=spill))
+        np.testing.assert_allclose(run(cached.model, feeds)[0], run(other.model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_activations_beyond_the_budget_go_to_files_unlinked_as_they_are_mapped(tmp_path):
+    """A runner with no memory budget and a spill folder resumes from the cut like one that keeps
+    everything in memory: its kept parts are read-only maps of files no longer in the folder."""
+    model, _ = normalize(FACTORIES["basic_block_net"](blocks=2))
+    calib = calibration(model, samples=48, batch=16)
+    names = everything(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    last = names[-1]
+    batches, reads = counting(calib.batches, size=5)
+    runner = SegmentRunner(batches, ["CPUExecutionProvider"], 0, str(tmp_path))
+    list(runner.run(model, [names[2]], keep_before=convs[-1]))
+    assert runner.cut > 0 and len(runner.cache) == 12  # 3 batches of 16 in slices of 5
+    assert all(isinstance(v, np.memmap) and not v.flags.writeable for _, kept in runner.cache for v in kept.values())
+    assert list(tmp_path.iterdir()) == []
+    resumed = list(runner.run(model, [last]))
+    assert len(reads) == 1 and runner.cache == []
+    fresh = list(SegmentRunner(counting(calib.batches, size=5)[0], ["CPUExecutionProvider"], 1 << 30).run(
+        model, [last]))
+    assert [p for p, _ in resumed] == [p for p, _ in fresh]
+    for (_, a), (_, b) in zip(resumed, fresh):
+        np.testing.assert_allclose(a[last], b[last], rtol=1e-5, atol=1e-6)
+
+
+def test_a_spill_folder_that_refuses_files_means_runs_from_the_input(tmp_path):
+    model, _ = normalize(FACTORIES["conv_chain"]())
+    calib = calibration(model, samples=32, batch=16)
+    names = everything(model)
+    convs = [n.name for n in model.graph.node if n.op_type == "Conv"]
+    batches, reads = counting(calib.batches)
+    runner = SegmentRunner(batches, ["CPUExecutionProvider"], 0, str(tmp_path / "missing"))
+    list(runner.run(model, [names[-1]], keep_before=convs[-1]))
+    assert runner.cut == 0 and runner.cache == []
+    list(runner.run(model, [names[-1]]))
+    assert len(reads) == 2
 
 
 @pytest.mark.parametrize("budget", [0, 1 << 30])

@@ -352,8 +352,8 @@ def test_cuda_works_only_when_a_session_really_gets_cuda(monkeypatch):
 
 
 def test_calibration_options_reach_the_calibration(model_path, tmp_path, monkeypatch):
-    """--calib-limit, --batch-size, --independent, --stats graph, --cache-mb and --calib-rows, as the
-    library sees them."""
+    """--calib-limit, --batch-size, --independent, --stats graph, --cache-mb, --no-spill and --calib-rows,
+    as the library sees them."""
     from onnxprune import cli
 
     seen = {}
@@ -363,7 +363,7 @@ def test_calibration_options_reach_the_calibration(model_path, tmp_path, monkeyp
         batches = list(calibration.batches())
         seen.update(samples=calibration.samples, sizes=[len(b["input"]) for b in batches], mode=calibration.mode,
                     sequential=calibration.sequential, cache=calibration.cache_bytes, first=batches[0]["input"],
-                    rows=calibration.rows_per_column)
+                    rows=calibration.rows_per_column, spill=calibration.spill)
         return real(model, config, calibration, progress)
 
     monkeypatch.setattr(cli, "prune", spy)
@@ -372,11 +372,12 @@ def test_calibration_options_reach_the_calibration(model_path, tmp_path, monkeyp
     base = ["prune", model_path, "-o", tmp_path / "o.onnx", "--method", "reap", "--ratio", "0.5", "--round-to", "1",
             "--calib", tmp_path / "calib.npz", "--json"]
     result = invoke(*base, "--calib-limit", "24", "--batch-size", "10", "--independent", "--stats", "graph",
-                    "--cache-mb", "3", "--calib-rows", "0")
+                    "--cache-mb", "3", "--no-spill", "--calib-rows", "0")
     assert result.exit_code == 0, result.output
     assert seen.pop("sizes") == [10, 10, 4]
     np.testing.assert_array_equal(seen.pop("first"), images[:10])
-    assert seen == {"samples": 24, "mode": StatsMode.GRAPH, "sequential": False, "cache": 3 << 20, "rows": 0}
+    assert seen == {"samples": 24, "mode": StatsMode.GRAPH, "sequential": False, "cache": 3 << 20, "rows": 0,
+                    "spill": False}
     every = {n["node"]: n["rows"] for n in json.loads(result.stdout)["reconstruction"]}
     assert every["gemm0"] == 24 and all(r in (24, 24 * 64, 24 * 16) for r in every.values())
     result = invoke(*base, "--calib-limit", "24", "--calib-rows", "1")  # the rows read are reported

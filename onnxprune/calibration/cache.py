@@ -8,12 +8,20 @@ given node, read at or after it), so the next run starts at that cut: O(L) in al
 
 The caller promises that the nodes before the cut it asks to keep are the same, with
 the same weights, in the next model it runs. The runner checks that the node NAMES
-before the cut agree and otherwise starts from the input again; the cache also gives
-way (and runs start from the input) when it would exceed its byte budget.
+before the cut agree and otherwise starts from the input again.
+
+Memory: the kept tensors stay in memory up to a byte budget; beyond it they go to files
+in a temporary folder (``spill``), read back memory-mapped: 256 images at 640 px of a
+YOLOv8n hold a gigabyte or more at a cut, where a rerun from the input costs a forward
+pass per group. Each file is unlinked as soon as it is mapped, so its space returns when
+its part has been used, however the run ends. Without a folder (or where the disk
+refuses), the cache gives way and the next run starts from the input.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from itertools import zip_longest
 
@@ -31,10 +39,11 @@ class SegmentRunner:
     """Runs models over the calibration data, resuming from the activations kept last time.
     ``parts()`` yields the data as (``Part``, feeds): whole batches or slices (statistics.slices)."""
 
-    def __init__(self, parts: Parts, providers: list[str], budget_bytes: int):
+    def __init__(self, parts: Parts, providers: list[str], budget_bytes: int, spill: str | None = None):
         self.parts = parts
         self.providers = providers
         self.budget = budget_bytes
+        self.spill = spill if os.name == "posix" else None  # a mapped file can be unlinked on POSIX only
         self.cut: int = 0  # position of the cut the cache holds (0: nothing kept)
         self.before: frozenset[str] = frozenset()  # names of the nodes before the cut
         self.cache: list[tuple[Part, dict[str, np.ndarray]]] = []  # per part: the live tensors at the cut
@@ -71,15 +80,44 @@ class SegmentRunner:
             if run is not None:
                 values.update(run_all(run, feeds))
             if keep:
-                kept.append((part, {n: values[n] for n in keep}))
-                size += sum(v.nbytes for v in kept[-1][1].values())
-                if size > self.budget:  # will not fit: free it now, the next run starts from the input
+                live = {n: values[n] for n in keep}
+                size += sum(v.nbytes for v in live.values())
+                if size > self.budget:
+                    live = _spilled(live, self.spill)
+                if live is None:  # will not fit: free it now, the next run starts from the input
                     keep, kept = [], []
+                else:
+                    kept.append((part, live))
             yield part, {n: values[n] for n in wanted}
         if keep and kept:
             self.cut, self.before, self.cache = save, frozenset(names[:save]), kept
         else:
             self.cut, self.before, self.cache = 0, frozenset(), []
+
+
+def _spilled(tensors: dict[str, np.ndarray], folder: str | None) -> dict[str, np.ndarray] | None:
+    """``tensors`` written to files in ``folder`` and mapped back read-only, each file unlinked at once
+    (its space returns with the mapping); None without a folder or where the disk refuses."""
+    if folder is None:
+        return None
+    mapped = {}
+    for name, value in tensors.items():
+        if value.nbytes == 0 or value.dtype.hasobject:  # nothing to map, or nothing numpy can write raw
+            mapped[name] = value
+            continue
+        try:
+            fd, path = tempfile.mkstemp(prefix="onnxprune-", suffix=".npy", dir=folder)
+        except OSError:
+            return None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(value), allow_pickle=False)
+            mapped[name] = np.load(path, mmap_mode="r")
+        except OSError:  # a full disk
+            return None
+        finally:
+            os.remove(path)
+    return mapped
 
 
 def _drain(items: list) -> Iterator:

@@ -79,7 +79,7 @@ class StatsMode(str, enum.Enum):
 class Calibration:
     """Calibration data and how to run it: ``batches()`` yields feeds; ``sequential``: X from
     the pruned model (True) or from the original (False); ``cache_bytes``: activations kept
-    between groups, in all (cache.py); ``source``: where the data come from, for messages;
+    between groups in memory, in all, and ``spill``: the rest in temporary files (cache.py); ``source``: where the data come from, for messages;
     ``rows_per_column``: the row budget of every consumer's statistics, per column (sampling.py;
     0: every output position of every sample)."""
 
@@ -89,6 +89,7 @@ class Calibration:
     providers: tuple[str, ...] = CPU
     sequential: bool = True
     cache_bytes: int = 256 << 20
+    spill: bool = True  # kept activations beyond cache_bytes go to temporary files (cache.py)
     source: str = "the calibration data"
     rows_per_column: int = DEFAULT_ROWS_PER_COLUMN  # rows each consumer's statistics read (sampling.py); 0: all
 

@@ -16,6 +16,7 @@ is selected in rounds (grouped.Rounds).
 
 from __future__ import annotations
 
+import tempfile
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -70,8 +71,9 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
 
     def data():  # batches in slices: onnxruntime's memory grows with the samples of a run
         return slices(calib.batches(), per_run)
-    x_runner = SegmentRunner(data, providers, budget)
-    y_runner = SegmentRunner(data, providers, budget) if calib.sequential else x_runner
+    spill = tempfile.gettempdir() if calib.spill else None
+    x_runner = SegmentRunner(data, providers, budget, spill)
+    y_runner = SegmentRunner(data, providers, budget, spill) if calib.sequential else x_runner
     current = normalized
     masks = [i.name for i in normalized.graph.input if i.name == MASK]  # padding leaves the statistics
     for step, gid in enumerate(order, 1):
