@@ -639,3 +639,33 @@ def test_prune_frees_pros_candidates_before_the_sequential_pass(monkeypatch):
     finally:
         gc.enable()
     assert made and alive == [0]
+
+
+def test_searches_that_share_their_errors_choose_as_alone_and_measure_any_counts_once(monkeypatch):
+    """--keep-latency's two rankings share one record of the errors measured, by counts: each
+    chooses what it chooses alone, and no counts is measured twice across both."""
+    model = FACTORIES["conv_chain"](widths=(16, 32, 16))
+    normalized, analysis, channels, cost = mac_problem(model)
+    last = max(channels)
+    ranks = [cost, lambda keep: sum(len(k) * (50 if g == last else 1) for g, k in keep.items())]
+    budget = 0.45 * cost({g: np.arange(n) for g, n in channels.items()})
+
+    def search(rank, errors=None):
+        return pro.ProSearch(normalized, analysis, methods.get("reap"), channels, cost, calibration(model), 2, 16,
+                             rank=rank, errors=errors).choose(budget)
+    measured, evaluate = [], pro.VariantCandidates.evaluate
+
+    def recording(self, counts, group):
+        if group is not None:
+            measured.append(tuple(sorted(counts.items())))
+        return evaluate(self, counts, group)
+    monkeypatch.setattr(pro.VariantCandidates, "evaluate", recording)
+    alone = [search(rank) for rank in ranks]
+    each = len(measured)
+    measured.clear()
+    shared: dict = {}
+    together = [search(rank, shared) for rank in ranks]
+    assert [c.counts for c in together] == [c.counts for c in alone]
+    assert [c.steps for c in together] == [c.steps for c in alone]
+    assert alone[0].counts != alone[1].counts  # two rankings that part ways
+    assert len(measured) == len(set(measured)) == len(shared) < each

@@ -507,6 +507,7 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
              "per MAC": macs} if goal.pro else {}
 
     searches: dict[str, ProSearch] = {}  # per ranking, kept for the refits: each continues or reads its path
+    errors: dict[tuple, float] = {}  # the candidates' errors, by counts: measured once for both rankings
 
     def fit(budget_ms: float, names: list[str]) -> dict[str | None, ProChoice]:
         """Widths within ``budget_ms`` for each PRO ranking in ``names``, with PRO's steps and the
@@ -517,7 +518,7 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
             if name not in searches:
                 searches[name] = ProSearch(normalized, analysis, method, channels, ranks["per microsecond"],
                                            calibration, steps, goal.pro_samples, progress, ranks[name], rebuilt,
-                                           goal.pro_pooled)
+                                           goal.pro_pooled, errors)
         return {name: searches[name].choose(1000 * budget_ms) for name in names}
 
     choices = fit(budget, list(ranks))

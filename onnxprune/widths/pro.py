@@ -171,14 +171,18 @@ class ProSearch:
     the budget only says where it stops. So one search answers several budgets as a fresh
     search for each would: a budget its path already passed reads the path up to the first
     commit within it, and a smaller one continues the path from where it stopped
-    (--keep-latency fits several budgets with each ranking).
+    (--keep-latency fits several budgets with each ranking). ``errors``: the final-output error
+    of every counts measured, by counts; searches over the same data may share it (--keep-latency's
+    two rankings walk the same path for a while, and then each measures what the other did).
     """
 
     def __init__(self, normalized: onnx.ModelProto, analysis: Analysis, method: SelectionMethod, channels: Counts,
                  cost: Callable[[Keep], int], calib: Calibration, round_to: Steps, samples: int,
                  progress: Progress = no_progress, rank: Callable[[Keep], int] | None = None,
-                 rebuilt: Reconstructions | None = None, pooled: bool = False):
+                 rebuilt: Reconstructions | None = None, pooled: bool = False,
+                 errors: dict[tuple, float] | None = None):
         self.channels, self.cost, self.progress = channels, cost, progress
+        self.errors = {} if errors is None else errors
         self.rank = cost if rank is None else rank
         feeds = first_samples(calib, samples)
         output = measured_output(normalized)
@@ -225,7 +229,10 @@ class ProSearch:
             return
         trial = self.counts_at({**self.position, g: self.position[g] + 1})
         keep = self.keep_of(trial)
-        c, e = self.cost(keep), self.distance(self.candidates.evaluate(trial, g))
+        key = tuple(sorted(trial.items()))
+        if key not in self.errors:
+            self.errors[key] = self.distance(self.candidates.evaluate(trial, g))
+        c, e = self.cost(keep), self.errors[key]
         r = c if self.rank is self.cost else self.rank(keep)
         self.measured[g] = ((e - self.current_error) / max(self.current_rank - r, 1), c, r, e, self.commits)
 
