@@ -134,9 +134,12 @@ def test_pruning_with_the_activation_cache_equals_pruning_without(name, method):
         np.testing.assert_allclose(run(cached.model, feeds)[0], run(other.model, feeds)[0], rtol=1e-5, atol=1e-6)
 
 
-def test_activations_beyond_the_budget_go_to_files_unlinked_as_they_are_mapped(tmp_path):
+def test_activations_beyond_the_budget_go_to_files_unlinked_as_they_are_mapped(tmp_path, monkeypatch):
     """A runner with no memory budget and a spill folder resumes from the cut like one that keeps
     everything in memory: its kept parts are read-only maps of files no longer in the folder."""
+    from onnxprune.calibration import cache
+
+    monkeypatch.setattr(cache, "SPILL_BYTES", 1)  # this model's tensors are small
     model, _ = normalize(FACTORIES["basic_block_net"](blocks=2))
     calib = calibration(model, samples=48, batch=16)
     names = everything(model)
@@ -226,3 +229,23 @@ def test_a_run_takes_as_many_samples_as_its_largest_activation_allows():
     fixed.CopyFrom(model)
     fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 4
     assert samples_per_run(fixed, infer_shapes(fixed), 40 * 4 * largest) == 0
+
+
+def test_spilled_tensors_keep_their_shapes_and_small_ones_stay_in_memory(tmp_path, monkeypatch):
+    """A 0-d tensor (a computed size) would map back 1-D: it stays in memory, as does every tensor
+    under SPILL_BYTES; the others come back as read-only maps with their shape, dtype and values."""
+    from onnxprune.calibration import cache
+
+    big = np.arange(cache.SPILL_BYTES, dtype=np.float32).reshape(4, -1)
+    tensors = {"scalar": np.array(7, np.int64), "shape": np.array([1, 64, 80, 80], np.int64), "big": big,
+               "empty": np.zeros((0, 3), np.float32)}
+    got = cache._spilled(tensors, str(tmp_path))
+    assert {n: (v.shape, v.dtype) for n, v in got.items()} == {n: (v.shape, v.dtype) for n, v in tensors.items()}
+    assert [n for n, v in got.items() if isinstance(v, np.memmap)] == ["big"]
+    for name, value in tensors.items():
+        np.testing.assert_array_equal(got[name], value)
+    monkeypatch.setattr(cache, "SPILL_BYTES", 1)
+    got = cache._spilled(tensors, str(tmp_path))
+    assert [n for n, v in got.items() if isinstance(v, np.memmap)] == ["shape", "big"]
+    assert got["scalar"].shape == () and got["shape"].shape == (4,)
+    assert list(tmp_path.iterdir()) == []

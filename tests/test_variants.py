@@ -179,3 +179,34 @@ def test_bind_makes_the_bound_inputs_initializers(ir_version, still_inputs):
     added = {t.name for t in bound.graph.initializer} - {t.name for t in rewritten.graph.initializer}
     assert added == {"conv2/weight", "conv2/bias"}  # not "not an input"
     assert len(rewritten.graph.input) == 7 and "conv2/weight" not in {t.name for t in rewritten.graph.initializer}
+
+
+def test_variants_and_cuts_go_as_soon_as_their_owner_drops_them():
+    """PRO drops a Variants (its model, sessions and kept activations) at every rebase, and the
+    l1 candidates their Cuts: with the garbage collector off, nothing keeps them alive (a reference
+    cycle through their kept activations did, until the collector happened to run)."""
+    import gc
+    import weakref
+
+    from onnxprune.widths.variants import Cuts
+
+    normalized, _ = normalize(FACTORIES["basic_block_net"](blocks=2))
+    plans, _ = reconstructable(analyze(normalized))
+    feeds = random_feeds(normalized, batch=3, seed=5)
+    output = normalized.graph.output[0].name
+    convs = [i for i, n in enumerate(normalized.graph.node) if n.op_type == "Conv"]
+    gc.collect()
+    gc.disable()
+    try:
+        variants = Variants(normalized, [c for g in plans for c in plans[g]], feeds, [output],
+                            ["CPUExecutionProvider"], 1 << 30)
+        changed = next(iter(variants.original))
+        variants.run({changed: variants.original[changed] * 2})
+        cuts = Cuts(normalized, feeds, ["CPUExecutionProvider"], 1 << 30)
+        cuts.run(normalized, convs[-1], [output])
+        assert variants.kept.values and cuts.kept.values  # they kept activations
+        refs = [weakref.ref(variants), weakref.ref(cuts)]
+        del variants, cuts
+        assert [r() for r in refs] == [None, None]
+    finally:
+        gc.enable()

@@ -32,6 +32,7 @@ from ..graph.probe import cuttable, live_tensors, probe_model
 from ..graph.runtime import run_all, session
 from .statistics import Part
 
+SPILL_BYTES = 1 << 16  # smaller tensors stay in memory
 Parts = Callable[[], Iterable[tuple[Part, dict[str, np.ndarray]]]]
 
 
@@ -102,7 +103,7 @@ def _spilled(tensors: dict[str, np.ndarray], folder: str | None) -> dict[str, np
         return None
     mapped = {}
     for name, value in tensors.items():
-        if value.nbytes == 0 or value.dtype.hasobject:  # nothing to map, or nothing numpy can write raw
+        if value.ndim == 0 or value.nbytes < SPILL_BYTES or value.dtype.hasobject:  # a map of a scalar is 1-D
             mapped[name] = value
             continue
         try:

@@ -84,8 +84,7 @@ class Variants:
         for i, n in reversed(list(enumerate(nodes))):
             self.reader.update({name: i for name in n.input if name in self.current})
         self._live: dict[int, list[str]] = {}
-        self.kept = KeptActivations(feeds, budget_bytes, self.live,  # activations of the current weights
-                                    lambda start, names, inputs: self._run(start, names, inputs, self.current))
+        self.kept = KeptActivations(feeds, budget_bytes)  # activations of the current weights
         self._segments: dict[tuple[int, tuple[str, ...]], onnx.ModelProto] = {}  # parameters still inputs
 
     def params(self, c: Consumer, theta: np.ndarray, outputs: np.ndarray) -> Params:
@@ -98,7 +97,8 @@ class Variants:
         """The outputs with ``changed`` parameters, the others as committed (nothing changed:
         the whole model runs)."""
         start = self._cut(changed)
-        values = self._run(start, tuple(self.outputs), self.kept.at(start), {**self.current, **changed})
+        values = self._run(start, tuple(self.outputs), self.kept.at(start, self.live, self._run_current),
+                           {**self.current, **changed})
         return [values[n] for n in self.outputs]
 
     def commit(self, changed: Params) -> None:
@@ -114,6 +114,10 @@ class Variants:
         if position not in self._live:
             self._live[position] = [n for n in live_tensors(self.model, position) if n not in self.current]
         return self._live[position]
+
+    def _run_current(self, start: int, outputs: tuple[str, ...], inputs: dict[str, np.ndarray],
+                     ) -> dict[str, np.ndarray]:
+        return self._run(start, outputs, inputs, self.current)
 
     def _run(self, start: int, outputs: tuple[str, ...], inputs: dict[str, np.ndarray], params: Params,
              ) -> dict[str, np.ndarray]:
@@ -141,24 +145,27 @@ def bind(model: onnx.ModelProto, params: Params) -> onnx.ModelProto:
 class KeptActivations:
     """Activations of a model on fixed samples, kept at the cuts asked for.
 
-    ``at(p)`` gives the live tensors before node ``p`` (``live(p)``), computing the missing
-    ones from the latest cut whose tensors are all known (the inputs at worst) with
+    ``at(p, live, compute)`` gives the live tensors before node ``p`` (``live(p)``), computing
+    the missing ones from the latest cut whose tensors are all known (the inputs at worst) with
     ``compute(start, names, inputs)``. Above the byte budget only the latest cut asked for
-    is kept. The owner forgets what a change of the model invalidates (``forget``).
+    is kept. The owner forgets what a change of the model invalidates (``forget``). The owner's
+    functions come with each call, not kept: a kept one would tie the owner, its model, session
+    and activations in a reference cycle that outlives it until the garbage collector runs.
     """
 
-    def __init__(self, feeds: dict[str, np.ndarray], budget_bytes: int, live: Callable[[int], list[str]],
-                 compute: Callable[[int, tuple[str, ...], dict[str, np.ndarray]], dict[str, np.ndarray]]):
-        self.feeds, self.budget, self.live, self.compute = feeds, budget_bytes, live, compute
+    def __init__(self, feeds: dict[str, np.ndarray], budget_bytes: int):
+        self.feeds, self.budget = feeds, budget_bytes
         self.values: dict[str, np.ndarray] = {}
 
-    def at(self, position: int) -> dict[str, np.ndarray]:
+    def at(self, position: int, live: Callable[[int], list[str]],
+           compute: Callable[[int, tuple[str, ...], dict[str, np.ndarray]], dict[str, np.ndarray]],
+           ) -> dict[str, np.ndarray]:
         known = {**self.feeds, **self.values}
-        wanted = self.live(position)
+        wanted = live(position)
         missing = tuple(n for n in wanted if n not in known)
         if missing:
-            start = max((p for p in range(position, 0, -1) if all(n in known for n in self.live(p))), default=0)
-            self.values.update(self.compute(start, missing, {n: known[n] for n in self.live(start)}))
+            start = max((p for p in range(position, 0, -1) if all(n in known for n in live(p))), default=0)
+            self.values.update(compute(start, missing, {n: known[n] for n in live(start)}))
             if sum(v.nbytes for v in self.values.values()) > self.budget:
                 self.values = {n: self.values[n] for n in wanted if n in self.values}
             known = {**self.feeds, **self.values}
@@ -180,13 +187,16 @@ class Cuts:
     def __init__(self, model: onnx.ModelProto, feeds: dict[str, np.ndarray], providers: list[str],
                  budget_bytes: int):
         self.feeds, self.providers = feeds, providers
-        self.kept = KeptActivations(feeds, budget_bytes, lambda p: live_tensors(self.model, p), self._compute)
+        self.kept = KeptActivations(feeds, budget_bytes)
         self.update(model, 0)
 
     def update(self, model: onnx.ModelProto, changed: int) -> None:
         self.model = model
         self.producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
         self.kept.forget(lambda name: self.producer.get(name, -1) >= changed)
+
+    def _live(self, position: int) -> list[str]:
+        return live_tensors(self.model, position)
 
     def _compute(self, start: int, names: tuple[str, ...], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if start:
@@ -198,7 +208,7 @@ class Cuts:
     def run(self, variant: onnx.ModelProto, position: int, outputs: list[str]) -> list[np.ndarray]:
         """``outputs`` of ``variant``, a model equal to the current one before node ``position``."""
         position = position if cuttable(variant) else 0
-        inputs = self.kept.at(position) if position else None
+        inputs = self.kept.at(position, self._live, self._compute) if position else None
         model = probe_model(variant, outputs, inputs)
         values = run_all(session(model, self.providers), self.feeds if inputs is None else inputs)
         return [values[n] for n in outputs]
