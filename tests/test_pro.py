@@ -508,8 +508,9 @@ def test_candidate_fits_keep_the_ridge_chosen_at_a_pieces_first_fit(monkeypatch)
     kept = np.sort(np.setdiff1d(np.arange(n), rebuilt.orders[g][: n - n // 2]))
     for (c, theta, _), alpha in zip(deeper.values(), chosen):
         fit = rebuilt._pieces(c, g, rebuilt.nothing)[0].consumer_fit()
+        assert fit.holdout is None  # merged into fit once the ridge was chosen
         keep = np.concatenate([kept, np.arange(n, fit.channels)])
-        expected = least_squares.ridge_solve(fit.fit + fit.holdout, keep, fit.taps, fit.theta0, alpha, fit.copies)
+        expected = least_squares.ridge_solve(fit.fit, keep, fit.taps, fit.theta0, alpha, fit.copies)
         np.testing.assert_allclose(theta, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -594,11 +595,15 @@ def test_pro_frees_its_statistics_when_it_returns(monkeypatch):
 
 def test_reconstructions_keep_a_few_weights_per_group_and_rebuild_the_rest_alike():
     """The search moves each group a rung at a time, so only its latest KEPT_WEIGHTS counts' weights
-    are kept; one asked for again after that is rebuilt to the same values (the ridge chosen once)."""
+    are kept; one asked for again after that is rebuilt to the same values, to the bit: the ridge is
+    chosen once, and from then on the consumer's fit and holdout statistics are one sum."""
     model = FACTORIES["conv_chain"](widths=(8, 16, 8))
     *_, channels, rebuilt = reap_reconstructions(model, calibration(model))
     g = max(channels, key=channels.get)
+    nodes = [c.node for c in rebuilt.consumers[g]]
+    assert all(node in rebuilt.holdout for node in nodes)
     first = {node: theta.copy() for node, (_, theta, _) in rebuilt.weights(g, channels[g] - 1).items()}
+    assert not any(node in rebuilt.holdout for node in nodes)
     for k in range(channels[g] - 2, channels[g] - 2 - pro.KEPT_WEIGHTS, -1):
         rebuilt.weights(g, k)
     assert len(rebuilt._cache[g]) == pro.KEPT_WEIGHTS

@@ -69,7 +69,7 @@ def _run_problem(model: onnx.ModelProto, feeds: dict[str, np.ndarray] | None) ->
     """Why onnxruntime cannot make a session of ``model`` or run it on ``feeds`` (None: only the
     session is made); None when it can."""
     try:
-        run = session(model, optimize=False)
+        run = session(model, optimize=False, arena=False)  # one run: an arena would only hold its memory
         if feeds is not None:
             run.run(None, feeds)
     except Exception as exc:  # onnxruntime raises its own exception types

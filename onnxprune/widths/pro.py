@@ -389,6 +389,8 @@ class Reconstructions:
                 thetas = [self._rebuild(g, (c.node, i), p, kept) for i, p in enumerate(parts)]
                 m = sum(len(p.outputs) for p in parts)
                 result[c.node] = (c, join(c, parts, thetas, m), np.arange(m))
+                if c.node in self.holdout:  # its ridges are chosen: fits read fit + holdout only, one sum
+                    self.fit[c.node] = self.fit[c.node] + self.holdout.pop(c.node)
             cache[key] = result
             if len(cache) > KEPT_WEIGHTS:
                 del cache[next(iter(cache))]
