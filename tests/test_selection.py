@@ -481,3 +481,17 @@ def test_select_refills_every_part_it_empties_even_a_one_channel_part():
     scores[g.id] = np.array([0.5, 0.1, 0.0, 0.3, 0.2, 0.4, 0.0, 9.0])
     keep = select(analysis, scores, {g.id: 1})
     assert keep[g.id].tolist() == [0, 5, 7]
+
+
+@settings(max_examples=30, deadline=None)
+@given(p=st.integers(1, 700), rows=st.integers(1, 300), seed=st.integers(0, 2**16))
+def test_symmetrized_in_place_is_the_expressions_numbers(p, rows, seed):
+    """REAP's inverse Gram is made symmetric in place, a block at a time, without the two p x p
+    temporaries of (h + h^T) / 2: to the bit the same numbers."""
+    from onnxprune.methods.reap import symmetrized
+
+    h = np.random.default_rng(seed).standard_normal((p, p))
+    want = (h + h.T) / 2
+    got = symmetrized(h, rows)
+    assert got is h
+    np.testing.assert_array_equal(got, want)
