@@ -51,10 +51,11 @@ HOLDOUT_EVERY = 4  # every 4th calibration batch is held out to choose the ridge
 MASK = "attention_mask"  # the model input that marks real tokens (nonzero) and padding (0)
 
 
-# The tensors one statistics run hands over, about: a batch runs in slices. Since every slice
-# adds to running sums (RunningSums), 512 MB slices took no longer than 1 GB ones for ResNet-50's
-# statistics at 224 px (one run each, machine shared) and held 2 GB less (docs/PERFORMANCE.md).
-RUN_BYTES = 512 << 20
+# The tensors one statistics run hands over, about: a batch runs in slices. Every slice adds a
+# p x p product to each consumer's running sums (RunningSums), so smaller slices cost time: PRO's
+# statistics of ResNet-50 at 224 px on 128 images (alone, docs/PERFORMANCE.md) took 34.5 s and
+# peaked 3.6 GB with 512 MB slices, 45.5 s and 2.8 GB with 256 MB, 86.7 s and 2.3 GB with 128 MB.
+RUN_BYTES = 256 << 20
 # The largest activation of one run of the sequential pass, about: onnxruntime's working memory
 # grows with the samples of a run, its speed hardly (ResNet-50 at 224 px: 64 samples per run took
 # 1.2 GB above the model, 16 took 0.55 GB, at the same speed; docs/PERFORMANCE.md).
