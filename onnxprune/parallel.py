@@ -16,6 +16,7 @@ thread: there threading pays (1.8x on 2 cores for a 50,000 x 2,305 Gram).
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -42,15 +43,70 @@ def single_blas() -> Iterator[None]:
         yield
 
 
-def each(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:
+def each(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
+         memory: Callable[[T], int] | None = None, budget: int = 0) -> Iterator[R]:
     """fn(item) for every item, in order, ``workers`` (default: the cores) at a time on one BLAS
-    thread each. Results come back in the items' order as they finish; an exception in fn is
-    raised here."""
+    thread each. With ``memory`` (the bytes a call holds, about), a call starts beside others only
+    while theirs and its own fit in ``budget`` bytes (alone, any call starts): the first waiting
+    item that fits goes next. Results come back in the items' order as they finish; an exception
+    in fn is raised here."""
     items = list(items)
     workers = min(workers or cores(), len(items))
     with single_blas():
         if workers <= 1:
             yield from map(fn, items)
-            return
-        with ThreadPoolExecutor(workers) as pool:
-            yield from pool.map(fn, items)
+        elif memory is None:
+            with ThreadPoolExecutor(workers) as pool:
+                yield from pool.map(fn, items)
+        else:
+            yield from _packed(fn, items, workers, [memory(item) for item in items], budget)
+
+
+def _packed(fn: Callable[[T], R], items: list[T], workers: int, needs: list[int], budget: int) -> Iterator[R]:
+    """``each`` with memory: worker threads take the first waiting item that fits beside the
+    running ones; the caller gets the results in order."""
+    state = threading.Condition()
+    waiting = list(range(len(items)))
+    done: dict[int, tuple[bool, object]] = {}
+    held, running = [0], [0]  # bytes and calls running
+
+    def fits(i: int) -> bool:
+        return running[0] == 0 or held[0] + needs[i] <= budget
+
+    def work() -> None:
+        while True:
+            with state:
+                state.wait_for(lambda: not waiting or any(fits(i) for i in waiting))
+                if not waiting:
+                    return
+                i = next(i for i in waiting if fits(i))
+                waiting.remove(i)
+                held[0] += needs[i]
+                running[0] += 1
+            try:
+                out: tuple[bool, object] = (True, fn(items[i]))
+            except BaseException as exc:  # handed to the caller, raised there
+                out = (False, exc)
+            with state:
+                held[0] -= needs[i]
+                running[0] -= 1
+                done[i] = out
+                state.notify_all()
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(len(items)):
+            with state:
+                state.wait_for(lambda: i in done)
+                ok, value = done.pop(i)
+            if not ok:
+                raise value  # type: ignore[misc]
+            yield value  # type: ignore[misc]
+    finally:
+        with state:
+            waiting.clear()  # after a failure or an early stop: nothing more starts
+            state.notify_all()
+        for t in threads:
+            t.join()

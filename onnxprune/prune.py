@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Callable
@@ -18,6 +17,7 @@ from .errors import OnnxPruneError
 from .graph.validate import check_runs, check_runs_on, validate
 from .methods.scores import l1_scores, select
 from .methods.sequential import LayerNote
+from .memory import release
 from .passes.normalize import normalize
 from .passes.srn import serialize_residuals
 from .progress import Progress, no_progress
@@ -119,6 +119,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
         raise OnnxPruneError("no prunable channel group in this model (see `onnxprune inspect` for the reasons)"
                              + (f"; not reconstructable: {'; '.join(sorted(set(skipped.values())))}" if skipped else "")
                              + (f"; {len(excluded)} excluded by --exclude" if excluded else ""))
+    release()  # normalising and analysing copied the model several times
     keep_for = proxy_choice(analysis)
     steps = steps_of(analysis, channels, config.round_to)
     pro_samples = sample_count(before.macs, config.pro_samples)
@@ -157,9 +158,7 @@ def prune(model: onnx.ModelProto, config: PruneConfig, calibration: Calibration 
             counts, trace = choice.counts, choice.steps
         else:
             counts = fit_budget(channels, lambda c: predict(analysis.removed_mask(keep_for(c))), budget, steps)
-    # PRO's candidates keep models, sessions and activations in reference cycles (kept activations call
-    # back into their runner): freed now, not when the collector next runs, deep into the pass below
-    gc.collect()
+    release()  # what PRO held (statistics, candidates) is free memory the pass below should find
     done = method.prune(normalized, analysis, counts, calibration, progress)
     pruned, keep, notes = done.model, done.keep, done.notes
     validate(pruned, config.input_shapes, given, sample,

@@ -13,7 +13,7 @@ from onnxprune.cli import main
 
 PACKAGE = Path(onnxprune.__file__).parent
 # The data's way through the package: a module may import from its own stage or earlier ones.
-STAGES = ["errors", "progress", "parallel", "graph", "analysis", "passes", "calibration", "methods", "widths"]
+STAGES = ["errors", "progress", "parallel", "memory", "graph", "analysis", "passes", "calibration", "methods", "widths"]
 
 
 def modules() -> dict[str, Path]:

@@ -28,6 +28,7 @@ from ..analysis.groups import Analysis
 from ..calibration.cache import SegmentRunner, pairs
 from ..calibration.statistics import HOLDOUT_EVERY, MASK, Calibration, accumulate, samples_per_run, slices
 from ..parallel import single_blas
+from ..memory import release
 from ..passes.surgery import prune_channels
 from ..progress import Progress, no_progress
 from .grouped import Piece, join, pieces, relative_error, rounds
@@ -114,6 +115,8 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
             notes.append(LayerNote(gid, c.node, ps[0].total.used, len(ps[0].rows), max(used),
                                    relative_error(ps, mine)))
         keep[gid] = kept
+        del fit, holdout, problems, runs
+        release(collect=False)  # this group's runs and statistics, before the next group's
         current = prune_channels(overlay_weights(normalized, thetas), analysis, keep)
     return current, keep, notes
 
