@@ -156,13 +156,16 @@ def test_a_profiled_session_records_each_kernel_it_runs(tmp_path):
     assert not runtime.session(model).get_session_options().enable_profiling  # off unless asked
 
 
-def test_calibration_runs_free_their_memory_and_timings_keep_the_arena(monkeypatch):
-    """The statistics' sessions (every consumer's tensors at once) run without onnxruntime's CPU
-    memory arena (each run's tensors are freed as it ends); the sequential pass's and the others
-    keep it: without it the sequential pass of ResNet-50 peaked higher (docs/PERFORMANCE.md)."""
+def test_one_run_sessions_and_statistics_free_their_memory_and_the_sequential_pass_keeps_the_arena(monkeypatch):
+    """The statistics' sessions (every consumer's tensors at once), PRO's candidates and the
+    validation (sessions that run once) go without onnxruntime's CPU memory arena (each run's
+    tensors are freed as it ends); the sequential pass's keep it: without it the sequential pass of
+    ResNet-50 peaked higher (docs/PERFORMANCE.md)."""
     from onnxprune import analyze, normalize
     from onnxprune.analysis.consumers import reconstructable
     from onnxprune.calibration import cache, statistics
+    from onnxprune.graph import validate
+    from onnxprune.widths import variants
 
     made = []
     real = runtime.session
@@ -173,11 +176,17 @@ def test_calibration_runs_free_their_memory_and_timings_keep_the_arena(monkeypat
 
     model = FACTORIES["conv_chain"]()
     assert runtime.session(model).get_session_options().enable_cpu_mem_arena
-    for module in (statistics, cache):
+    for module in (statistics, cache, variants, validate):
         monkeypatch.setattr(module, "session", recording)
     normalized, _ = normalize(model)
     feeds = random_feeds(normalized, batch=4)
     consumers = [c for cs in reconstructable(analyze(normalized, {}))[0].values() for c in cs]
     statistics.collect(normalized, normalized, consumers, lambda: [feeds])
-    list(cache.SegmentRunner(lambda: statistics.slices([feeds]), list(runtime.CPU), 1 << 20).run(normalized, [consumers[0].input]))
+    list(cache.SegmentRunner(lambda: statistics.slices([feeds]), list(runtime.CPU), 1 << 20).run(
+        normalized, [consumers[0].input]))
     assert made == [False, True]
+    output = normalized.graph.output[0].name
+    variants.Variants(normalized, consumers, feeds, [output], list(runtime.CPU), 1 << 20).run({})
+    variants.Cuts(normalized, feeds, list(runtime.CPU), 1 << 20).run(normalized, 2, [output])
+    validate.validate(normalized, feeds=feeds)
+    assert len(made) > 4 and made[2:] == [False] * (len(made) - 2)

@@ -65,7 +65,8 @@ def weights_as_inputs(model: onnx.ModelProto, consumers: list[Consumer],
 
 
 class Variants:
-    """The outputs of weight variants of ``model`` on fixed samples.
+    """The outputs of weight variants of ``model`` on fixed samples (each session runs once: no
+    memory arena, which would only hold a run's memory until the session goes).
 
     ``run(changed)`` gives the outputs with some consumers' parameters replaced, running
     only from the first node that reads them; ``commit(changed)`` makes them current and
@@ -124,7 +125,7 @@ class Variants:
         key = (start, outputs)
         if key not in self._segments:
             self._segments[key] = probe_model(self.model, list(outputs), {**inputs, **params})
-        return run_all(session(bind(self._segments[key], params), self.providers), inputs)
+        return run_all(session(bind(self._segments[key], params), self.providers, arena=False), inputs)
 
 
 def bind(model: onnx.ModelProto, params: Params) -> onnx.ModelProto:
@@ -203,14 +204,14 @@ class Cuts:
             model = probe_model(self.model, list(names), inputs)
         else:
             inputs, model = self.feeds, probe_model(self.model, list(names))
-        return run_all(session(model, self.providers), inputs)
+        return run_all(session(model, self.providers, arena=False), inputs)
 
     def run(self, variant: onnx.ModelProto, position: int, outputs: list[str]) -> list[np.ndarray]:
         """``outputs`` of ``variant``, a model equal to the current one before node ``position``."""
         position = position if cuttable(variant) else 0
         inputs = self.kept.at(position, self._live, self._compute) if position else None
         model = probe_model(variant, outputs, inputs)
-        values = run_all(session(model, self.providers), self.feeds if inputs is None else inputs)
+        values = run_all(session(model, self.providers, arena=False), self.feeds if inputs is None else inputs)
         return [values[n] for n in outputs]
 
 
