@@ -364,14 +364,16 @@ def slices(batches: Iterable[dict[str, np.ndarray]], size: int = 0) -> Iterator[
 
 
 def samples_per_run(model: onnx.ModelProto, shapes: dict[str, tuple], budget: int = RUN_TENSOR_BYTES) -> int:
-    """Samples per run such that the model's largest activation takes about ``budget`` bytes
-    (``shapes``: per sample, shapes.py's convention); 0 (whole batches) where the model fixes its
-    batch dim, which no slice could feed."""
+    """Samples per run such that the model's largest activation (a node's output, not a weight)
+    takes about ``budget`` bytes (``shapes``: per sample, shapes.py's convention); 0 (whole
+    batches) where the model fixes its batch dim, which no slice could feed."""
     for i in model.graph.input:
         dims = i.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 1:
             return 0
-    sizes = [np.prod(s, dtype=np.int64) for s in shapes.values() if s and all(isinstance(d, int) for d in s)]
+    produced = {o for node in model.graph.node for o in node.output}
+    sizes = [np.prod(s, dtype=np.int64) for name, s in shapes.items()
+             if name in produced and s and all(isinstance(d, int) for d in s)]
     return max(1, int(budget // (4 * max(sizes, default=1))))
 
 
