@@ -430,9 +430,9 @@ def test_with_pro_both_rankings_are_fitted_to_the_budget_in_microseconds(chain, 
 
     class Search:  # latency.ProSearch: one per ranking, asked for the budget
         def __init__(self, normalized, analysis, method, channels, cost, calibration, steps, samples, progress,
-                     rank, rebuilt, pooled):
+                     rank, rebuilt, pooled, errors):
             self.call = dict(cost=cost, calibration=calibration, steps=steps, samples=samples, rank=rank,
-                             rebuilt=rebuilt, method=method, pooled=pooled)
+                             rebuilt=rebuilt, method=method, pooled=pooled, errors=errors)
 
         def choose(self, budget):
             calls.append(dict(self.call, budget=budget))
@@ -444,6 +444,7 @@ def test_with_pro_both_rankings_are_fitted_to_the_budget_in_microseconds(chain, 
     counts, fit, timed, trace = fit_latency(chain, monkeypatch, 0.9, [1.0, 0.936, 0.936], pro=True, method=method,
                                             macs=macs)
     assert len(calls) == 2 and calls[1]["rank"] is macs and calls[0]["cost"] is calls[1]["cost"]
+    assert calls[0]["errors"] == {} and calls[0]["errors"] is calls[1]["errors"]  # one record for both rankings
     cost = calls[0]["cost"]
     assert cost({0: np.arange(16), 1: np.arange(8)}) == 4250 and cost({0: np.arange(8), 1: np.arange(8)}) == 4050
     assert all(c["budget"] == 4500.0 and c["steps"] == {0: 8, 1: 8} and c["samples"] == 7 and c["rebuilt"] is None
