@@ -426,6 +426,7 @@ class VariantCandidates:
         self.rebase(dict(channels))
 
     def rebase(self, counts: Counts) -> None:
+        self.variants = None  # the old base (its model, kept activations) goes before the new one comes
         keep = self.keep_of(counts)
         removed = self.analysis.removed_mask(keep)
         thetas: Weights = {}
@@ -437,6 +438,8 @@ class VariantCandidates:
         self.removed, self.base_cost = removed, self.cost(keep)
         self.variants = Variants(model, self.consumers, self.feeds, [self.output], list(self.calib.providers),
                                  self.calib.cache_bytes)
+        del model, thetas
+        release(collect=False)  # the copies the new base was made through
 
     def params(self, counts: Counts, g: int):
         changed = {}
