@@ -210,3 +210,28 @@ def test_variants_and_cuts_go_as_soon_as_their_owner_drops_them():
         assert [r() for r in refs] == [None, None]
     finally:
         gc.enable()
+
+
+def test_variants_keep_a_few_cut_segments_and_run_alike_without_the_others(monkeypatch):
+    """Each cut segment copies the weights after its cut: a Variants keeps the latest SEGMENTS; with
+    one kept, candidates changed at every consumer in turn, twice over, give what they give with
+    all of them kept."""
+    from onnxprune.widths import variants as module
+
+    normalized, _ = normalize(FACTORIES["basic_block_net"](blocks=2))
+    plans, _ = reconstructable(analyze(normalized))
+    consumers = [c for g in plans for c in plans[g]]
+    feeds = random_feeds(normalized, batch=3, seed=6)
+    output = normalized.graph.output[0].name
+
+    def outputs():
+        v = Variants(normalized, consumers, feeds, [output], ["CPUExecutionProvider"], 1 << 30)
+        got = [v.run({name: v.original[name] * 1.5})[0] for _ in range(2) for name in v.original]
+        return got, len(v._segments)
+    every, kept = outputs()
+    assert kept > 1
+    monkeypatch.setattr(module, "SEGMENTS", 1)
+    few, kept = outputs()
+    assert kept == 1
+    for a, b in zip(few, every, strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -64,6 +64,9 @@ def weights_as_inputs(model: onnx.ModelProto, consumers: list[Consumer],
     return to_model(graph, model), slots, values
 
 
+SEGMENTS = 8  # cut segments a Variants keeps
+
+
 class Variants:
     """The outputs of weight variants of ``model`` on fixed samples (each session runs once: no
     memory arena, which would only hold a run's memory until the session goes).
@@ -86,7 +89,9 @@ class Variants:
             self.reader.update({name: i for name in n.input if name in self.current})
         self._live: dict[int, list[str]] = {}
         self.kept = KeptActivations(feeds, budget_bytes)  # activations of the current weights
-        self._segments: dict[tuple[int, tuple[str, ...]], onnx.ModelProto] = {}  # parameters still inputs
+        # the latest SEGMENTS cut segments (parameters still inputs): each holds its own copy of the
+        # weights after its cut, and ResNet-50's 37 cuts held hundreds of MB of them
+        self._segments: dict[tuple[int, tuple[str, ...]], onnx.ModelProto] = {}
 
     def params(self, c: Consumer, theta: np.ndarray, outputs: np.ndarray) -> Params:
         """The inputs that give consumer ``c`` the weights ``theta`` for its ``outputs`` columns."""
@@ -123,9 +128,13 @@ class Variants:
     def _run(self, start: int, outputs: tuple[str, ...], inputs: dict[str, np.ndarray], params: Params,
              ) -> dict[str, np.ndarray]:
         key = (start, outputs)
-        if key not in self._segments:
-            self._segments[key] = probe_model(self.model, list(outputs), {**inputs, **params})
-        return run_all(session(bind(self._segments[key], params), self.providers, arena=False), inputs)
+        segment = self._segments.pop(key, None)
+        if segment is None:
+            segment = probe_model(self.model, list(outputs), {**inputs, **params})
+            if len(self._segments) >= SEGMENTS:
+                del self._segments[next(iter(self._segments))]  # the least recently used
+        self._segments[key] = segment
+        return run_all(session(bind(segment, params), self.providers, arena=False), inputs)
 
 
 def bind(model: onnx.ModelProto, params: Params) -> onnx.ModelProto:
