@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import TypeVar
 
@@ -55,16 +54,14 @@ def each(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None,
     with single_blas():
         if workers <= 1:
             yield from map(fn, items)
-        elif memory is None:
-            with ThreadPoolExecutor(workers) as pool:
-                yield from pool.map(fn, items)
         else:
-            yield from _packed(fn, items, workers, [memory(item) for item in items], budget)
+            needs = [0] * len(items) if memory is None else [memory(item) for item in items]
+            yield from _packed(fn, items, workers, needs, budget)
 
 
 def _packed(fn: Callable[[T], R], items: list[T], workers: int, needs: list[int], budget: int) -> Iterator[R]:
-    """``each`` with memory: worker threads take the first waiting item that fits beside the
-    running ones; the caller gets the results in order."""
+    """``each`` on threads: each worker takes the first waiting item that fits beside the running
+    ones (every item of need 0 fits); the caller gets the results in order."""
     state = threading.Condition()
     waiting = list(range(len(items)))
     done: dict[int, tuple[bool, object]] = {}
