@@ -48,6 +48,7 @@ from ..passes.surgery import prune_channels
 from ..parallel import each, single_blas
 from ..progress import Progress, no_progress
 from .budget import Steps, step_of
+from .recent import recent
 from .variants import Cuts, Variants, first_samples
 
 REFRESH_EVERY = 8  # commits between full re-measurements of every group, at least (refresh_interval)
@@ -387,25 +388,21 @@ class Reconstructions:
         """Group g's consumers at k channels, the other groups' channels that ``removed`` (a
         class mask) drops left out of the fit."""
         removed = self.nothing if removed is None else removed
-        key = (k, removed[self.others[g]].tobytes())
-        cache = self._cache.setdefault(g, {})
-        if key in cache:
-            cache[key] = cache.pop(key)  # the most recently used last
-        else:
-            n = self.channels[g]
-            kept = np.sort(np.setdiff1d(np.arange(n), self.orders[g][: n - k]))
-            result = {}
-            for c in self.consumers[g]:
-                parts = self._pieces(c, g, removed)
-                thetas = [self._rebuild(g, (c.node, i), p, kept) for i, p in enumerate(parts)]
-                m = sum(len(p.outputs) for p in parts)
-                result[c.node] = (c, join(c, parts, thetas, m), np.arange(m))
-                if c.node in self.holdout:  # its ridges are chosen: fits read fit + holdout only, one sum
-                    self.fit[c.node] = self.fit[c.node] + self.holdout.pop(c.node)
-            cache[key] = result
-            if len(cache) > KEPT_WEIGHTS:
-                del cache[next(iter(cache))]
-        return cache[key]
+        return recent(self._cache.setdefault(g, {}), (k, removed[self.others[g]].tobytes()),
+                      lambda: self._weights(g, k, removed), KEPT_WEIGHTS)
+
+    def _weights(self, g: int, k: int, removed: np.ndarray) -> Weights:
+        n = self.channels[g]
+        kept = np.sort(np.setdiff1d(np.arange(n), self.orders[g][: n - k]))
+        result = {}
+        for c in self.consumers[g]:
+            parts = self._pieces(c, g, removed)
+            thetas = [self._rebuild(g, (c.node, i), p, kept) for i, p in enumerate(parts)]
+            m = sum(len(p.outputs) for p in parts)
+            result[c.node] = (c, join(c, parts, thetas, m), np.arange(m))
+            if c.node in self.holdout:  # its ridges are chosen: fits read fit + holdout only, one sum
+                self.fit[c.node] = self.fit[c.node] + self.holdout.pop(c.node)
+        return result
 
 
 class VariantCandidates:

@@ -32,6 +32,7 @@ from ..graph.convert import to_graph, to_model, unique_name
 from ..graph.probe import cuttable, live_tensors, probe_model
 from ..graph.runtime import run_all, session
 from ..methods.weights import fold_alpha, param_slots, theta_params
+from .recent import recent
 
 Params = dict[str, np.ndarray]  # graph input name -> value
 
@@ -127,13 +128,8 @@ class Variants:
 
     def _run(self, start: int, outputs: tuple[str, ...], inputs: dict[str, np.ndarray], params: Params,
              ) -> dict[str, np.ndarray]:
-        key = (start, outputs)
-        segment = self._segments.pop(key, None)
-        if segment is None:
-            segment = probe_model(self.model, list(outputs), {**inputs, **params})
-            if len(self._segments) >= SEGMENTS:
-                del self._segments[next(iter(self._segments))]  # the least recently used
-        self._segments[key] = segment
+        segment = recent(self._segments, (start, outputs),
+                         lambda: probe_model(self.model, list(outputs), {**inputs, **params}), SEGMENTS)
         return run_all(session(bind(segment, params), self.providers, arena=False), inputs)
 
 
