@@ -241,8 +241,8 @@ def inspect(model, input_shapes, as_json):
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def prune_cmd(model, output, method, ratio, keep_flops, keep_params, keep_latency, latency_batch, threads, latency_table,
               pro, pro_samples, pro_pooled, exclude, round_to, calib_path,
-              calib_limit, batch_size, calib_rows, cache_mb, spill, srn, independent, stats, device, resize, mean, std, layout,
-              channels, tokenizer, max_length, input_shapes, report, as_json, quiet):
+              calib_limit, batch_size, calib_rows, cache_mb, spill, srn, independent, stats, device, resize, mean, std,
+              layout, channels, tokenizer, max_length, input_shapes, report, as_json, quiet):
     """Remove channels from MODEL and write the smaller model to OUTPUT."""
     has_data = calib_path is not None
     method = method or default_method(has_data)

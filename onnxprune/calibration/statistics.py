@@ -80,8 +80,8 @@ class StatsMode(str, enum.Enum):
 class Calibration:
     """Calibration data and how to run it: ``batches()`` yields feeds; ``sequential``: X from
     the pruned model (True) or from the original (False); ``cache_bytes``: activations kept
-    between groups in memory, in all, and ``spill``: the rest in temporary files (cache.py); ``source``: where the data come from, for messages;
-    ``rows_per_column``: the row budget of every consumer's statistics, per column (sampling.py;
+    between groups in memory, in all, and ``spill``: the rest in temporary files (cache.py);
+    ``source``: where the data come from, for messages; ``rows_per_column``: the row budget of every consumer's statistics, per column (sampling.py;
     0: every output position of every sample)."""
 
     batches: Batches
@@ -385,8 +385,9 @@ def accumulate(parts: Iterable[tuple[Part, dict[str, np.ndarray], dict[str, np.n
     """Statistics of every consumer from (``Part``, inputs, targets) tensors, of whole batches or
     slices (``Part`` total 0: a whole batch, as ``draw`` reads it); see ``collect``. A grouped conv's
     are per block (grouped.BlockStats); a Gemm's or MatMul's over the rows of ``token_rows``, without
-    padding where the inputs carry the attention mask (``MASK``). On the host each consumer's (or grouped conv block's) statistics are running sums that every
-    slice adds to (``RunningSums``); in a graph, per-slice ``LayerStats`` added up."""
+    padding where the inputs carry the attention mask (``MASK``). On the host each consumer's (or
+    grouped conv block's) statistics are running sums that every slice adds to (``RunningSums``);
+    in a graph, per-slice ``LayerStats`` added up."""
     graph = None if mode is StatsMode.HOST else GraphStats(device_providers or ["CPUExecutionProvider"])
     fit: dict[str, list] = {}
     holdout: dict[str, list] = {}
