@@ -33,7 +33,12 @@ class LayerStats:
         return LayerStats(self.gram, self.cross[:, kept], self.yy[kept], self.rows, self.drawn)
 
     def permuted(self, rows: np.ndarray) -> LayerStats:
-        """The statistics with the columns of Xa reordered: column i of the result is ``rows[i]``."""
+        """The statistics with the columns of Xa reordered: column i of the result is ``rows[i]``
+        (negative: from the end). The identity (a consumer that reads only the group being pruned)
+        is these statistics themselves, not a copy of a Gram that may be hundreds of MB."""
+        p = len(self.gram)
+        if len(rows) == p and np.array_equal(np.where(rows < 0, rows + p, rows), np.arange(p)):
+            return self
         return LayerStats(self.gram[np.ix_(rows, rows)], self.cross[rows], self.yy, self.rows, self.drawn)
 
     @property

@@ -150,7 +150,8 @@ def ridge_solve(stats: LayerStats, keep: Channels, K: int, theta0: np.ndarray, a
     with zeros on the removed channels' rows (p x m). alpha = 0 is plain least squares."""
     cols = columns(keep, K, copies)
     lam = ridge_diag(len(cols), ridge_lambda(stats, alpha))
-    gram = stats.gram[np.ix_(cols, cols)] + np.diag(lam)
+    gram = stats.gram[np.ix_(cols, cols)]
+    gram.flat[::len(cols) + 1] += lam  # no p x p diag(lam) and sum beside it
     rhs = stats.cross[cols] + lam[:, None] * theta0[cols]
     theta = np.zeros_like(stats.cross)
     theta[cols] = sla.cho_solve(cholesky(gram), rhs)
