@@ -116,8 +116,10 @@ def prune_sequential(normalized: onnx.ModelProto, analysis: Analysis, counts: di
                                    relative_error(ps, mine)))
         keep[gid] = kept
         del fit, holdout, problems, runs
-        release(collect=False)  # this group's runs and statistics, before the next group's
         current = prune_channels(overlay_weights(normalized, thetas), analysis, keep)
+        # this group's runs and statistics, and the graphs the model was made through (graphsurgeon's
+        # nodes and tensors point at each other: only the collector frees them, with their weights)
+        release()
     return current, keep, notes
 
 

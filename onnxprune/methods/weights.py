@@ -60,6 +60,14 @@ def theta_params(c: Consumer, theta: np.ndarray, outputs: np.ndarray, weight: np
     return w, b
 
 
+def stored(node: gs.Node, c: Consumer, theta: np.ndarray) -> np.ndarray:
+    """``theta`` in float32 where the consumer's weight and bias are float32 (what ``theta_params``
+    writes them as: the same numbers, half the memory), else as it is (a float64 -> float16 write
+    rounds once, through float32 twice)."""
+    dtypes = {np.asarray(holder.inputs[i].values).dtype for holder, i in param_slots(node, c)}
+    return theta.astype(np.float32) if dtypes == {np.dtype(np.float32)} else theta
+
+
 def fold_alpha(node: gs.Node, weight: np.ndarray) -> np.ndarray:
     """A Gemm's ``weight`` times its alpha; the node's alpha becomes 1 (theta has no alpha)."""
     alpha = float(node.attrs.get("alpha", 1.0))

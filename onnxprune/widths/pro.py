@@ -43,7 +43,7 @@ from ..methods.grouped import Piece, join, pieces, restrict, rounds
 from ..methods.scores import keep_every_tensor
 from ..methods.sequential import group_first
 from ..memory import release
-from ..methods.weights import overlay_weights, theta_of
+from ..methods.weights import overlay_weights, stored, theta_of
 from ..passes.surgery import prune_channels
 from ..parallel import each, single_blas
 from ..progress import Progress, no_progress
@@ -399,7 +399,8 @@ class Reconstructions:
             parts = self._pieces(c, g, removed)
             thetas = [self._rebuild(g, (c.node, i), p, kept) for i, p in enumerate(parts)]
             m = sum(len(p.outputs) for p in parts)
-            result[c.node] = (c, join(c, parts, thetas, m), np.arange(m))
+            # kept as they will be written: the cache holds every group's consumers, KEPT_WEIGHTS times
+            result[c.node] = (c, stored(self.nodes[c.node], c, join(c, parts, thetas, m)), np.arange(m))
             if c.node in self.holdout:  # its ridges are chosen: fits read fit + holdout only, one sum
                 self.fit[c.node] = self.fit[c.node] + self.holdout.pop(c.node)
         return result
@@ -436,7 +437,7 @@ class VariantCandidates:
         self.variants = Variants(model, self.consumers, self.feeds, [self.output], list(self.calib.providers),
                                  self.calib.cache_bytes)
         del model, thetas
-        release(collect=False)  # the copies the new base was made through
+        release()  # the copies and graphs the new base was made through (graphs are cycles)
 
     def params(self, counts: Counts, g: int):
         changed = {}
