@@ -515,6 +515,26 @@ def test_candidate_fits_keep_the_ridge_chosen_at_a_pieces_first_fit(monkeypatch)
         np.testing.assert_array_equal(theta, expected.astype(np.float32))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_candidate_weights_are_kept_as_the_model_will_be_written(dtype):
+    """Reconstructions keep float32 weights for a float32 consumer (theta_params writes them so:
+    the same numbers), the float64 solve otherwise (float16 is rounded once, from float64)."""
+    import onnx_graphsurgeon as gs
+    from onnxprune.analysis.consumers import Consumer
+    from onnxprune.methods.weights import stored, theta_params
+    rng = np.random.default_rng(0)
+    w = gs.Constant("w", rng.normal(size=(4, 3, 1, 1)).astype(dtype))
+    b = gs.Constant("b", rng.normal(size=4).astype(dtype))
+    node = gs.Node("Conv", "conv", inputs=[gs.Variable("x"), w, b], outputs=[gs.Variable("y")])
+    c = Consumer("conv", "Conv", "x", "y", 3, 1, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1))
+    theta = rng.normal(size=(4, 4))
+    kept = stored(node, c, theta)
+    assert kept.dtype == (np.float32 if dtype == np.float32 else np.float64)
+    for got, want in zip(theta_params(c, kept, np.arange(4), w.values, b.values),
+                         theta_params(c, theta, np.arange(4), w.values, b.values)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_ladders_have_fewer_rungs_when_there_are_many_groups():
     assert [pro.rungs_per_group(g) for g in (1, 12, 16, 30, 58, 200)] == [16, 16, 16, 8, 4, 4]
 

@@ -148,6 +148,40 @@ def test_runs_in_slices_give_the_pruning_of_whole_batches(name, monkeypatch):
     np.testing.assert_allclose(run(sliced.model, feeds)[0], run(whole.model, feeds)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_each_group_frees_the_graphs_its_model_was_made_through(monkeypatch):
+    """Writing a group's weights and cutting its channels go through graphsurgeon graphs, whose
+    nodes and tensors point at each other (cycles, holding the weights): the pass collects them
+    after every group, with the collector off as a long run's old generation effectively is."""
+    import gc
+    import weakref
+
+    from onnxprune.graph import convert
+    from onnxprune.methods import weights
+    from onnxprune.passes import surgery
+
+    made = []
+    real = convert.to_graph
+
+    def recorded(model):
+        graph = real(model)
+        made.append(weakref.ref(graph))
+        return graph
+    monkeypatch.setattr(weights, "to_graph", recorded)
+    monkeypatch.setattr(surgery, "to_graph", recorded)
+    model = FACTORIES["basic_block_net"]()
+    normalized, _ = normalize(model)
+    analysis = analyze(normalized)
+    plans, _ = reconstructable(analysis)
+    counts = {g.id: g.channels // 2 for g in analysis.groups if g.prunable and g.id in plans}
+    gc.collect()
+    gc.disable()
+    try:
+        prune_sequential(normalized, analysis, counts, methods.get("reap"), calibration(model))
+        assert len(made) >= 2 * len(counts) and all(ref() is None for ref in made)
+    finally:
+        gc.enable()
+
+
 def test_groups_that_cannot_be_reconstructed_are_left_alone_and_reported():
     b = NetBuilder(3, seed=0)  # a MatMul without a bias Add reads the second group
     x = b.reshape_flatten(b.gap(b.conv_bn_act(b.conv_bn_act("input", 8), 8)))

@@ -147,3 +147,19 @@ def test_batches_run_in_slices_give_the_statistics_of_whole_batches(factory, mod
     for a, b in zip(whole, sliced):
         assert_same_stats(b, a, consumers)
     assert any(whole[0][c.node].drawn for c in consumers)  # rows were drawn (sampling.py)
+
+
+def test_permuting_statistics_by_the_identity_is_no_copy():
+    """A consumer that reads only the group being pruned takes its statistics as they are (its
+    Gram may be hundreds of MB); any other order is the reordered copy."""
+    from onnxprune.calibration.layer_stats import stats_from_data
+    rng = np.random.default_rng(0)
+    stats = stats_from_data(rng.normal(size=(50, 6)), rng.normal(size=(50, 3)))
+    p = len(stats.gram)
+    assert stats.permuted(np.arange(p)) is stats
+    assert stats.permuted(np.append(np.arange(p - 1), -1)) is stats  # the bias as -1 (columns())
+    for rows in (np.append(rng.permutation(p - 1), -1), np.array([3, 0, -1])):
+        moved = stats.permuted(rows)
+        assert moved is not stats
+        np.testing.assert_array_equal(moved.gram, stats.gram[np.ix_(rows, rows)])
+        np.testing.assert_array_equal(moved.cross, stats.cross[rows])
