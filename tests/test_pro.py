@@ -458,7 +458,7 @@ def test_one_search_answers_several_budgets_as_fresh_searches_do(method):
 
 
 def test_every_stage_of_a_data_prune_reports_its_progress_to_the_end():
-    """REAP + PRO: PRO's statistics, removal orders and search, then each group's statistics,
+    """REAP + PRO: PRO's statistics, removal orders, ridges and search, then each group's statistics,
     each a labelled step whose work done adds up to its total (the search may overshoot it)."""
     model = FACTORIES["conv_chain"](widths=(16, 32, 16))
     progress, steps = recording_progress()
@@ -466,8 +466,8 @@ def test_every_stage_of_a_data_prune_reports_its_progress_to_the_end():
                    calibration(model), progress)
     pruned = [c for c in result.groups if c.channels_after < c.group.channels]
     labels = list(steps)
-    assert labels[:3] == ["PRO: calibrating", "PRO: removal orders", "PRO: choosing per-layer widths"]
-    assert [label.split(" group")[0] for label in labels[3:]] == [f"[{i}/{len(pruned)}]"
+    assert labels[:4] == ["PRO: calibrating", "PRO: removal orders", "PRO: ridges", "PRO: choosing per-layer widths"]
+    assert [label.split(" group")[0] for label in labels[4:]] == [f"[{i}/{len(pruned)}]"
                                                                  for i in range(1, len(pruned) + 1)]
     for label, (total, done) in steps.items():
         if label.startswith("PRO: choosing"):
@@ -576,14 +576,36 @@ def test_removal_orders_stop_at_the_last_rung_of_each_ladder():
     elimination's dearest steps (the most channels gone) are not computed."""
     model = FACTORIES["conv_chain"](widths=(32, 16, 32))
     normalized, analysis, channels, _ = mac_problem(model)
-    floors = pro.floors(channels, 8)
-    assert floors == {g: 8 for g in channels}
+    assert pro.floors(channels, 8) == {g: 8 for g in channels}
     rebuilt = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress,
-                              floors)
+                              pro.ladders(channels, 8))
     assert {g: len(order) for g, order in rebuilt.orders.items()} == {g: n - 8 for g, n in channels.items()}
     full = Reconstructions(normalized, analysis, methods.get("reap"), channels, calibration(model), no_progress)
     for g, order in rebuilt.orders.items():
         np.testing.assert_array_equal(order, full.orders[g][:len(order)])  # the same steps, fewer of them
+
+
+@pytest.mark.parametrize("name", ["conv_chain", "c2f_like"])
+def test_the_first_candidates_are_fitted_before_the_search_and_the_holdouts_go(name):
+    """Given the search's ladders, the reconstructions fit every group's first candidate right after
+    the removal orders, in the order the search's first round asks for them: the weights are those
+    a lazy first fit gives, to the bit (ridges chosen on the same holdouts; a Concat's consumer, read
+    by several groups, at its first group's), and every holdout Gram is merged into its fit before
+    the search begins."""
+    model = FACTORIES[name]()
+    cal = calibration(model)
+    normalized, analysis, _, _ = mac_problem(model)
+    plans, _ = reconstructable(analysis)
+    channels = {g: analysis.groups[g].channels for g in plans}
+    steps = pro.ladders(channels, 1)
+    eager = Reconstructions(normalized, analysis, methods.get("reap"), channels, cal, no_progress, steps)
+    lazy = Reconstructions(normalized, analysis, methods.get("reap"), channels, cal, no_progress)
+    assert not eager.holdout and lazy.holdout
+    for g, ladder in steps.items():
+        assert list(eager._cache[g]) == [(ladder[1], eager.nothing[eager.others[g]].tobytes())]
+        for (_, a, _), (_, b, _) in zip(eager.weights(g, ladder[1]).values(), lazy.weights(g, ladder[1]).values()):
+            np.testing.assert_array_equal(a, b)
+    assert eager._alphas == lazy._alphas
 
 
 def test_pro_frees_its_statistics_when_it_returns(monkeypatch):

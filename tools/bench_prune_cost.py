@@ -16,7 +16,7 @@ progress labels the library reports (onnxprune.progress):
     analyse       normalise, analyse, cost model (before the first labelled step)
     PRO stats     "PRO: calibrating": the original model's statistics for PRO
     PRO orders    "PRO: removal orders": every group's removal order (REAP's selection) for PRO
-    PRO search    "PRO: choosing ...": candidates' final outputs
+    PRO search    "PRO: ridges" (the first candidates' fits) and "PRO: choosing ...": candidates' final outputs
     latency       "latency: ..." and what follows it: the latency table, refits
     stats         "[i/n] group ...": the sequential pass's statistics
     selection     after each of those: selection and reconstruction of that group
@@ -51,6 +51,8 @@ def stage_of(label: str) -> tuple[str, str]:
         return "PRO stats", "PRO orders"
     if label.startswith("PRO: removal orders"):
         return "PRO orders", "PRO search"
+    if label.startswith("PRO: ridges"):  # the search's first candidates, fitted before it
+        return "PRO search", "PRO search"
     if label.startswith("PRO: choosing"):
         return "PRO search", "finish"
     if label.startswith("latency"):

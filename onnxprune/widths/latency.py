@@ -48,7 +48,7 @@ from ..passes.surgery import prune_channels
 from ..progress import Progress
 from ..methods.scores import select
 from .budget import Counts, block_steps, fit_budget, head_step, uniform
-from .pro import Keep, ProChoice, ProSearch, Reconstructions, allowed_counts, floors
+from .pro import Keep, ProChoice, ProSearch, Reconstructions, allowed_counts, ladders
 
 FORMAT = "onnxprune-latency-table/1"
 CHECK_RATIOS = (0.25, 0.5, 0.75)  # uniform widths whose whole models are timed to fit and check the scale
@@ -500,7 +500,7 @@ def latency_counts(normalized: onnx.ModelProto, analysis: Analysis, method, chan
             f"frozen groups untouched) keeps {fastest:.3f} of the latency "
             f"({'measured' if goal.table is None else 'predicted'}, batch {goal.target.batch})")
     # the data method's reconstructions, shared by every PRO run (two per fit, and the refits)
-    rebuilt = (Reconstructions(normalized, analysis, method, channels, calibration, progress, floors(channels, steps))
+    rebuilt = (Reconstructions(normalized, analysis, method, channels, calibration, progress, ladders(channels, steps))
                if goal.pro and method.reconstructs else None)
 
     ranks = {"per microsecond": lambda keep: round(1000 * table.predict({g: len(k) for g, k in keep.items()})),
