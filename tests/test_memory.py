@@ -34,3 +34,23 @@ def test_the_real_trim_is_found_or_absent_without_error():
     trim = memory._trim()
     assert trim is None or callable(trim)
     memory.release(collect=False)
+
+
+def test_a_cpu_session_holds_no_copy_of_its_serialised_model():
+    """onnxruntime's Python session keeps the bytes it was made from (to rebuild itself on its
+    fallback providers): the model's size again for as long as it lives. A CPU session lets them go
+    and still runs; one whose providers could fall back keeps them."""
+    import numpy as np
+    from builders import FACTORIES, random_feeds, run
+
+    from onnxprune.graph import runtime
+    model = FACTORIES["conv_chain"]()
+    made = runtime.session(model)
+    assert made._model_bytes is None
+    feeds = random_feeds(model, batch=2)
+    got = runtime.run_all(made, feeds)[model.graph.output[0].name]
+    np.testing.assert_allclose(got, run(model, feeds)[0], rtol=1e-5, atol=1e-6)
+
+    class Session:  # a CUDA session, as far as _unheld can tell
+        _model_bytes = b"model"
+    assert runtime._unheld(Session(), ["CUDAExecutionProvider", "CPUExecutionProvider"])._model_bytes == b"model"

@@ -117,7 +117,7 @@ def _any_size(model: onnx.ModelProto, options: ort.SessionOptions, providers: li
     (SessionOptions.add_external_initializers); the serialised model keeps their entries,
     marked external. ``model`` is changed only while it is serialised, and given back as it was."""
     if io.weight_bytes(model) <= io.EXTERNAL_DATA_BYTES:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+        return _unheld(ort.InferenceSession(model.SerializeToString(), options, providers=providers), providers)
     large = [t for t in model.graph.initializer if t.ByteSize() > OUTSIDE_BYTES]
     arrays = [numpy_helper.to_array(t) for t in large]
     try:
@@ -134,6 +134,17 @@ def _any_size(model: onnx.ModelProto, options: ort.SessionOptions, providers: li
     options.add_external_initializers([t.name for t in large], values)
     made = ort.InferenceSession(serialised, options, providers=providers)
     made.onnxprune_weights = values  # onnxruntime reads them in place: they live as long as the session
+    return made
+
+
+def _unheld(made: ort.InferenceSession, providers: list[str]) -> ort.InferenceSession:
+    """``made`` without the serialised model that onnxruntime's Python session holds for as long as
+    it lives (to build itself again on its fallback providers after a failed run): a CPU session's
+    fallback is the CPU itself, so it is never needed there, and the bytes are the model's size
+    again (100 MB a session for ResNet-50, several sessions at a time). A CUDA session keeps them."""
+    if set(providers) <= set(CPU) and getattr(made, "_model_bytes", None) is not None:
+        made.disable_fallback()
+        made._model_bytes = None
     return made
 
 
