@@ -5,13 +5,17 @@ against the model's inputs (names, ranks, fixed dims, dtypes, sample counts) bef
 is handed out; NaN and Inf are found batch by batch while streaming.
 
 Memory: a .npy file is memory-mapped and read one batch at a time, and an image folder is
-decoded one batch of files at a time. Each array of a .npz file is loaded whole when the file
-is opened (numpy cannot memory-map inside a zip): data larger than memory belongs in .npy.
+decoded one batch of files at a time. The arrays of an uncompressed .npz file (np.savez) are
+read from the file one batch at a time too (``_Stored``: a pass over the data holds a batch,
+not the data set); those of a compressed one (np.savez_compressed) are loaded whole when the
+file is opened (a batch in the middle of a deflated stream is reached only by inflating all
+before it): data larger than memory belongs in .npy or an uncompressed .npz.
 """
 
 from __future__ import annotations
 
 import stat
+import struct
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -223,8 +227,9 @@ def open_data(path: str | Path, model: onnx.ModelProto, *, batch_size: int = 32,
 def _npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, _Column], np.ndarray | None]:
     try:
         _check_npz_sizes(path)
+        stored = _stored_members(path)
         with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
+            arrays = {key: stored.get(key) or npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise OnnxPruneError(f"{path}: not a readable .npz file ({first_line(exc)})") from None
     except MemoryError:
@@ -242,6 +247,50 @@ def _npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, _Column], np.nda
         raise OnnxPruneError(f"{path}: {'; '.join(parts)} (model inputs: {quoted(names)})")
     columns = {name: _array_column(f"array '{name}'", arrays[name]) for name in names}
     return columns, _checked_labels(path, labels)
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """An array that a file holds uncompressed at ``offset`` in C order, read a slice of samples
+    (``array[start:stop]``) at a time: a .npz member written by np.savez."""
+
+    path: Path
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        n, per = max(stop - start, 0), int(np.prod(self.shape[1:], dtype=np.int64))
+        flat = (np.fromfile(self.path, self.dtype, n * per, offset=self.offset + start * per * self.dtype.itemsize)
+                if n * per else np.empty(0, self.dtype))
+        return flat.reshape((n, *self.shape[1:]))
+
+
+def _stored_members(path: Path) -> dict[str, _Stored]:
+    """The arrays of a .npz file that can be read a batch at a time (``_Stored``), by key: members
+    stored without compression and unencrypted, of samples (rank 1 or more) in C order, not labels;
+    the others are loaded whole."""
+    found = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+        for info in archive.infolist():
+            key = info.filename[:-4]
+            if (not info.filename.endswith(".npy") or key == LABELS or info.compress_type != zipfile.ZIP_STORED
+                    or info.flag_bits & 1):
+                continue
+            f.seek(info.header_offset)
+            local = f.read(30)  # the local file header: its name and extra field precede the data
+            if len(local) < 30 or local[:4] != b"PK\x03\x04":
+                continue
+            name, extra = struct.unpack("<HH", local[26:30])
+            f.seek(info.header_offset + 30 + name + extra)
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(f)
+            if len(shape) >= 1 and not fortran and not dtype.hasobject:
+                found[key] = _Stored(path, f.tell(), tuple(shape), dtype)
+    return found
 
 
 def _check_npz_sizes(path: Path) -> None:

@@ -94,6 +94,39 @@ def test_npz_named_with_labels_streams_in_batches(model, tmp_path):
     assert got_labels.dtype == np.int64 and feeds["input"].dtype == np.float32
 
 
+@pytest.mark.parametrize("write, layout, read_whole", [
+    (np.savez, "C", False),  # uncompressed: read from the file a batch at a time
+    (np.savez_compressed, "C", True),  # deflated: loaded when opened
+    (np.savez, "F", True),  # Fortran order: a batch's samples are not one run of the file
+])
+def test_npz_arrays_are_read_a_batch_at_a_time_where_the_file_allows(model, tmp_path, monkeypatch, write, layout,
+                                                                    read_whole):
+    """An uncompressed .npz member is read from the file one batch at a time (a pass over the data
+    holds a batch, not the data set); any other is loaded whole. The batches are the same."""
+    x, labels = np.asarray(samples(10), order=layout), np.arange(10) % 4
+    write(tmp_path / "d.npz", input=x, labels=labels)
+    loaded = []
+    real = np.lib.npyio.NpzFile.__getitem__
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda self, key: loaded.append(key) or real(self, key))
+    source = open_data(tmp_path / "d.npz", model, batch_size=4)
+    assert sorted(loaded) == (["input", "labels"] if read_whole else ["labels"])
+    feeds, got_labels, sizes = gather(source)
+    assert sizes == [4, 4, 2]
+    np.testing.assert_array_equal(feeds["input"], x)
+    np.testing.assert_array_equal(got_labels, labels)
+    again, _, _ = gather(open_data(tmp_path / "d.npz", model, batch_size=3, limit=7))  # other bounds
+    np.testing.assert_array_equal(again["input"], x[:7])
+
+
+def test_npz_read_in_batches_converts_other_dtypes_and_byte_orders(model, tmp_path):
+    """A stored member of another dtype or byte order reads as np.load would give it, then converts."""
+    x = samples(6).astype(">f8")
+    np.savez(tmp_path / "d.npz", input=x)
+    feeds, _, _ = gather(open_data(tmp_path / "d.npz", model, batch_size=4))
+    assert feeds["input"].dtype == np.float32
+    np.testing.assert_array_equal(feeds["input"], x.astype(np.float32))
+
+
 def test_npz_single_unnamed_array(model, tmp_path):
     x = samples(5)
     np.savez(tmp_path / "d.npz", x)  # key arr_0
