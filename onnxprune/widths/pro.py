@@ -355,7 +355,7 @@ class Reconstructions:
         """The search's first candidates, fitted now: group by group, one rung down from the original
         widths, as its first round of measurements asks for them (so they are the fits it reads from
         the cache, to the bit). A piece's ridge is chosen on the holdout at its first fit, and then its
-        fit and holdout statistics become one sum: every holdout Gram (half of the statistics: 573 MiB
+        fit and holdout statistics become one sum: every holdout Gram (half of the statistics: 1.1 GB
         on ResNet-50) is gone before the search's candidates and models come."""
         first = {g: ladder[1] for g, ladder in ladders.items() if len(ladder) > 1}
         if not first or not self.holdout:
