@@ -262,8 +262,13 @@ class _Stored:
     def __getitem__(self, rows: slice) -> np.ndarray:
         start, stop, _ = rows.indices(self.shape[0])
         n, per = max(stop - start, 0), int(np.prod(self.shape[1:], dtype=np.int64))
-        flat = (np.fromfile(self.path, self.dtype, n * per, offset=self.offset + start * per * self.dtype.itemsize)
-                if n * per else np.empty(0, self.dtype))
+        try:
+            flat = (np.fromfile(self.path, self.dtype, n * per, offset=self.offset + start * per * self.dtype.itemsize)
+                    if n * per else np.empty(0, self.dtype))
+        except OSError as exc:  # it is read on every pass: gone or unreadable since it was opened
+            raise OnnxPruneError(f"{self.path}: cannot read samples {start}..{stop - 1} ({first_line(exc)})") from None
+        if flat.size != n * per:
+            raise OnnxPruneError(f"{self.path}: holds fewer samples than when it was opened (changed while in use)")
         return flat.reshape((n, *self.shape[1:]))
 
 

@@ -118,6 +118,20 @@ def test_npz_arrays_are_read_a_batch_at_a_time_where_the_file_allows(model, tmp_
     np.testing.assert_array_equal(again["input"], x[:7])
 
 
+def test_npz_read_in_batches_that_changes_while_in_use_is_a_clear_error(model, tmp_path):
+    """An uncompressed .npz is read on every pass over the data: a file removed or cut short since
+    it was opened is an error naming it, not a traceback."""
+    np.savez(tmp_path / "d.npz", input=samples(10))
+    source = open_data(tmp_path / "d.npz", model, batch_size=4)
+    with open(tmp_path / "d.npz", "r+b") as f:
+        f.truncate(os.path.getsize(tmp_path / "d.npz") - 3 * 8 * 8 * 4 * 4)
+    with pytest.raises(OnnxPruneError, match="fewer samples than when it was opened"):
+        gather(source)
+    os.remove(tmp_path / "d.npz")
+    with pytest.raises(OnnxPruneError, match=r"d\.npz: cannot read samples 0\.\.3"):
+        gather(source)
+
+
 def test_npz_read_in_batches_converts_other_dtypes_and_byte_orders(model, tmp_path):
     """A stored member of another dtype or byte order reads as np.load would give it, then converts."""
     x = samples(6).astype(">f8")
