@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import BinaryIO, NamedTuple
 
 import numpy as np
 import onnx
@@ -226,8 +226,7 @@ def open_data(path: str | Path, model: onnx.ModelProto, *, batch_size: int = 32,
 
 def _npz(path: Path, specs: list[InputSpec]) -> tuple[dict[str, _Column], np.ndarray | None]:
     try:
-        _check_npz_sizes(path)
-        stored = _stored_members(path)
+        stored = _npz_members(path)
         with np.load(path, allow_pickle=False) as npz:
             arrays = {key: stored.get(key) or npz[key] for key in npz.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
@@ -272,51 +271,47 @@ class _Stored:
         return flat.reshape((n, *self.shape[1:]))
 
 
-def _stored_members(path: Path) -> dict[str, _Stored]:
-    """The arrays of a .npz file that can be read a batch at a time (``_Stored``), by key: members
-    stored without compression and unencrypted, of samples (rank 1 or more) in C order, not labels;
-    the others are loaded whole."""
+def _npz_members(path: Path) -> dict[str, _Stored]:
+    """Each .npy member's header, read once: a member that declares more data than it holds is
+    refused before numpy allocates what the header declares (a few bytes can declare a terabyte);
+    returned, by key, are the arrays that can be read a batch at a time (``_Stored``): stored
+    without compression, of samples (rank 1 or more) in C order, not labels. The others are
+    loaded whole."""
     found = {}
-    with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
-        for info in archive.infolist():
-            key = info.filename[:-4]
-            if (not info.filename.endswith(".npy") or key == LABELS or info.compress_type != zipfile.ZIP_STORED
-                    or info.flag_bits & 1):
-                continue
-            f.seek(info.header_offset)
-            local = f.read(30)  # the local file header: its name and extra field precede the data
-            if len(local) < 30 or local[:4] != b"PK\x03\x04":
-                continue
-            name, extra = struct.unpack("<HH", local[26:30])
-            f.seek(info.header_offset + 30 + name + extra)
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                else np.lib.format.read_array_header_2_0
-            shape, fortran, dtype = read_header(f)
-            if len(shape) >= 1 and not fortran and not dtype.hasobject:
-                found[key] = _Stored(path, f.tell(), tuple(shape), dtype)
-    return found
-
-
-def _check_npz_sizes(path: Path) -> None:
-    """Refuse a member whose header declares more data than the member holds, before numpy
-    allocates what the header declares (a few bytes can declare a terabyte)."""
-    with zipfile.ZipFile(path) as archive:
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
         for info in archive.infolist():
             if not info.filename.endswith(".npy"):
                 continue
+            key = info.filename[:-4]
             with archive.open(info) as member:
                 version = np.lib.format.read_magic(member)
                 read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
                     else np.lib.format.read_array_header_2_0
-                shape, _, dtype = read_header(member)
-                stored = info.file_size - member.tell()
+                shape, fortran, dtype = read_header(member)
+                header = member.tell()
             declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
-            if not dtype.hasobject and declared > stored:
+            if not dtype.hasobject and declared > info.file_size - header:
                 raise OnnxPruneError(
-                    f"{path}: array '{info.filename[:-4]}' declares shape {_fmt(shape)} of {dtype} "
-                    f"({_bytes(declared)}) but holds {_bytes(stored)}"
+                    f"{path}: array '{key}' declares shape {_fmt(shape)} of {dtype} "
+                    f"({_bytes(declared)}) but holds {_bytes(info.file_size - header)}"
                 )
+            if (key != LABELS and info.compress_type == zipfile.ZIP_STORED and len(shape) >= 1 and not fortran
+                    and not dtype.hasobject):
+                start = _member_data(raw, info)
+                if start is not None:
+                    found[key] = _Stored(path, start + header, tuple(shape), dtype)
+    return found
+
+
+def _member_data(raw: BinaryIO, info: zipfile.ZipInfo) -> int | None:
+    """Where a zip member's data begin in the file: after its local header, whose name and extra
+    field may differ in length from the central directory's (None: no local header there)."""
+    raw.seek(info.header_offset)
+    local = raw.read(30)
+    if len(local) < 30 or local[:4] != b"PK\x03\x04":
+        return None
+    name, extra = struct.unpack("<HH", local[26:30])
+    return info.header_offset + 30 + name + extra
 
 
 def _bytes(n: int) -> str:
